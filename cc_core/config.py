@@ -1,0 +1,243 @@
+"""Typed, validated pipeline parameters (params.yaml).
+
+    from cc_core.config import load_params
+    params = load_params("params.yaml", overrides=["train.max_steps=4"])
+
+Every section is a pydantic model that forbids unknown keys, so a typo is an error naming
+the key (``params.yaml: train.learnin_rate: unknown key``), never a silent default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A params file or override is wrong; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ArchMap(_Section):
+    layers: str  # dotted path from the CausalLM to the ModuleList of decoder layers
+    ffn: str  # dotted path inside one decoder layer to the module whose output is added to the residual
+    embed: str = "model.embed_tokens"  # dotted path to the input embedding
+
+
+class ModelParams(_Section):
+    base: str = "smollm2-135m-instruct"
+    chat_template: str | None = None
+    trust_remote_code: bool = False
+    arch_map: ArchMap | None = None
+
+
+class DataParams(_Section):
+    source: str = "bundled"
+    languages: list[str] = Field(default_factory=list)
+    num_pairs: int = Field(64, ge=0)
+    seed: int = 42
+    on_bad_record: Literal["error", "skip"] = "error"
+    max_train_records: int | None = Field(None, ge=1)
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        from cc_core.languages import check_language
+
+        return [check_language(code) for code in value]
+
+
+class TrainParams(_Section):
+    epochs: float = Field(1, gt=0)
+    max_steps: int = -1
+    learning_rate: float = Field(1e-5, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    cutoff_len: int = Field(1024, ge=8)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(1, ge=1)
+    seed: int = 42
+    inject_layer: int = Field(0, ge=0)
+    decision_mode: Literal["gumbel", "soft", "argmax"] = "gumbel"
+    gumbel_tau: float = Field(1.0, gt=0)
+    detach_english: bool = False
+    on_truncated: Literal["drop", "error"] = "drop"
+
+
+class CollectParams(_Section):
+    num_pairs: int = Field(1000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    shard_size: int = Field(512, ge=1)
+
+
+class FitParams(_Section):
+    ridge: float = Field(0.0, ge=0)
+    per_layer: bool = False
+    bias: bool = False
+    per_language: bool = False
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
+    seed: int = 0
+
+
+class EvalParams(_Section):
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["xnli", "xstorycloze", "mmmlu", "xquad", "mkqa", "xlsum"]
+    )
+    data_dir: str = "bundled"
+    langs: list[str] = Field(default_factory=list)
+    limit: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(40, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_prompt_len: int = Field(1024, ge=16)
+    cc_mode: Literal["transform", "none", "parallel"] = "transform"
+    decision_mode: Literal["argmax", "gumbel", "soft"] = "argmax"
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, value: list[str]) -> list[str]:
+        from cc_core.data.benchmarks import canonical_benchmark
+
+        return [canonical_benchmark(name) for name in value]
+
+    @field_validator("langs")
+    @classmethod
+    def _known_langs(cls, value: list[str]) -> list[str]:
+        from cc_core.languages import check_language
+
+        return [check_language(code) for code in value]
+
+
+class ReportParams(_Section):
+    bootstrap_samples: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+
+
+class RegisterParams(_Section):
+    model_name: str | None = None
+    metric: str = "mean"
+    log_weights: bool = False
+
+
+class TrackingParams(_Section):
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "mlartifacts"
+    experiment: str = "cc-tuning"
+    on_unavailable: Literal["skip", "fail"] = "skip"
+    log_checkpoint: bool = False
+
+
+with warnings.catch_warnings():
+    # The section name "register" shadows ABCMeta.register on the class, which nothing here uses.
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class _ParamsBase(_Section):
+        register: RegisterParams = Field(default_factory=RegisterParams)
+
+
+class Params(_ParamsBase):
+    model: ModelParams = Field(default_factory=ModelParams)
+    data: DataParams = Field(default_factory=DataParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    collect: CollectParams = Field(default_factory=CollectParams)
+    fit: FitParams = Field(default_factory=FitParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
+    report: ReportParams = Field(default_factory=ReportParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+
+    def section_hash(self, *sections: str) -> str:
+        """Short content hash of the named sections (all when none): tags runs and registry versions."""
+        data = self.model_dump(mode="json")
+        picked = {name: data[name] for name in (sections or data)}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.learning_rate": 5e-05, ...}``: what MLflow logs as params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    walk(f"{prefix}.{key}" if prefix else key, value)
+            else:
+                out[prefix] = node
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def _apply_override(data: dict[str, Any], override: str, source: str) -> None:
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"{source}: override {override!r} is not of the form section.key=value")
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {key}: {part!r} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: {key}: cannot parse value {raw!r}: {err}") from None
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = problem["msg"]
+            if "input" in problem and not isinstance(problem["input"], dict):
+                msg += f" (got {problem['input']!r})"
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict[str, Any] | None, source: str = "params", overrides: list[str] | None = None) -> Params:
+    """Validate a params mapping (plus ``section.key=value`` overrides) into :class:`Params`."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    for override in overrides or []:
+        _apply_override(data, override, "--set")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read and validate a params file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return parse_params(data, str(path), overrides)

@@ -1,0 +1,1 @@
+"""Data: parallel SFT records, the prepare stage, benchmark specs and loaders."""

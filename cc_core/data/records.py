@@ -1,0 +1,217 @@
+"""Parallel SFT records: ``{id, lang, instruction, output, instruction_en}``.
+
+Sources (``data.source`` in params):
+- ``bundled``: the set shipped in ``cc_core/data/bundled/sft/<lang>.jsonl`` (320 records,
+  10 languages, written for this project);
+- a file: JSONL in the record format, or a JSON array in the reference format
+  (``instruction``, ``output``, ``instruction_en``; ``lang`` from a key or the file name);
+- ``hub:<dataset id>``: a Hugging Face dataset (Bactrian-X style per-language configs joined
+  with English by id, or a dataset already in the record format).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cc_core.io import InputError, iter_jsonl
+from cc_core.languages import LANGUAGES, NON_ENGLISH
+
+log = logging.getLogger(__name__)
+
+BUNDLED_SFT_DIR = Path(__file__).parent / "bundled" / "sft"
+FIELDS = ("id", "lang", "instruction", "output", "instruction_en")
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    lang: str
+    instruction: str
+    output: str
+    instruction_en: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class LoadReport:
+    """What a loader kept and what it skipped (``on_bad_record: skip``)."""
+
+    records: list[Record] = field(default_factory=list)
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)  # first few skip reasons, for the log
+
+
+def validate_record(raw: Any, where: str) -> Record:
+    """Check one raw record; raise InputError naming ``where`` (``file:line``) and the field."""
+    if isinstance(raw, _Unparsable):
+        raise InputError(f"{where}: {raw}")
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: a record must be a JSON object, got {type(raw).__name__}")
+    for key in FIELDS:
+        if key not in raw:
+            raise InputError(f"{where}: missing field {key!r}")
+        value = raw[key]
+        if not isinstance(value, str):
+            raise InputError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise InputError(f"{where}: field {key!r} is empty")
+    lang = raw["lang"].strip().lower()
+    if lang not in LANGUAGES:
+        raise InputError(f"{where}: unknown language code {raw['lang']!r}; valid: {' '.join(NON_ENGLISH)}")
+    if lang == "en":
+        raise InputError(f"{where}: lang 'en': records must be non-English (the English side is instruction_en)")
+    return Record(raw["id"].strip(), lang, raw["instruction"], raw["output"], raw["instruction_en"])
+
+
+def collect_records(items: Iterable[tuple[str, Any]], on_bad_record: str = "error") -> LoadReport:
+    """Validate ``(where, raw)`` pairs, rejecting duplicates; skip-and-count when asked."""
+    report = LoadReport()
+    seen: dict[str, str] = {}
+    for where, raw in items:
+        try:
+            record = validate_record(raw, where)
+            if record.id in seen:
+                raise InputError(f"{where}: duplicate id {record.id!r} (first at {seen[record.id]})")
+        except InputError as err:
+            if on_bad_record == "error":
+                raise
+            report.skipped += 1
+            if len(report.problems) < 20:
+                report.problems.append(str(err))
+            continue
+        seen[record.id] = where
+        report.records.append(record)
+    return report
+
+
+def _jsonl_items(path: Path, on_bad_record: str) -> Iterator[tuple[str, Any]]:
+    """Yield raw records; with ``skip``, a malformed line becomes a bad record instead of an error."""
+    if on_bad_record == "error":
+        for number, raw in iter_jsonl(path):
+            yield f"{path}:{number}", raw
+        return
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raw = _Unparsable(f"not valid UTF-8 ({err.reason})")
+            except json.JSONDecodeError as err:
+                raw = _Unparsable(f"malformed JSON: {err.msg}")
+            yield f"{path}:{number}", raw
+
+
+class _Unparsable(str):
+    """A line that did not parse; validate_record reports the reason it carries."""
+
+
+def _reference_items(path: Path) -> Iterator[tuple[str, Any]]:
+    """The reference format: a JSON array of {instruction, output, instruction_en[, lang, id]}."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from None
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON array of records (reference format)")
+    stem_lang = path.stem.lower().split("_")[-1]
+    for index, raw in enumerate(data):
+        where = f"{path}[{index}]"
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            if "lang" not in raw:
+                if stem_lang not in LANGUAGES:
+                    raise InputError(
+                        f"{where}: no 'lang' field and the file name {path.name!r} does not end in a "
+                        "language code (e.g. aya_de.json)"
+                    )
+                raw["lang"] = stem_lang
+            raw.setdefault("id", f"{path.stem}-{index:06d}")
+        yield where, raw
+
+
+def load_file(path: str | Path, on_bad_record: str = "error") -> LoadReport:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: data file not found (data.source)")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json"))
+        if not files:
+            raise InputError(f"{path}: no .json/.jsonl files in this directory")
+        return collect_records(_items_of(files, on_bad_record), on_bad_record)
+    return collect_records(_items_of([path], on_bad_record), on_bad_record)
+
+
+def _items_of(files: list[Path], on_bad_record: str) -> Iterator[tuple[str, Any]]:
+    for file in files:
+        if file.suffix == ".jsonl":
+            yield from _jsonl_items(file, on_bad_record)
+        elif file.suffix == ".json":
+            yield from _reference_items(file)
+        else:
+            raise InputError(f"{file}: unsupported data file type (use .jsonl or .json)")
+
+
+def load_bundled(on_bad_record: str = "error") -> LoadReport:
+    return load_file(BUNDLED_SFT_DIR, on_bad_record)
+
+
+def load_hub(dataset_id: str, languages: list[str], on_bad_record: str = "error") -> LoadReport:
+    """Load a hub dataset: Bactrian-X style (per-language configs sharing ids with ``en``) or
+    a dataset whose rows already have the record fields."""
+    from cc_core.hub import require_hub
+
+    require_hub(f"dataset {dataset_id!r}", "set data.source to a local .jsonl/.json file or 'bundled'")
+    import datasets
+
+    langs = languages or list(NON_ENGLISH)
+    try:
+        english = datasets.load_dataset(dataset_id, "en", split="train")
+    except Exception:  # noqa: BLE001 - no per-language configs: the record format itself
+        english = None
+    if english is None:
+        rows = datasets.load_dataset(dataset_id, split="train")
+        return collect_records(((f"hub:{dataset_id}[{i}]", dict(r)) for i, r in enumerate(rows)), on_bad_record)
+    by_id = {row["id"]: _join_input(row) for row in english}
+    items: list[tuple[str, Any]] = []
+    for lang in langs:
+        rows = datasets.load_dataset(dataset_id, lang, split="train")
+        for index, row in enumerate(rows):
+            if row["id"] not in by_id:
+                continue
+            items.append((
+                f"hub:{dataset_id}/{lang}[{index}]",
+                {"id": f"{row['id']}-{lang}", "lang": lang, "instruction": _join_input(row),
+                 "output": row["output"], "instruction_en": by_id[row["id"]]},
+            ))
+    return collect_records(items, on_bad_record)
+
+
+def _join_input(row: dict[str, Any]) -> str:
+    # Alpaca-style rows split the task into instruction + optional input.
+    extra = (row.get("input") or "").strip()
+    return f"{row['instruction']}\n\n{extra}" if extra else row["instruction"]
+
+
+def load_source(source: str, languages: list[str] | None = None, on_bad_record: str = "error") -> LoadReport:
+    """Dispatch on ``data.source``; filter to ``languages`` when given."""
+    if source == "bundled":
+        report = load_bundled(on_bad_record)
+    elif source.startswith("hub:"):
+        report = load_hub(source[4:], languages or [], on_bad_record)
+    else:
+        report = load_file(os.path.expanduser(source), on_bad_record)
+    if languages:
+        report.records = [r for r in report.records if r.lang in languages]
+    return report

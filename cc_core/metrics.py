@@ -1,0 +1,514 @@
+"""Scoring for the CC-Tuning benchmarks, in all 22 evaluation languages.
+
+* XNLI, XStoryCloze, MMMLU: accuracy of the option extracted from free model text
+  (:func:`extract_choice`, :func:`score_choice`).
+* XQuAD, MKQA: SQuAD-style token F1 and exact match, max over the gold answers
+  (:func:`qa_f1`, :func:`qa_exact_match`, :func:`score_qa`).
+* XLSum: ROUGE-L F-measure over the same tokens (:func:`rouge_l`, :func:`score_summary`).
+
+Tokenisation is language-aware: zh, ja and th (``CHAR_TOKENIZED``) are scored per character,
+every other language per whitespace-separated word. Only the standard library is used, so
+scores are reproducible without any tokenizer download.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from cc_core.languages import CHAR_TOKENIZED
+
+__all__ = [
+    "ItemScore",
+    "extract_choice",
+    "normalize_answer",
+    "parse_options",
+    "qa_exact_match",
+    "qa_f1",
+    "rouge_l",
+    "score_choice",
+    "score_qa",
+    "score_summary",
+    "tokenize",
+]
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    """The score of one benchmark item."""
+
+    score: float  # in [0, 1]: accuracy 0/1, token F1 or ROUGE-L F
+    parsed: str | None  # extracted label / normalised answer; None = unparseable or empty output
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. {"em": 1.0} for QA
+
+
+# --------------------------------------------------------------------------------------
+# Text canonicalisation shared by extraction and metrics
+# --------------------------------------------------------------------------------------
+
+_TATWEEL = "\u0640"  # Arabic elongation stroke: typographic only, never changes the word
+
+
+def _canonical(text: str) -> str:
+    """NFKC, native decimal digits -> ASCII, invisible format characters removed.
+
+    NFKC turns full-width forms ("（２）", "Ｂ", "：") into ASCII; digits of other scripts
+    (Arabic-Indic, Devanagari, Bengali, Thai, ...) are mapped with ``unicodedata.digit`` so
+    "(٢)" and "(2)" are the same label. Format characters (RTL marks, zero-width spaces)
+    are dropped because models sprinkle them into Arabic/Urdu output.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return text
+    out = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch)
+            continue
+        cat = unicodedata.category(ch)
+        if cat == "Nd":
+            out.append(str(unicodedata.digit(ch)))
+        elif cat != "Cf":
+            out.append(ch)
+    return "".join(out)
+
+
+def _collapse_ws(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------------------
+# Option extraction (XNLI, XStoryCloze, MMMLU)
+# --------------------------------------------------------------------------------------
+
+# Characters of space-separated alphabets (Latin incl. Vietnamese/Yoruba, Greek, Cyrillic)
+# and ASCII digits. A label must not touch one of these, so the "A" of "AI", the "B" of
+# "B12" and the "1" of "2011" are never labels. CJK, Hangul, Arabic, Indic and Thai letters
+# are deliberately absent: "答案是B" and "B입니다" glue the label to the text.
+_W = "A-Za-z0-9\u00c0-\u024f\u0300-\u036f\u0370-\u03ff\u0400-\u04ff\u1e00-\u1eff"
+
+# Uppercase Cyrillic/Greek look-alikes models emit for Latin labels ("Ответ: В"). Only
+# trusted in explicit contexts; a bare Cyrillic "В"/"С" is the Russian preposition.
+_HOMOGLYPHS: dict[str, str] = {
+    "A": "\u0410\u0391",
+    "B": "\u0412\u0392",
+    "C": "\u0421\u03f9",
+    "E": "\u0415\u0395",
+}
+
+# Single uppercase letters that are also words (English "A"/"I", Portuguese/Spanish "A"/"O"/
+# "E"/"Y", Yoruba "A"): a bare one followed by another word is not a label ("A cat ...").
+_LETTER_WORDS = frozenset("AEIOY")
+
+# Words introducing an answer, in the 22 languages (models often switch to English, so all
+# are tried whatever the item's language).
+_STRONG_MARKERS = [
+    r"answer", r"ans",  # en
+    "正确答案", "正確答案", "正确选项", "正確選項", "答案", "回答", "答え", "正解", "答",  # zh ja
+    "정답", "답변", "답",  # ko
+    "(?:ال)?[اأإ]جاب[ةت]\\w*", "(?:ال)?جواب",  # ar ur
+    "उत्तर", "जवाब", "উত্তর", "సమాధానం", "జవాబు", "คำตอบ",  # hi bn te th
+    r"ответ(?:ом)?", r"antwort", r"respuesta", r"resposta", r"r[ée]ponse",  # ru de es pt fr
+    r"απάντηση", r"erantzuna", r"jawaban(?:nya)?", r"jibu", r"(?:cevab|yan[ıi]t)[ıi]?",
+    r"đáp án", r"câu trả lời", r"[iì]d[aá]h[uù]n",  # el eu id sw tr vi yo
+]
+
+# Words naming an option; weaker evidence than an answer word ("option 1 is wrong").
+_WEAK_MARKERS = [
+    r"option", r"choice", r"choose", r"chose", r"select(?:ed)?", r"pick(?:ed)?",  # en
+    "选项", "選項", "选择", "選擇", "選択肢", "選択", "选", "選",  # zh ja
+    "선택지", "선택", "옵션", "보기",  # ko
+    "(?:ال)?خيار", "(?:ال)?اختيار", "آپشن", "انتخاب", "اختیار",  # ar ur
+    "विकल्प", "বিকল্প", "ఎంపిక", "ตัวเลือก", "ข้อ",  # hi bn te th
+    r"вариант(?:ом)?", r"выбор", r"wahl", r"auswahl", r"opci[óo]n", r"op[çc][ãa]o",
+    r"alternativa", r"choix", r"επιλογή", r"aukera", r"pilihan", r"opsi", r"chaguo",
+    r"se[çc]ene(?:k|ği)", r"şık", r"lựa chọn", r"phương án", r"àṣàyàn",
+]
+
+# Words allowed between a marker and its label ("answer would be: (2)",
+# "الإجابة الصحيحة هي", "jibu lako litakuwa:"). A closed list keeps "answer the question
+# about 2 cars" from reading as an answer.
+_FILLER_WORDS = [
+    r"is", r"would", r"will", r"should", r"be", r"probably", r"likely", r"most", r"the",
+    r"correct", r"right", r"best", r"final", r"my", r"your", r"number", r"here", r"thus",
+    r"therefore", r"so",  # en
+    "应该是", "應該是", "应为", "應為", "就是", "是", "为", "為", "的", "应", "應",  # zh
+    "は", "が", "です", "の",  # ja
+    "은", "는", "이", "가", "다음과 같습니다\\.?",  # ko ("답은 다음과 같습니다. (B)")
+    "هي", "هو", "الصحيحة", "الصحيح", "ستكون", "تكون", "يكون", "رقم",  # ar
+    "ہے", "نمبر", "کا", "صحیح", "درست",  # ur
+    "है", "होगा", "सही", "का", "संख्या", "হল", "হলো", "হবে", "সঠিক",  # hi bn
+    "คือ", "ที่ถูกต้อง", "ข้อ",  # th
+    r"это", r"будет", r"правильный", r"верный", r"номер",  # ru
+    r"ist", r"lautet", r"wäre", r"die", r"richtige", r"nummer",  # de
+    r"es", r"sería", r"la", r"correcta", r"número", r"é", r"seria", r"a", r"correta",
+    r"est", r"serait", r"bonne", r"numéro",  # es pt fr
+    r"είναι", r"η", r"σωστή", r"da", r"zuzena", r"adalah", r"ialah", r"yang", r"benar",
+    r"nomor", r"ni", r"sahihi", r"lako", r"langu", r"litakuwa", r"namba", r"doğru",
+    r"olan", r"là", r"đúng", r"số",  # el eu id sw tr vi
+] + _WEAK_MARKERS
+
+# Verbs/particles/articles between a label and a "correct" word ("(2) is correct", "B가 정답").
+_POST_LINKS = [
+    r"is", r"would be", r"es", r"est", r"ist", r"é", r"ni", r"adalah", r"là", r"da",
+    r"είναι", r"это", "—", "-", ":",
+    "是", "为", "為", "が", "は", "이", "가", "은", "는", "هي", "هو", "है", "হল", "คือ",
+]
+_POST_ARTICLES = [r"the", r"la", r"a", r"el", r"o", r"die", r"der", r"das", r"le"]
+_POST_WORDS = [
+    r"correct", r"right", r"answer", r"correcta", r"correcto", r"correta", r"correto",
+    r"correcte", r"bonne", r"richtig", r"korrekt", r"правильн\w*", r"верн\w*",
+    "正确", "正確", "正解", "正しい", "정답", "صحيح\\w*", "الصحيح\\w*", "सही", "সঠিক",
+    "ถูก", r"doğru", r"đúng", r"benar", r"sahihi", r"σωστ\w*", r"zuzena",
+]
+# Label glued to these means "correct" without a verb ("(2)正确").
+_POST_GLUED = ["正确", "正確", "正解"]
+
+_OPEN = "(\\[【「『〔<"
+_CLOSE = ")\\]】」』〕>"
+_PUNCT_FILL = ":=\\-–—,،;*\"'“”«»「」『』#№"
+# Sentence punctuation trimmed from the end of an option text before matching it.
+_PUNCTUATION_CHARS = ".。．!！?？؟,，、;；:：۔।॥"
+_CLAUSE_END = r"(?=\s*(?:$|[.,;:!?)\]。，、！？]))"
+
+
+def _words(words: Sequence[str]) -> str:
+    """Case-insensitive alternation; Latin-script words must end at a word boundary."""
+    alts = sorted((unicodedata.normalize("NFKC", w) for w in words), key=len, reverse=True)
+    return rf"(?i:(?:{'|'.join(alts)})(?![{_W}]))"
+
+
+@dataclass(frozen=True)
+class _LabelPatterns:
+    """Compiled extraction regexes for one label set, by evidence strength."""
+
+    variants: dict[str, str]  # surface form -> canonical label
+    strong: tuple[re.Pattern[str], ...]  # answer-marked: "Answer: B", "(2) is correct"
+    marked: tuple[re.Pattern[str], ...]  # "(B)", "B)", "option 2", line-initial "2."
+    bare: re.Pattern[str]  # a standalone "B" / "2"
+
+
+def _canonical_label(label: str) -> str:
+    """Gold/label normal form: stripped, NFKC, letters uppercased ("b" -> "B")."""
+    return _canonical(label).strip().upper()
+
+
+def _alt(forms: Sequence[str]) -> str:
+    return "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+
+
+@lru_cache(maxsize=64)
+def _label_patterns(labels: tuple[str, ...]) -> _LabelPatterns:
+    """Build the regexes for ``labels`` (cached: called once per benchmark item)."""
+    variants: dict[str, str] = {}
+    strict: list[str] = []  # uppercase / digits, trusted bare
+    look: list[str] = []  # Cyrillic/Greek homoglyphs, trusted only when marked
+    lower: list[str] = []  # lowercase letters, trusted only when marked or alone
+    for label in labels:
+        variants[label] = label
+        strict.append(label)
+        for glyph in _HOMOGLYPHS.get(label, ""):
+            variants[glyph] = label
+            look.append(glyph)
+        if label.lower() != label:
+            variants[label.lower()] = label
+            lower.append(label.lower())
+
+    num_guard = r"(?<!\d[.,])"  # the "5" of "2.5" or "1,5" is not a label
+    end = rf"(?![{_W}])(?![.,]\d)"
+    start = rf"(?<![{_W}]){num_guard}"
+    any_form = _alt(strict + look + lower)
+    explicit = _alt(strict + look)
+    bracketed = rf"(?<![{_W}])[{_OPEN}]\s*(?P<lab_b>{any_form})\s*[{_CLOSE}]"
+    # In marked contexts: "(B)", "B", "В", and lowercase "b" only when it ends the clause.
+    marked_label = rf"(?:{bracketed}|{start}(?P<lab_s>{explicit}){end}"
+    marked_label += rf"|{start}(?P<lab_l>{_alt(lower)}){_CLAUSE_END})" if lower else ")"
+    # Separator runs only between filler words: nesting "\s+" in a repeat backtracks
+    # exponentially on long whitespace.
+    sep = rf"[\s{_PUNCT_FILL}]*"
+    fill = rf"(?:{sep}{_words(_FILLER_WORDS)}){{0,6}}?{sep}"
+
+    def after(markers: Sequence[str]) -> re.Pattern[str]:
+        marker = rf"(?<![{_W}]){_words(markers)}"
+        return re.compile(rf"{marker}{fill}{marked_label}")
+
+    label_first = rf"(?:{bracketed}|{start}(?P<lab_s>{explicit}){end})"
+    post = (
+        rf"{label_first}\s*{_words(_POST_LINKS)}\s*(?:{_words(_POST_ARTICLES)}\s*)?"
+        rf"{_words(_POST_WORDS)}"
+    )
+    glued = rf"{label_first}\s*{_words(_POST_GLUED)}"
+    strong = (after(_STRONG_MARKERS), re.compile(post), re.compile(glued))
+
+    # "B)", "2)"; not the "2)" of "sqrt(2)" (an opening bracket before is someone else's).
+    closing = rf"(?<![{_W}{_OPEN}]){num_guard}(?P<lab_s>{any_form})\s*[{_CLOSE}]"
+    line_initial = rf"(?m)^[ \t*]*(?P<lab_s>{explicit})[ \t]*[.:、](?!\d)"  # "2. Neutral"
+    marked = (
+        re.compile(bracketed),
+        re.compile(closing),
+        re.compile(line_initial),
+        after(_WEAK_MARKERS),
+    )
+    bare = re.compile(rf"{start}(?P<lab_s>{_alt(strict)}){end}")
+    return _LabelPatterns(variants, strong, marked, bare)
+
+
+def _found(
+    patterns: Sequence[re.Pattern[str]], text: str, variants: Mapping[str, str]
+) -> list[tuple[int, str]]:
+    """(position, canonical label) of every match of ``patterns``, in text order."""
+    hits = []
+    for pattern in patterns:
+        for m in pattern.finditer(text):
+            name, form = next((k, v) for k, v in m.groupdict().items() if v is not None)
+            hits.append((m.start(name), variants[form]))
+    return sorted(hits)
+
+
+def _bare_labels(text: str, pats: _LabelPatterns) -> list[str]:
+    """Standalone uppercase/digit labels, skipping letters used as words ("A cat", "I think")."""
+    out = []
+    for m in pats.bare.finditer(text):
+        form = m.group("lab_s")
+        if form in _LETTER_WORDS and re.match(r"\s+\w", text[m.end():]):
+            continue
+        out.append(pats.variants[form])
+    return out
+
+
+def _pick(candidates: Sequence[str], labels: Sequence[str]) -> str | None:
+    """First candidate, unless the text just enumerates every option (then None)."""
+    if not candidates:
+        return None
+    if len(labels) > 1 and set(candidates) >= set(labels):
+        return None
+    return candidates[0]
+
+
+def _fold(text: str) -> str:
+    """Matching form for option texts: canonical, case-folded, single-spaced."""
+    return _collapse_ws(_canonical(text).casefold())
+
+
+def _phrase_spans(haystack: str, phrase: str) -> list[tuple[int, int]]:
+    """Where ``phrase`` occurs in ``haystack`` not glued to letters/digits of its own kind."""
+    pattern = re.escape(phrase)
+    if re.match(rf"[{_W}]", phrase[0]):
+        pattern = rf"(?<![{_W}])(?<!\d[.,])" + pattern
+    if re.match(rf"[{_W}]", phrase[-1]):
+        pattern += rf"(?![{_W}])(?![.,]\d)"
+    return [m.span() for m in re.finditer(pattern, haystack)]
+
+
+def _match_option_text(text: str, options: Mapping[str, str], labels: Sequence[str]) -> str | None:
+    """Label whose option text occurs in ``text``; the longest wins, ties give None."""
+    folded = _fold(text)
+    phrases: dict[str, str] = {}
+    for label, option in options.items():
+        # Trailing punctuation ("... شاهدتهم جميعًا.") is often dropped when quoted.
+        phrase = _fold(option).rstrip(_PUNCTUATION_CHARS).strip()
+        if phrase and _canonical_label(label) in labels:
+            phrases[_canonical_label(label)] = phrase
+    found = {label: _phrase_spans(folded, phrase) for label, phrase in phrases.items()}
+
+    def inside_longer(label: str, span: tuple[int, int]) -> bool:
+        # "neutral" within a matched "not neutral" is part of that option, not a mention.
+        return any(
+            len(phrases[other]) > len(phrases[label]) and a <= span[0] and span[1] <= b
+            for other, spans in found.items()
+            for a, b in spans
+        )
+
+    hits = [
+        label
+        for label, spans in found.items()
+        if any(not inside_longer(label, span) for span in spans)
+    ]
+    if not hits or (len(phrases) > 1 and len(hits) == len(phrases)):
+        return None  # nothing, or an echo of the whole option list
+    best = max(len(phrases[label]) for label in hits)
+    winners = [label for label in hits if len(phrases[label]) == best]
+    return winners[0] if len(winners) == 1 else None
+
+
+def extract_choice(
+    output: str,
+    labels: Sequence[str],
+    lang: str,
+    options: Mapping[str, str] | None = None,
+) -> str | None:
+    """Extract the chosen option label (one of ``labels``) from free model text.
+
+    Evidence is tried from strongest to weakest, the first occurrence winning in each:
+    an answer-marked label ("Answer: B", "答案是B", "الإجابة هي (٢)", "(2) is correct"), then
+    a parenthesised/option-marked label ("(B) 4", "B)", "option 2"), then a bare one ("2",
+    "B"); text that only enumerates every label gives None. Without any label, an option's
+    text (``options``) is matched instead, the longest winning ("Neutral", "中立").
+    ``lang`` is accepted for symmetry: markers of all 22 languages are always tried, since
+    models often answer in English whatever the prompt language.
+    """
+    del lang  # see docstring
+    canon = [_canonical_label(label) for label in labels]
+    if not output or not output.strip() or not canon:
+        return None
+    text = _canonical(output)
+    pats = _label_patterns(tuple(canon))
+
+    strong = _found(pats.strong, text, pats.variants)
+    if strong:
+        return strong[0][1]
+    marked = [label for _, label in _found(pats.marked, text, pats.variants)]
+    if marked:
+        return _pick(marked, canon)
+    bare = _bare_labels(text, pats)
+    if bare:
+        return _pick(bare, canon)
+    alone = text.strip(" \t\r\n.,;:!?()[]*\"'")
+    if alone in pats.variants:  # a lone lowercase "b"
+        return pats.variants[alone]
+    if options:
+        return _match_option_text(text, options, canon)
+    return None
+
+
+def parse_options(prompt: str, labels: Sequence[str]) -> dict[str, str]:
+    """Option texts listed in ``prompt`` as lines "(1) Entail" / "(B) 4", keyed by label.
+
+    The last listing of a label wins (options follow the passage); labels without a
+    non-empty line are omitted.
+    """
+    text = _canonical(prompt)
+    options: dict[str, str] = {}
+    for label in labels:
+        canon = _canonical_label(label)
+        pattern = rf"(?m)^[ \t]*\([ \t]*{re.escape(canon)}[ \t]*\)[ \t]*(\S.*?)\s*$"
+        found = re.findall(pattern, text)
+        if found:
+            options[canon] = found[-1].strip()
+    return options
+
+
+def score_choice(
+    output: str, gold: str, lang: str, prompt: str, labels: Sequence[str]
+) -> ItemScore:
+    """Accuracy (0/1) of a multiple-choice answer; ``parsed`` is the extracted label."""
+    options = parse_options(prompt, labels)
+    parsed = extract_choice(output, labels, lang, options)
+    correct = parsed is not None and parsed == _canonical_label(gold)
+    return ItemScore(score=1.0 if correct else 0.0, parsed=parsed, extra={})
+
+
+# --------------------------------------------------------------------------------------
+# QA (XQuAD, MKQA) and summarisation (XLSum) metrics
+# --------------------------------------------------------------------------------------
+
+_EN_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def _is_removed(ch: str) -> bool:
+    """Punctuation (P*) and non-currency symbols (S* but Sc) are dropped by normalisation."""
+    cat = unicodedata.category(ch)
+    return cat[0] == "P" or (cat[0] == "S" and cat != "Sc")
+
+
+def normalize_answer(text: str, lang: str) -> str:
+    """SQuAD-style normal form: NFKC, casefold, no punctuation/symbols, single spaces.
+
+    Also maps native digits to ASCII and drops format characters and Arabic tatweel (none
+    changes the word). English articles are removed for ``lang == "en"`` only; there is
+    no stemming.
+    """
+    text = _canonical(text).casefold().replace(_TATWEEL, "")
+    text = "".join(ch for ch in text if not _is_removed(ch))
+    tokens = text.split()
+    if lang.strip().lower() == "en":
+        tokens = [t for t in tokens if t not in _EN_ARTICLES]
+    return " ".join(tokens)
+
+
+# A run of ASCII letters/digits ("ipad", "2019") stays one token inside zh/ja/th text.
+_CHAR_TOKEN = re.compile(r"[a-z0-9]+|\S")
+
+
+def tokenize(text: str, lang: str) -> list[str]:
+    """Metric tokens: characters for zh/ja/th, whitespace-separated words otherwise."""
+    norm = normalize_answer(text, lang)
+    if lang.strip().lower() in CHAR_TOKENIZED:
+        return _CHAR_TOKEN.findall(norm)
+    return norm.split()
+
+
+def _as_list(golds: Sequence[str] | str) -> list[str]:
+    """Accept a bare string as one gold answer (XQuAD) rather than a list of characters."""
+    return [golds] if isinstance(golds, str) else list(golds)
+
+
+def _token_f1(pred: list[str], gold: list[str]) -> float:
+    common = Counter(pred) & Counter(gold)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def qa_f1(prediction: str, golds: Sequence[str], lang: str) -> float:
+    """Bag-of-tokens F1 against the best-matching gold; 0 for an empty prediction."""
+    pred = tokenize(prediction, lang)
+    if not pred:
+        return 0.0
+    return max((_token_f1(pred, tokenize(g, lang)) for g in _as_list(golds)), default=0.0)
+
+
+def qa_exact_match(prediction: str, golds: Sequence[str], lang: str) -> float:
+    """1.0 if the normalised prediction equals some normalised gold, else 0.0.
+
+    Token lists are compared so spacing inside zh/ja/th answers does not matter.
+    """
+    pred = tokenize(prediction, lang)
+    if not pred:
+        return 0.0
+    return 1.0 if any(pred == tokenize(g, lang) for g in _as_list(golds)) else 0.0
+
+
+def score_qa(output: str, golds: Sequence[str], lang: str) -> ItemScore:
+    """QA item score: F1 as ``score``, exact match in ``extra["em"]``."""
+    parsed = normalize_answer(output or "", lang) or None
+    return ItemScore(
+        score=qa_f1(output or "", golds, lang),
+        parsed=parsed,
+        extra={"em": qa_exact_match(output or "", golds, lang)},
+    )
+
+
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Longest common subsequence length, O(len(a)*len(b)) time, O(len(b)) memory."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b, 1):
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, reference: str, lang: str) -> float:
+    """ROUGE-L F-measure (beta = 1) over :func:`tokenize` tokens; 0 if either is empty."""
+    pred, ref = tokenize(prediction, lang), tokenize(reference, lang)
+    if not pred or not ref:
+        return 0.0
+    lcs = _lcs_length(pred, ref)
+    # F1 = 2PR/(P+R) with P = lcs/|pred|, R = lcs/|ref| simplifies to this.
+    return 2 * lcs / (len(pred) + len(ref))
+
+
+def score_summary(output: str, reference: str, lang: str) -> ItemScore:
+    """Summary item score: ROUGE-L F as ``score``; ``parsed`` is the normalised output."""
+    parsed = normalize_answer(output or "", lang) or None
+    return ItemScore(score=rouge_l(output or "", reference, lang), parsed=parsed, extra={})

@@ -1,0 +1,96 @@
+"""CCTuningModel: a stock causal LM + the Decision Maker, computing the two-pass CC step.
+
+    model = CCTuningModel(AutoModelForCausalLM.from_pretrained("models/base"))
+    out = model(**batch)          # batch from cc_core.train.CCCollator
+    out.loss.backward()
+
+METHOD.md, Training: (1) English prompt pass → FFN outputs at the English anchor for all L
+layers; (2) the Decision Maker picks one from mean_l(a_l) + the non-English anchor
+embedding; (3) non-English prompt+response pass with that vector added to the FFN output of
+``inject_layer`` at the non-English anchor; (4) cross-entropy on response tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from cc_core.config import ArchMap
+from cc_core.modeling.architectures import arch_paths, decoder_layers
+from cc_core.modeling.decision import DecisionMaker
+from cc_core.modeling.hooks import capture_ffn, connected
+
+
+@dataclass
+class CCOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+    choice: torch.Tensor  # [B, L] the Decision Maker's selection (one-hot in gumbel/argmax mode)
+
+    # The HF Trainer indexes outputs like a tuple/dict.
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return getattr(self, key)
+        return (self.loss, self.logits, self.choice)[key]
+
+
+class CCTuningModel(nn.Module):
+    def __init__(self, model: nn.Module, decision_maker: DecisionMaker | None = None, inject_layer: int = 0,
+                 decision_mode: str = "gumbel", gumbel_tau: float = 1.0, detach_english: bool = False,
+                 arch_map: ArchMap | dict | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.paths = arch_paths(model, arch_map)
+        num_layers = len(decoder_layers(model, self.paths))
+        hidden = model.config.get_text_config().hidden_size
+        if decision_maker is None:
+            decision_maker = DecisionMaker(hidden, num_layers, gumbel_tau)
+            decision_maker.to(device=model.device, dtype=next(model.parameters()).dtype)
+        self.decision_maker = decision_maker
+        self.inject_layer = inject_layer
+        self.decision_mode = decision_mode
+        self.gumbel_tau = gumbel_tau
+        self.detach_english = detach_english
+        if not 0 <= inject_layer < num_layers:
+            raise ValueError(f"train.inject_layer={inject_layer} out of range (model has {num_layers} layers)")
+
+    # Attributes the HF Trainer and DeepSpeed look for on the wrapped model.
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.decision_maker.proj.out_features
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        """Gradient checkpointing of the base model (the Trainer calls this).
+
+        Non-reentrant, so gradients reach the captured English activations.
+        """
+        ckpt_kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable
+
+    def english_activations(self, en_input_ids: torch.Tensor, en_attention_mask: torch.Tensor,
+                            en_anchor: torch.Tensor) -> torch.Tensor:
+        acts = capture_ffn(self.model, en_input_ids, en_attention_mask, en_anchor, paths=self.paths)
+        return acts.detach() if self.detach_english else acts
+
+    def anchor_embeds(self, input_ids: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        """The hidden state entering layer 0 at the anchor (embedding, scaled where the model scales it)."""
+        tokens = input_ids[torch.arange(input_ids.shape[0], device=input_ids.device), anchor]
+        return self.model.get_input_embeddings()(tokens)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, anchor: torch.Tensor,
+                en_input_ids: torch.Tensor, en_attention_mask: torch.Tensor, en_anchor: torch.Tensor,
+                labels: torch.Tensor | None = None, decision_mode: str | None = None, **_: object) -> CCOutput:
+        acts = self.english_activations(en_input_ids, en_attention_mask, en_anchor)
+        vectors, choice = self.decision_maker.select(
+            acts, self.anchor_embeds(input_ids, anchor), decision_mode or self.decision_mode, self.gumbel_tau)
+        with connected(self.model, anchor, vectors, self.inject_layer, self.paths):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+        return CCOutput(out.loss, out.logits, choice.detach())

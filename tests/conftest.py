@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny models of four architectures, SmolLM2's tokenizer, the shared benchmarks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub; the "hub unreachable" paths are tested explicitly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma2")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from cc_core.modeling.base import smollm2_tokenizer
+
+    return smollm2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_factory(smol_tokenizer):
+    """``tiny_factory(arch)`` → a fresh (model, tokenizer) in eval mode, float32, seeded."""
+    from cc_core.modeling.base import build_tiny
+
+    def make(arch: str = "llama", seed: int = 0):
+        model, tokenizer = build_tiny(arch, seed=seed)
+        return model.eval(), tokenizer
+
+    return make
+
+
+@pytest.fixture(params=TINY_ARCHS)
+def tiny_any(request, tiny_factory):
+    return tiny_factory(request.param)
+
+
+@pytest.fixture(scope="session")
+def shared_benchmarks() -> Path:
+    if not SHARED_BENCHMARKS.is_dir():
+        pytest.skip(f"real benchmark samples not found at {SHARED_BENCHMARKS} (../shared/benchmarks)")
+    return SHARED_BENCHMARKS

@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from cc_core.config import ConfigError, Params, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_params_files_validate():
+    params = load_params(REPO / "params.yaml")
+    assert params.model.base == "smollm2-135m-instruct"
+    assert params.eval.benchmarks == ["XNLI", "XStoryCloze", "MMMLU", "XQuAD", "MKQA", "XLSum"]
+    tiny = REPO / "params.tiny.yaml"
+    if tiny.exists():
+        assert load_params(tiny).model.base.startswith("tiny-random-")
+
+
+def test_every_default_key_is_commented_in_params_yaml():
+    text = (REPO / "params.yaml").read_text()
+    defaults = Params().model_dump()
+    for section, keys in defaults.items():
+        assert f"\n{section}:" in text, section
+        for key in keys:
+            line_index = next(i for i, line in enumerate(text.splitlines()) if line.strip().startswith(f"{key}:"))
+            above = text.splitlines()[line_index - 1].strip()
+            assert above.startswith("#") or "#" in text.splitlines()[line_index], f"{section}.{key} has no comment"
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  learnin_rate: 1e-5\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: train.learnin_rate: unknown key"):
+        load_params(path)
+
+
+def test_unknown_section_is_named(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("trian:\n  epochs: 1\n")
+    with pytest.raises(ConfigError, match=r"trian: unknown key"):
+        load_params(path)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  per_device_batch_size: many\n")
+    with pytest.raises(ConfigError, match=r"train.per_device_batch_size: .*integer.*'many'"):
+        load_params(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_overrides_parse_yaml_scalars_and_validate():
+    params = parse_params({}, overrides=["train.max_steps=4", "train.bf16=true", "eval.benchmarks=[xnli, MkQa]",
+                                          "model.chat_template=null"])
+    assert params.train.max_steps == 4 and params.train.bf16 is True
+    assert params.eval.benchmarks == ["XNLI", "MKQA"]
+    with pytest.raises(ConfigError, match="not of the form"):
+        parse_params({}, overrides=["train.max_steps"])
+    with pytest.raises(ConfigError, match="train.nonsense: unknown key"):
+        parse_params({}, overrides=["train.nonsense=1"])
+
+
+def test_domain_validation():
+    with pytest.raises(ConfigError, match="unknown benchmark 'xnlx'"):
+        parse_params({"eval": {"benchmarks": ["xnlx"]}})
+    with pytest.raises(ConfigError, match="unknown language code 'xx'"):
+        parse_params({"data": {"languages": ["xx"]}})
+    with pytest.raises(ConfigError, match="decision_mode"):
+        parse_params({"train": {"decision_mode": "random"}})
+
+
+def test_flat_and_hash_are_stable():
+    a, b = Params(), Params()
+    assert a.flat()["train.learning_rate"] == 1e-5
+    assert a.section_hash("train") == b.section_hash("train")
+    assert a.section_hash("train") != parse_params({"train": {"seed": 1}}).section_hash("train")
