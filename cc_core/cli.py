@@ -67,6 +67,25 @@ def _prepare(args, params):
     return prepare(params.data, args.out)
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, choices=["cc", "sft"], help="cc: CC-Tuning; sft: vanilla SFT baseline")
+    p.add_argument("--base", default="models/base", help="base model directory (default: models/base)")
+    p.add_argument("--data", default="data/prepared", help="prepared data directory (default: data/prepared)")
+    p.add_argument("--out", default=None, help="output directory (default: models/<method>)")
+    p.add_argument("--metrics-dir", default="metrics", help="where train_<method>.json goes (default: metrics)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in models/.<method>-checkpoints if it matches params/data")
+    # The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment carries the same.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+@stage("train", "fine-tune with CC-Tuning (--method cc) or the vanilla SFT baseline (--method sft)")(_train_args)
+def _train(args, params):
+    from cc_core.train import train
+
+    return train(params, args.method, args.base, args.data, args.out, args.metrics_dir, args.resume)
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,9 +131,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from cc_core.modeling.base import ModelSourceError
     from cc_core.modeling.checkpoint import NotACCCheckpointError
     from cc_core.prompts import ChatTemplateError
+    from cc_core.tracking import TrackingUnavailableError
 
     return (ConfigError, InputError, HubUnreachableError, ModelSourceError, ChatTemplateError,
-            NotACCCheckpointError, UnsupportedArchitectureError, FileNotFoundError)
+            NotACCCheckpointError, UnsupportedArchitectureError, TrackingUnavailableError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,9 +22,17 @@ class InputError(ValueError):
     """Bad input data; the message names the file (and line)."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs are normal directories
+    return tmp
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -64,6 +72,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs are normal files
     os.replace(tmp, path)
 
 

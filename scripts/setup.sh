@@ -10,7 +10,7 @@ t0=$(date +%s)
 "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c constraints.txt)
 # Some machines' pip config lists local mirrors that do not exist; their warnings are noise.
-exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+exec > >(grep --line-buffered -v "is ignored: it is neither a file nor a directory") 2>&1
 # torch first, pinned: anything unpinned would pull a multi-GB CUDA build.
 "${pip[@]}" torch==2.13.0 setuptools wheel ninja py-cpuinfo packaging psutil
 # DeepSpeed from source with its CPU ops compiled now, so the first training run does not

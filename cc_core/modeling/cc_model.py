@@ -37,6 +37,9 @@ class CCOutput:
 
 
 class CCTuningModel(nn.Module):
+    # Like HF causal LMs: the loss is normalised by the Trainer's token count under gradient accumulation.
+    accepts_loss_kwargs = True
+
     def __init__(self, model: nn.Module, decision_maker: DecisionMaker | None = None, inject_layer: int = 0,
                  decision_mode: str = "gumbel", gumbel_tau: float = 1.0, detach_english: bool = False,
                  arch_map: ArchMap | dict | None = None) -> None:
@@ -87,10 +90,12 @@ class CCTuningModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, anchor: torch.Tensor,
                 en_input_ids: torch.Tensor, en_attention_mask: torch.Tensor, en_anchor: torch.Tensor,
-                labels: torch.Tensor | None = None, decision_mode: str | None = None, **_: object) -> CCOutput:
+                labels: torch.Tensor | None = None, decision_mode: str | None = None,
+                num_items_in_batch: int | torch.Tensor | None = None, **_: object) -> CCOutput:
         acts = self.english_activations(en_input_ids, en_attention_mask, en_anchor)
         vectors, choice = self.decision_maker.select(
             acts, self.anchor_embeds(input_ids, anchor), decision_mode or self.decision_mode, self.gumbel_tau)
         with connected(self.model, anchor, vectors, self.inject_layer, self.paths):
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False,
+                             **({"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}))
         return CCOutput(out.loss, out.logits, choice.detach())

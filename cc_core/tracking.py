@@ -1,0 +1,189 @@
+"""MLflow tracking: one run per training, metrics from later stages into that run.
+
+Default store: ``sqlite:///mlflow.db`` plus the ``mlartifacts/`` folder (see params
+``tracking.*``; ``MLFLOW_TRACKING_URI`` overrides). When a server URI is down,
+``tracking.on_unavailable`` decides: ``skip`` (run anyway, say so) or ``fail``.
+
+    with Tracker(params.tracking).run("train-cc", params=params.flat()) as run:
+        run.log_metrics({"loss": 1.2}, step=1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from cc_core.config import TrackingParams
+
+log = logging.getLogger(__name__)
+RUN_FILE = "mlflow_run.json"
+
+
+class TrackingUnavailableError(RuntimeError):
+    pass
+
+
+def tracking_uri(params: TrackingParams) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
+
+
+def _server_up(uri: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return True  # sqlite / file stores are local
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{commit}{'-dirty' if dirty else ''}" if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class _NullRun:
+    """Stands in for a run when tracking is disabled or skipped: every call is a no-op."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_dict(self, data: dict, name: str) -> None:
+        pass
+
+
+@dataclass
+class Run:
+    """A live MLflow run (thin wrapper: values are made MLflow-safe)."""
+
+    run_id: str
+    client: Any
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        clean = [Metric(_metric_key(k), float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        if clean:
+            self.client.log_batch(self.run_id, metrics=clean)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, "null" if v is None else str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(path), artifact_path)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, data, name)
+
+
+def _metric_key(key: str) -> str:
+    # MLflow allows alphanumerics, _ - . space / only.
+    return "".join(ch if ch.isalnum() or ch in "_-. /" else "_" for ch in key)
+
+
+class Tracker:
+    def __init__(self, params: TrackingParams) -> None:
+        self.params = params
+        self.uri = tracking_uri(params)
+
+    def _connect(self):
+        """Set the tracking URI and experiment; returns the client, or None when skipped."""
+        if not self.params.enabled:
+            return None
+        if not _server_up(self.uri):
+            message = f"MLflow tracking server {self.uri} is unreachable"
+            if self.params.on_unavailable == "fail":
+                raise TrackingUnavailableError(message + " (tracking.on_unavailable=fail)")
+            log.warning("%s: tracking was skipped for this run (tracking.on_unavailable=skip)", message)
+            return None
+        import mlflow
+
+        # A client bound to this URI, not mlflow's process-global fluent state (which also
+        # exports MLFLOW_TRACKING_URI to every child process).
+        return mlflow.MlflowClient(self.uri)
+
+    def experiment_id(self, client) -> str:
+        experiment = client.get_experiment_by_name(self.params.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = self.params.artifact_location
+        if location and "://" not in location:
+            location = Path(location).resolve().as_uri()
+        return client.create_experiment(self.params.experiment, artifact_location=location)
+
+    @contextlib.contextmanager
+    def run(self, name: str, params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+            run_id: str | None = None) -> Iterator[Run | _NullRun]:
+        """Start (or, with ``run_id``, reopen) a run; yields a no-op run when tracking is off."""
+        client = self._connect()
+        if client is None:
+            yield _NullRun()
+            return
+        if run_id is None:
+            run_id = client.create_run(self.experiment_id(client), run_name=name).info.run_id
+        run = Run(run_id, client)
+        if params:
+            run.log_params(params)
+        if tags:
+            run.set_tags(tags)
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        finally:
+            client.set_terminated(run_id, status=status)
+
+
+def write_run_file(directory: str | Path, run: Run | _NullRun, uri: str) -> None:
+    Path(directory, RUN_FILE).write_text(json.dumps({"run_id": run.run_id, "tracking_uri": uri}, indent=2) + "\n")
+
+
+def read_run_id(directory: str | Path) -> str | None:
+    path = Path(directory, RUN_FILE)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("run_id")

@@ -1,0 +1,460 @@
+"""The ``train`` stage: CC-Tuning or the vanilla SFT baseline, on the HF Trainer (+ DeepSpeed ZeRO).
+
+    cctune train --method cc                                  # models/cc/, metrics/train_cc.json
+    cctune train --method sft                                 # models/sft/ (the paper's baseline)
+    cctune train --method cc --resume                         # continue from the last checkpoint
+    cctune train --method cc --set train.deepspeed=zero3      # ZeRO-3 (one process; gloo on CPU)
+    torchrun --nproc_per_node 2 -m cc_core.cli train --method cc --set train.deepspeed=zero3
+
+Both methods train on the same non-English records with the same hyper-parameters; CC adds
+the English prompt pass and the Decision Maker (METHOD.md, Training). Intermediate Trainer
+checkpoints go to ``models/.<method>-checkpoints/``; the final model is written to a temp
+directory and renamed to ``models/<method>/`` only when training finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from cc_core.config import Params, TrainParams
+from cc_core.data.prepare import read_records
+from cc_core.io import InputError, dir_sha256, file_sha256, write_json
+from cc_core.prompts import encode_example, encode_prompt, pad_sequences, pad_token_id
+
+log = logging.getLogger(__name__)
+METHODS = ("cc", "sft")
+DEEPSPEED_DIR = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
+FINGERPRINT = "cc_fingerprint.json"
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+@dataclass
+class EncodeStats:
+    records: int = 0
+    kept: int = 0
+    dropped_truncated: int = 0  # response cut away entirely by cutoff_len
+    response_truncated: int = 0  # response partly cut
+    english_truncated: int = 0  # English prompt cut from the left to fit
+
+
+def encode_records(records, tokenizer, cutoff_len: int, method: str, on_truncated: str = "drop",
+                   where: str = "train.jsonl") -> tuple[list[dict[str, Any]], EncodeStats]:
+    """Tokenize records into training features (lists of ids; padding happens in the collator)."""
+    stats = EncodeStats(records=len(records))
+    features = []
+    for index, record in enumerate(records):
+        example = encode_example(tokenizer, record.instruction, record.output, cutoff_len)
+        if example is None:
+            if on_truncated == "error":
+                raise InputError(f"{where}: record {record.id!r} (line {index + 1}) has no response token left "
+                                 f"within train.cutoff_len={cutoff_len}")
+            stats.dropped_truncated += 1
+            continue
+        stats.response_truncated += example.response_truncated
+        feature: dict[str, Any] = {"input_ids": example.input_ids, "labels": example.labels, "anchor": example.anchor}
+        if method == "cc":
+            english = encode_prompt(tokenizer, record.instruction_en, max_len=cutoff_len)
+            stats.english_truncated += english.truncated
+            feature.update(en_input_ids=english.input_ids, en_anchor=english.anchor)
+        features.append(feature)
+    stats.kept = len(features)
+    return features, stats
+
+
+class FeatureDataset(Dataset):
+    def __init__(self, features: list[dict[str, Any]]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.features[index]
+
+
+@dataclass
+class CCCollator:
+    """Right-pads the non-English prompt+response (labels -100 on prompt and padding) and, for CC,
+    the English prompt; carries both anchors (right padding keeps them at len(prompt) - 1)."""
+
+    pad_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_sequences([f["input_ids"] for f in features], self.pad_id, "right")
+        labels, _ = pad_sequences([f["labels"] for f in features], -100, "right")
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if "en_input_ids" in features[0]:
+            en_ids, en_mask = pad_sequences([f["en_input_ids"] for f in features], self.pad_id, "right")
+            batch.update(anchor=torch.tensor([f["anchor"] for f in features]), en_input_ids=en_ids,
+                         en_attention_mask=en_mask, en_anchor=torch.tensor([f["en_anchor"] for f in features]))
+        return batch
+
+
+# --- DeepSpeed -------------------------------------------------------------------------------------
+
+def resolve_deepspeed(name: str | None) -> dict | None:
+    """``zero0|zero2|zero3|zero3_offload`` or a JSON path → the config dict (None: no DeepSpeed)."""
+    if not name:
+        return None
+    path = DEEPSPEED_DIR / f"{name}.json" if (DEEPSPEED_DIR / f"{name}.json").is_file() else Path(name)
+    if not path.is_file():
+        raise InputError(f"train.deepspeed={name!r}: no such config (built-in: zero0, zero2, zero3, zero3_offload; "
+                         "or a path to a JSON file)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}:{err.lineno}: DeepSpeed config is not valid JSON: {err.msg}") from None
+    if not isinstance(config, dict) or "zero_optimization" not in config:
+        raise InputError(f"{path}: DeepSpeed config must be an object with a 'zero_optimization' section")
+    return config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed_for_deepspeed() -> None:
+    """Without GPUs DeepSpeed needs the gloo backend and rendezvous variables; set them for a
+    single process, or use those a launcher (torchrun / deepspeed) already set."""
+    if torch.cuda.is_available():
+        return  # the Trainer/accelerate set up NCCL
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+# --- trainer ---------------------------------------------------------------------------------------
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    from cc_core.modeling.checkpoint import DM_WEIGHTS, save_cc_checkpoint
+
+    class CCTrainer(Trainer):
+        """Trainer whose loss is the CC two-pass step (or plain SFT); counts tokens and layer choices."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tokens_seen = 0  # non-English (trained) tokens
+            self.english_tokens_seen = 0
+            self.choice_counts: Counter[int] = Counter()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+            if "en_attention_mask" in inputs:
+                self.english_tokens_seen += int(inputs["en_attention_mask"].sum())
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            choice = getattr(outputs, "choice", None)
+            if choice is not None:
+                self.choice_counts.update(choice.argmax(-1).tolist())
+            return (loss, outputs) if return_outputs else loss
+
+        def _save(self, output_dir=None, state_dict=None):
+            from cc_core.modeling.cc_model import CCTuningModel
+
+            model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            if not isinstance(model, CCTuningModel):
+                return super()._save(output_dir, state_dict)
+            if not self.args.should_save:
+                return None
+            output_dir = output_dir or self.args.output_dir
+            save_cc_checkpoint(model, output_dir, self.processing_class, state_dict=state_dict)
+            return None
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            from cc_core.modeling.cc_model import CCTuningModel
+
+            target = model or self.model
+            if not isinstance(target, CCTuningModel):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            from safetensors.torch import load_file
+
+            load_base_weights(target.model, resume_from_checkpoint)
+            target.decision_maker.load_state_dict(load_file(str(Path(resume_from_checkpoint) / DM_WEIGHTS)))
+            return None
+
+    return CCTrainer
+
+
+def load_base_weights(model: torch.nn.Module, directory: str | Path) -> None:
+    """Load (possibly sharded) safetensors weights of a save_pretrained directory into ``model``."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(directory / name)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"{directory}: checkpoint does not match the model (missing={missing}, unexpected={unexpected})")
+    if tied:
+        model.tie_weights()
+
+
+def _make_log_callback(run, trainer_ref: dict):
+    from transformers import TrainerCallback
+
+    class TrackingCallback(TrainerCallback):
+        """Forwards the Trainer's logs (loss, lr, grad norm) plus tokens/s to MLflow and the log."""
+
+        def __init__(self):
+            self.last_time = None
+            self.last_tokens = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_time = time.perf_counter()
+            self.last_tokens = trainer_ref["trainer"].tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            trainer = trainer_ref["trainer"]
+            now = time.perf_counter()
+            metrics = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if self.last_time is not None and now > self.last_time:
+                metrics["tokens_per_s"] = (trainer.tokens_seen - self.last_tokens) * args.world_size / (now - self.last_time)
+            self.last_time, self.last_tokens = now, trainer.tokens_seen
+            if trainer.choice_counts:
+                total = sum(trainer.choice_counts.values())
+                probs = [c / total for c in trainer.choice_counts.values()]
+                metrics["dm_choice_entropy"] = -sum(p * math.log(p) for p in probs if p > 0)
+            run.log_metrics(metrics, step=state.global_step)
+
+    return TrackingCallback()
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    method: str
+    out_dir: str
+    steps: int
+    final_loss: float | None
+    train_runtime_s: float
+    tokens_per_s: float
+    run_id: str | None
+    encode: dict[str, int] = field(default_factory=dict)
+    layer_choice_counts: dict[str, int] = field(default_factory=dict)
+    checkpoint_sha256: str = ""
+
+
+def _fingerprint(params: Params, method: str, data_file: Path, base_dir: Path) -> dict[str, str]:
+    """What a resumable checkpoint must match: params that shape training, the data, the base model."""
+    return {"method": method, "train_params": params.section_hash("train"),
+            "data_sha256": file_sha256(data_file), "base_config_sha256": file_sha256(base_dir / "config.json")}
+
+
+def _training_arguments(tp: TrainParams, work_dir: Path, deepspeed_config: dict | None):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=tp.per_device_batch_size,
+        gradient_accumulation_steps=tp.gradient_accumulation_steps,
+        learning_rate=tp.learning_rate,
+        lr_scheduler_type=tp.lr_scheduler,
+        warmup_steps=tp.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
+        num_train_epochs=tp.epochs,
+        max_steps=tp.max_steps,
+        weight_decay=tp.weight_decay,
+        max_grad_norm=tp.max_grad_norm,
+        bf16=tp.bf16,
+        activation_checkpointing=tp.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if tp.gradient_checkpointing else None,
+        logging_steps=tp.logging_steps,
+        save_strategy="steps",
+        save_steps=tp.save_steps,
+        save_total_limit=tp.save_total_limit,
+        seed=tp.seed,
+        data_seed=tp.seed,
+        deepspeed=deepspeed_config,
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def train(params: Params, method: str, base_dir: str | Path = "models/base", data_dir: str | Path = "data/prepared",
+          out_dir: str | Path | None = None, metrics_dir: str | Path = "metrics", resume: bool = False) -> TrainResult:
+    from transformers import set_seed
+
+    from cc_core.modeling.base import load_model_dir
+    from cc_core.modeling.cc_model import CCTuningModel
+    from cc_core.tracking import Tracker, tracking_uri, write_run_file
+
+    if method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+    tp = params.train
+    base_dir, data_file = Path(base_dir), Path(data_dir) / "train.jsonl"
+    out = Path(out_dir or f"models/{method}")
+    work_dir = out.parent / f".{out.name}-checkpoints"
+    is_main = rank() == 0
+
+    ds_config = resolve_deepspeed(tp.deepspeed)
+    if ds_config is not None:
+        init_distributed_for_deepspeed()
+    records = read_records(data_file)
+    if not records:
+        raise InputError(f"{data_file}: empty training set")
+
+    fingerprint = _fingerprint(params, method, data_file, base_dir)
+    resume_from = _resume_point(work_dir, fingerprint) if resume else None
+    if is_main and resume_from is None and work_dir.exists():
+        shutil.rmtree(work_dir)
+    _barrier()
+    if is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        write_json(work_dir / FINGERPRINT, fingerprint)
+
+    args = _training_arguments(tp, work_dir, ds_config)  # before loading: ZeRO-3 loads partitioned
+    set_seed(tp.seed)
+    model, tokenizer = load_model_dir(base_dir)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise InputError(f"{base_dir}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                         f"{model.get_input_embeddings().num_embeddings} rows: tokenizer and model do not match")
+    features, stats = encode_records(records, tokenizer, tp.cutoff_len, method, tp.on_truncated, str(data_file))
+    if stats.dropped_truncated:
+        log.warning("dropped %d of %d examples whose response did not fit train.cutoff_len=%d",
+                    stats.dropped_truncated, stats.records, tp.cutoff_len)
+    if not features:
+        raise InputError(f"{data_file}: all {stats.records} examples were truncated away by "
+                         f"train.cutoff_len={tp.cutoff_len}; raise it")
+    if method == "cc":
+        model = CCTuningModel(model, inject_layer=tp.inject_layer, decision_mode=tp.decision_mode,
+                              gumbel_tau=tp.gumbel_tau, detach_english=tp.detach_english,
+                              arch_map=params.model.arch_map)
+
+    trainer_ref: dict[str, Any] = {}
+    tracker = Tracker(params.tracking)
+    run_tags = {"method": method, "git_commit": _git(), "data_sha256": fingerprint["data_sha256"],
+                "base_model": params.model.base, "stage": "train"}
+    run_ctx = tracker.run(f"train-{method}", params=params.flat(), tags=run_tags) if is_main else _null_run()
+    with run_ctx as run:
+        run.log_metrics({f"data_{k}": v for k, v in asdict(stats).items()}, step=0)
+        trainer = _make_trainer_class()(
+            model=model, args=args, train_dataset=FeatureDataset(features),
+            data_collator=CCCollator(pad_token_id(tokenizer)), processing_class=tokenizer,
+            callbacks=[_make_log_callback(run, trainer_ref)],
+        )
+        trainer_ref["trainer"] = trainer
+        if resume_from:
+            log.info("resuming from %s", resume_from)
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        partial = out.parent / f".{out.name}.partial"
+        if is_main and partial.exists():
+            shutil.rmtree(partial)
+        _barrier()
+        trainer.save_model(str(partial))  # every rank: ZeRO-3 gathers the full weights collectively
+        _barrier()
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        runtime = float(output.metrics.get("train_runtime", 0.0))
+        result = TrainResult(
+            method=method, out_dir=str(out), steps=trainer.state.global_step,
+            final_loss=history[-1]["loss"] if history else None, train_runtime_s=runtime,
+            tokens_per_s=trainer.tokens_seen * args.world_size / runtime if runtime else 0.0,
+            run_id=run.run_id, encode=asdict(stats),
+            layer_choice_counts={f"layer_{k:02d}": v for k, v in sorted(trainer.choice_counts.items())},
+        )
+        if is_main:
+            tokenizer.save_pretrained(partial)
+            write_run_file(partial, run, tracking_uri(params.tracking))
+            result.checkpoint_sha256 = dir_sha256(partial, "*.safetensors")
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(partial, out)
+            _write_train_metrics(result, history, Path(metrics_dir), method)
+            run.log_metrics({"final_loss": result.final_loss, "train_runtime_s": runtime,
+                             "train_tokens_per_s": result.tokens_per_s}, step=result.steps)
+            for key, count in result.layer_choice_counts.items():
+                run.log_metrics({f"dm_choice_{key}": count}, step=result.steps)
+            if result.layer_choice_counts:
+                run.log_dict(result.layer_choice_counts, "decision_maker/layer_choice_counts.json")
+            run.set_tags({"checkpoint_path": str(out.resolve()), "checkpoint_sha256": result.checkpoint_sha256})
+            if params.tracking.log_checkpoint:
+                run.log_artifacts(out, "checkpoint")
+    _barrier()
+    return result
+
+
+def _write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: Path, method: str) -> None:
+    metrics = {"method": method, "steps": result.steps, "final_loss": result.final_loss,
+               "first_loss": history[0]["loss"] if history else None,
+               "train_runtime_s": round(result.train_runtime_s, 3), "tokens_per_s": round(result.tokens_per_s, 2),
+               "examples": result.encode.get("kept", 0), "dropped_truncated": result.encode.get("dropped_truncated", 0),
+               "layer_choice_counts": result.layer_choice_counts}
+    write_json(metrics_dir / f"train_{method}.json", metrics)
+    write_json(metrics_dir / f"train_{method}_loss.json",
+               [{"step": h["step"], "loss": h["loss"]} for h in history])  # a DVC plot
+
+
+def _resume_point(work_dir: Path, fingerprint: dict[str, str]) -> Path | None:
+    """The last Trainer checkpoint, if it was made with the same params, data and base model."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not work_dir.is_dir():
+        log.info("no checkpoint to resume from in %s: starting fresh", work_dir)
+        return None
+    saved = work_dir / FINGERPRINT
+    if saved.is_file() and json.loads(saved.read_text()) != fingerprint:
+        log.warning("checkpoints in %s were made with other params/data: starting fresh", work_dir)
+        return None
+    last = get_last_checkpoint(str(work_dir))
+    return Path(last) if last else None
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _git() -> str:
+    from cc_core.tracking import git_commit
+
+    return git_commit()
+
+
+class _null_run:
+    """Non-zero ranks do not track."""
+
+    def __enter__(self):
+        from cc_core.tracking import _NullRun
+
+        return _NullRun()
+
+    def __exit__(self, *exc):
+        return False

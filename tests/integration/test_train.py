@@ -1,0 +1,199 @@
+"""Real optimizer steps on tiny models: CC and SFT, ZeRO-2/3 (one and two processes), resume, MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cc_core.config import DataParams, parse_params
+from cc_core.data.prepare import prepare
+from cc_core.modeling.base import build_base_model
+from cc_core.config import ModelParams
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    build_base_model(ModelParams(base="tiny-random-llama"), root / "models/base")
+    prepare(DataParams(num_pairs=8, max_train_records=16), root / "data/prepared")
+    return root
+
+
+def _overrides(root: Path, **extra) -> list[str]:
+    base = {"train.max_steps": 4, "train.per_device_batch_size": 4, "train.learning_rate": 1e-3,
+            "train.save_steps": 2, "train.logging_steps": 1, "train.warmup_ratio": 0.0,
+            "train.lr_scheduler": "constant", "tracking.uri": f"sqlite:///{root}/mlflow.db",
+            "tracking.artifact_location": str(root / "mlartifacts")}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _cli(root: Path, *args: str, launcher: list[str] | None = None, env: dict | None = None, **overrides):
+    cmd = (launcher or [sys.executable, "-m", "cc_core.cli"]) + list(args)
+    for item in _overrides(root, **overrides):
+        cmd += ["--set", item]
+    full_env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "DS_ACCELERATOR": "cpu",
+                "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(cmd, cwd=root, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def _params_file(root: Path) -> Path:
+    path = root / "params.yaml"
+    if not path.exists():
+        path.write_text((REPO / "params.yaml").read_text())
+    return path
+
+
+def _train_api(root: Path, method: str, out: str, **overrides):
+    from cc_core.train import train
+
+    params = parse_params({}, overrides=_overrides(root, **overrides))
+    return train(params, method, root / "models/base", root / "data/prepared", root / out, root / "metrics")
+
+
+@pytest.mark.parametrize("method", ["cc", "sft"])
+def test_loss_decreases_on_tiny_overfit_set(workspace, method):
+    result = _train_api(workspace, method, f"models/{method}", **{"train.max_steps": 12,
+                                                                 "train.per_device_batch_size": 16})
+    history = json.loads((workspace / f"metrics/train_{method}_loss.json").read_text())
+    losses = [h["loss"] for h in history]
+    assert len(losses) == 12 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert losses[-1] < losses[0] - 0.5, losses
+    metrics = json.loads((workspace / f"metrics/train_{method}.json").read_text())
+    assert metrics["steps"] == 12 and metrics["tokens_per_s"] > 0
+    out = workspace / f"models/{method}"
+    assert (out / "model.safetensors").is_file() and (out / "mlflow_run.json").is_file()
+    if method == "cc":
+        from cc_core.modeling import load_cc_checkpoint
+
+        model, _ = load_cc_checkpoint(out)
+        assert sum(result.layer_choice_counts.values()) == 12 * 16
+        assert model.inject_layer == 0
+    else:
+        assert not (out / "cc_tuning.json").exists()
+    # the MLflow run holds params, per-step metrics and the checkpoint tags
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
+    run = client.get_run(result.run_id)
+    assert run.data.params["train.learning_rate"] == "0.001"
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "final_loss"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(result.run_id, "loss")) == 12
+    assert run.data.tags["checkpoint_sha256"] == result.checkpoint_sha256
+    assert run.data.tags["method"] == method and run.data.tags["data_sha256"]
+    if method == "cc":
+        assert any(k.startswith("dm_choice_layer_") for k in run.data.metrics)
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_single_process(workspace, stage):
+    _params_file(workspace)
+    proc = _cli(workspace, "train", "--method", "cc", "--out", f"models/cc-{stage}",
+                **{"train.deepspeed": stage, "train.max_steps": 3, "train.gradient_checkpointing": stage == "zero3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from cc_core.modeling import load_cc_checkpoint
+
+    model, tok = load_cc_checkpoint(workspace / f"models/cc-{stage}")
+    assert sum(p.numel() for p in model.model.parameters()) > 3_000_000  # consolidated, not a shard
+    metrics = json.loads((workspace / "metrics/train_cc.json").read_text())
+    assert metrics["steps"] == 3 and metrics["final_loss"] == metrics["final_loss"]  # finite
+
+
+def test_zero3_two_processes_with_torchrun(workspace):
+    _params_file(workspace)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cc_core.cli"]
+    proc = _cli(workspace, "train", "--method", "cc", "--out", "models/cc-2proc", launcher=launcher,
+                **{"train.deepspeed": "zero3", "train.max_steps": 2, "train.per_device_batch_size": 2})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from cc_core.modeling import load_cc_checkpoint
+    from cc_core.modeling.base import load_model_dir
+
+    model, _ = load_cc_checkpoint(workspace / "models/cc-2proc")
+    base, _ = load_model_dir(workspace / "models/base")
+    assert sum(p.numel() for p in model.model.parameters()) == sum(p.numel() for p in base.parameters())
+    assert not torch.equal(model.model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_resume_after_kill_reaches_same_final_loss(workspace):
+    _params_file(workspace)
+    settings = {"train.max_steps": 8, "train.save_steps": 2, "train.per_device_batch_size": 2}
+    reference = _cli(workspace, "train", "--method", "cc", "--out", "models/cc-ref", **settings)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = json.loads((workspace / "metrics/train_cc.json").read_text())["final_loss"]
+
+    cmd = [sys.executable, "-m", "cc_core.cli", "train", "--method", "cc", "--out", "models/cc-resume"]
+    for item in _overrides(workspace, **settings):
+        cmd += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=workspace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = workspace / "models/.cc-resume-checkpoints/checkpoint-4/trainer_state.json"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # a real kill, mid-run
+    proc.wait()
+    assert checkpoint.exists() and not (workspace / "models/cc-resume").exists()
+
+    resumed = _cli(workspace, "train", "--method", "cc", "--out", "models/cc-resume", "--resume", **settings)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    final = json.loads((workspace / "metrics/train_cc.json").read_text())
+    assert final["steps"] == 8
+    assert final["final_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_bad_inputs_fail_clearly_and_leave_no_output(workspace, tmp_path):
+    _params_file(workspace)
+    # a DeepSpeed config that does not parse
+    bad = tmp_path / "ds.json"
+    bad.write_text("{not json")
+    proc = _cli(workspace, "train", "--method", "cc", "--out", "models/bad", **{"train.deepspeed": str(bad)})
+    assert proc.returncode == 2 and "ds.json:1: DeepSpeed config is not valid JSON" in proc.stderr
+    # every example truncated away
+    proc = _cli(workspace, "train", "--method", "sft", "--out", "models/bad", **{"train.cutoff_len": 8})
+    assert proc.returncode == 2 and "truncated away by train.cutoff_len=8" in proc.stderr
+    # MLflow down: fail fast when asked to
+    proc = _cli(workspace, "train", "--method", "sft", "--out", "models/bad",
+                **{"tracking.uri": "http://127.0.0.1:9", "tracking.on_unavailable": "fail"})
+    assert proc.returncode == 2 and "unreachable" in proc.stderr
+    assert not (workspace / "models/bad").exists()
+    # MLflow down: train anyway and say so
+    proc = _cli(workspace, "train", "--method", "sft", "--out", "models/sft-untracked",
+                **{"tracking.uri": "http://127.0.0.1:9", "train.max_steps": 1})
+    assert proc.returncode == 0 and "tracking was skipped" in proc.stderr
+    # a record without instruction_en, and an empty training set
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps({"id": "a", "lang": "de", "instruction": "x", "output": "y"}) + "\n")
+    proc = _cli(workspace, "train", "--method", "cc", "--data", str(data), "--out", "models/bad")
+    assert proc.returncode == 2 and "train.jsonl:1: missing field 'instruction_en'" in proc.stderr
+    (data / "train.jsonl").write_text("")
+    proc = _cli(workspace, "train", "--method", "cc", "--data", str(data), "--out", "models/bad")
+    assert proc.returncode == 2 and "empty training set" in proc.stderr
+    assert not (workspace / "models/bad").exists()
+
+
+def test_tokenizer_model_mismatch(workspace, tmp_path):
+    import shutil
+
+    from cc_core.modeling.base import load_model_dir
+
+    model, tok = load_model_dir(workspace / "models/base")
+    small = tmp_path / "base-small"
+    shutil.copytree(workspace / "models/base", small)
+    model.resize_token_embeddings(1000)
+    model.save_pretrained(small)
+    _params_file(workspace)
+    proc = _cli(workspace, "train", "--method", "sft", "--base", str(small), "--out", "models/bad")
+    assert proc.returncode == 2 and "tokenizer and model do not match" in proc.stderr
