@@ -86,6 +86,70 @@ def _train(args, params):
     return train(params, args.method, args.base, args.data, args.out, args.metrics_dir, args.resume)
 
 
+def _collect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="models/cc", help="trained model directory (default: models/cc)")
+    p.add_argument("--pairs", default="data/prepared/pairs.jsonl", help="held-out parallel pairs")
+    p.add_argument("--out", default="activations", help="output directory (default: activations)")
+
+
+@stage("collect", "FFN activations at the anchor for held-out parallel pairs → activations/")(_collect_args)
+def _collect(args, params):
+    from cc_core.activations import collect
+
+    return collect(params.collect, args.model, args.pairs, args.out, params.eval.max_prompt_len)
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--activations", default="activations", help="collected activations (default: activations)")
+    p.add_argument("--model", default="models/cc",
+                   help="model the activations must come from; its MLflow run receives the fit metrics")
+    p.add_argument("--out", default="transform", help="output directory (default: transform)")
+    p.add_argument("--metrics-dir", default="metrics", help="where transform.json goes (default: metrics)")
+
+
+@stage("fit", "fit the Transform Matrix (streaming least squares) → transform/")(_fit_args)
+def _fit(args, params):
+    from cc_core.transform import fit
+
+    return fit(params.fit, args.activations, args.out, args.metrics_dir, args.model, params.tracking)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, choices=["base", "sft", "cc"], help="which model to evaluate")
+    p.add_argument("--benchmark", required=True, help="xnli | xstorycloze | mmmlu | xquad | mkqa | xlsum")
+    p.add_argument("--langs", nargs="+", default=None, help="languages (default: eval.langs, or all but English)")
+    p.add_argument("--limit", type=int, default=None, help="at most N items per language (default: eval.limit)")
+    p.add_argument("--model", default=None, help="model directory (default: models/<method>)")
+    p.add_argument("--transform", default="transform", help="Transform Matrix for cc (default: transform/)")
+    p.add_argument("--out", default="eval", help="predictions root (default: eval)")
+    p.add_argument("--metrics-dir", default="metrics/eval", help="scores root (default: metrics/eval)")
+
+
+@stage("eval", "generate and score one benchmark for one method → eval/, metrics/eval/")(_eval_args)
+def _eval(args, params):
+    from cc_core.evaluate import evaluate
+
+    return evaluate(params, args.method, args.benchmark, args.langs, args.limit, args.model, args.transform,
+                    args.out, args.metrics_dir)
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", required=True, help="xnli | xstorycloze | mmmlu | xquad | mkqa | xlsum")
+    p.add_argument("--data-dir", default=None, help="benchmark data: bundled | a directory | hub (default: eval.data_dir)")
+    p.add_argument("--lang", required=True, help="language code")
+    p.add_argument("--predictions", required=True, help='JSONL: {"id" or line order, "output"} per line')
+    p.add_argument("--limit", type=int, default=None, help="score only the first N items")
+    p.add_argument("--output", default=None, help="write the summary JSON here")
+
+
+@stage("score", "score a predictions file from any inference engine against a benchmark's golds")(_score_args)
+def _score(args, params):
+    from cc_core.evaluate import score
+
+    return score(args.benchmark, args.data_dir or params.eval.data_dir, args.lang, args.predictions, args.limit,
+                 args.output)
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,9 +196,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from cc_core.modeling.checkpoint import NotACCCheckpointError
     from cc_core.prompts import ChatTemplateError
     from cc_core.tracking import TrackingUnavailableError
+    from cc_core.transform import TransformShapeError
 
-    return (ConfigError, InputError, HubUnreachableError, ModelSourceError, ChatTemplateError,
-            NotACCCheckpointError, UnsupportedArchitectureError, TrackingUnavailableError, FileNotFoundError)
+    return (ConfigError, ValueError, InputError, HubUnreachableError, ModelSourceError, ChatTemplateError,
+            NotACCCheckpointError, UnsupportedArchitectureError, TrackingUnavailableError, TransformShapeError,
+            FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, args.overrides)
         result = STAGES[args.stage][2](args, params)
     except errors as err:
+        if args.verbose:
+            raise
         print(f"cctune {args.stage}: error: {err}", file=sys.stderr)
         return 2
     _print_result(result)

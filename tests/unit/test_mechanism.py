@@ -103,14 +103,14 @@ def test_generate_inside_connection_equals_manual_two_step_decode(tiny_any):
                                        min_new_tokens=steps, pad_token_id=tok.pad_token_id)
             prefill = model(input_ids=ids, attention_mask=mask, use_cache=True)
         # plain decoding from the connected prefill's cache: the connection must not touch these steps
-        cache, tokens, attn = prefill.past_key_values, [prefill.logits[:, -1].argmax(-1)], mask
+        cache, tokens, attn = prefill.cache, [prefill.logits[:, -1].argmax(-1)], mask
         positions = mask.sum(1) - 1
         for _ in range(steps - 1):
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             positions = positions + 1
             out = model(input_ids=tokens[-1][:, None], attention_mask=attn, cache=cache,
                         position_ids=positions[:, None], use_cache=True)
-            cache = out.past_key_values
+            cache = out.cache
             tokens.append(out.logits[:, -1].argmax(-1))
     manual = torch.stack(tokens, dim=1)
     assert torch.equal(generated[:, ids.shape[1]:], manual)
@@ -164,7 +164,7 @@ def test_capture_with_cache_reads_the_anchor_chunk(tiny_factory):
         full = capture_ffn(model, ids, mask, anchor)
         prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
         with capturing(model, anchor) as cap:
-            model(input_ids=ids[:, -1:], attention_mask=mask, cache=prefix.past_key_values, use_cache=True)
+            model(input_ids=ids[:, -1:], attention_mask=mask, cache=prefix.cache, use_cache=True)
             chunked = cap.vectors()
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
 

@@ -1,0 +1,178 @@
+"""The ``eval`` and ``score`` stages: one benchmark × languages → predictions + scores.
+
+    cctune eval --method cc --benchmark xnli                 # eval/cc/XNLI/<lang>.jsonl, metrics/eval/cc/XNLI.json
+    cctune eval --method base --benchmark mkqa --langs de ja --limit 20
+    cctune score --benchmark xnli --data-dir ../shared/benchmarks --lang zh --predictions preds.jsonl
+
+``score`` scores the outputs of any inference engine with the same code path ``eval`` uses.
+Scores are on the paper's 0–100 scale (accuracy, token F1, ROUGE-L; EM as an extra key).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cc_core.config import Params
+from cc_core.data.benchmarks import BenchmarkItem, BenchmarkSpec, available_langs, get_spec, load_benchmark
+from cc_core.io import InputError, atomic_dir, iter_jsonl, write_json, write_jsonl
+from cc_core.metrics import ItemScore, score_choice, score_qa, score_summary
+
+log = logging.getLogger(__name__)
+METHOD_DIRS = {"base": "models/base", "sft": "models/sft", "cc": "models/cc"}
+
+
+def score_item(spec: BenchmarkSpec, item: BenchmarkItem, output: str) -> ItemScore:
+    if spec.kind == "choice":
+        return score_choice(output, str(item.gold), item.lang, item.prompt, spec.labels)
+    if spec.kind == "qa":
+        golds = item.gold if isinstance(item.gold, list) else [item.gold]
+        return score_qa(output, golds, item.lang)
+    return score_summary(output, str(item.gold), item.lang)
+
+
+def summarize(spec: BenchmarkSpec, lang: str, scores: list[ItemScore], outputs: list[str]) -> dict[str, Any]:
+    """``{"benchmark", "lang", "n", "metric", "score", "unparsed", "empty", ["em"]}`` on the 0–100 scale."""
+    n = len(scores)
+    summary: dict[str, Any] = {
+        "benchmark": spec.name, "lang": lang, "n": n, "metric": spec.metric,
+        "score": round(100 * sum(s.score for s in scores) / n, 4) if n else 0.0,
+        "unparsed": sum(s.parsed is None for s in scores),
+        "empty": sum(not o.strip() for o in outputs),
+    }
+    if spec.kind == "qa":
+        summary["em"] = round(100 * sum(s.extra.get("em", 0.0) for s in scores) / n, 4) if n else 0.0
+    return summary
+
+
+def read_predictions(path: str | Path, items: list[BenchmarkItem]) -> list[str]:
+    """Outputs aligned to ``items``: each line ``{"id": ..., "output": ...}`` or ``{"output": ...}``
+    (then the line index is the item index)."""
+    by_id = {item.id: index for index, item in enumerate(items)}
+    outputs: list[str | None] = [None] * len(items)
+    for position, (number, row) in enumerate(iter_jsonl(path)):
+        if not isinstance(row, dict) or not isinstance(row.get("output"), str):
+            raise InputError(f"{path}:{number}: expected an object with a string 'output'")
+        if "id" in row:
+            if row["id"] not in by_id:
+                raise InputError(f"{path}:{number}: unknown id {row['id']!r} for this benchmark/language")
+            index = by_id[row["id"]]
+        else:
+            index = position
+            if index >= len(items):
+                raise InputError(f"{path}:{number}: more predictions than the {len(items)} items")
+        outputs[index] = row["output"]
+    missing = [items[i].id for i, o in enumerate(outputs) if o is None]
+    if missing:
+        raise InputError(f"{path}: no prediction for {len(missing)} items (first: {missing[0]})")
+    return outputs  # type: ignore[return-value]
+
+
+def score(benchmark: str, data_dir: str | Path, lang: str, predictions: str | Path, limit: int | None = None,
+          output: str | Path | None = None) -> dict[str, Any]:
+    spec = get_spec(benchmark)
+    items = load_benchmark(spec.name, lang, data_dir, limit)
+    outputs = read_predictions(predictions, items)
+    summary = summarize(spec, lang, [score_item(spec, i, o) for i, o in zip(items, outputs)], outputs)
+    if output:
+        write_json(output, summary)
+    return summary
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    method: str
+    benchmark: str
+    average: float
+    languages: dict[str, float]
+    items: int
+    unparsed: int
+    seconds: float
+    metrics_file: str
+
+
+def _generator(params: Params, method: str, model_dir: str | Path | None, transform: str | Path):
+    from cc_core.generate import Generator
+
+    mode = params.eval.cc_mode if method == "cc" else "none"
+    return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode,
+                               decision_mode=params.eval.decision_mode, max_new_tokens=params.eval.max_new_tokens,
+                               batch_size=params.eval.batch_size, max_prompt_len=params.eval.max_prompt_len)
+
+
+def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | None = None, limit: int | None = None,
+             model_dir: str | Path | None = None, transform: str | Path = "transform", out_root: str | Path = "eval",
+             metrics_root: str | Path = "metrics/eval", generator=None) -> EvalResult:
+    """Generate for every language of ``benchmark`` and score; outputs written atomically."""
+    if method not in METHOD_DIRS:
+        raise ValueError(f"--method must be one of {', '.join(METHOD_DIRS)}, not {method!r}")
+    spec = get_spec(benchmark)
+    data_dir = params.eval.data_dir
+    langs = langs or params.eval.langs or [lang for lang in available_langs(spec, data_dir) if lang != "en"]
+    langs = [lang for lang in langs if lang in spec.langs] if params.eval.langs and not langs else langs
+    limit = limit or params.eval.limit
+    generator = generator or _generator(params, method, model_dir, transform)
+    started = time.perf_counter()
+    per_lang: dict[str, dict[str, Any]] = {}
+    rows_by_lang: dict[str, list[dict]] = {}
+    for lang in langs:
+        items = load_benchmark(spec.name, lang, data_dir, limit)
+        generations = generator.generate([i.prompt for i in items], [i.lang for i in items],
+                                         [i.prompt_en for i in items])
+        outputs = [g.text for g in generations]
+        scores = [score_item(spec, item, out) for item, out in zip(items, outputs)]
+        per_lang[lang] = summarize(spec, lang, scores, outputs)
+        per_lang[lang]["prompts_truncated"] = sum(g.prompt_truncated for g in generations)
+        per_lang[lang]["new_tokens"] = sum(g.new_tokens for g in generations)
+        rows_by_lang[lang] = [
+            {"id": item.id, "prompt": item.prompt, "output": out, "parsed": sc.parsed, "gold": item.gold,
+             "score": sc.score, **({"em": sc.extra["em"]} if "em" in sc.extra else {}),
+             "chosen_layer": gen.chosen_layer, "prompt_truncated": gen.prompt_truncated}
+            for item, out, sc, gen in zip(items, outputs, scores, generations)
+        ]
+        log.info("%s %s %s: %s %.2f (n=%d, unparsed %d)", method, spec.name, lang, spec.metric,
+                 per_lang[lang]["score"], per_lang[lang]["n"], per_lang[lang]["unparsed"])
+    seconds = time.perf_counter() - started
+    average = round(sum(v["score"] for v in per_lang.values()) / len(per_lang), 4) if per_lang else 0.0
+    report = {"benchmark": spec.name, "method": method, "metric": spec.metric, "mode": generator.mode,
+              "average": average, "unparsed": sum(v["unparsed"] for v in per_lang.values()),
+              "items": sum(v["n"] for v in per_lang.values()), "seconds": round(seconds, 2), "languages": per_lang}
+    with atomic_dir(Path(out_root) / method / spec.name) as tmp:
+        for lang, rows in rows_by_lang.items():
+            write_jsonl(tmp / f"{lang}.jsonl", rows)
+    metrics_file = Path(metrics_root) / method / f"{spec.name}.json"
+    write_json(metrics_file, report)
+    _log_to_run(params, method, model_dir, report)
+    return EvalResult(method, spec.name, average, {k: v["score"] for k, v in per_lang.items()}, report["items"],
+                      report["unparsed"], round(seconds, 2), str(metrics_file))
+
+
+def _log_to_run(params: Params, method: str, model_dir, report: dict) -> None:
+    """Scores go into the method's training run (the base model gets a run of its own)."""
+    from cc_core.tracking import Tracker, read_run_id
+
+    tracker = Tracker(params.tracking)
+    run_id = read_run_id(model_dir or METHOD_DIRS[method]) if method != "base" else None
+    name = report["benchmark"]
+    with tracker.run(f"eval-{method}", run_id=run_id or base_run_id(tracker, params),
+                     tags={"method": method}) as run:
+        run.log_metrics({f"eval_{name}_avg": report["average"], f"eval_{name}_unparsed": report["unparsed"],
+                         **{f"eval_{name}_{lang}": v["score"] for lang, v in report["languages"].items()}})
+
+
+def base_run_id(tracker, params: Params) -> str | None:
+    """The newest run tagged method=base for this base model (created on first use)."""
+    client = tracker._connect()
+    if client is None:
+        return None
+    experiment = tracker.experiment_id(client)
+    runs = client.search_runs([experiment], f"tags.method = 'base' and tags.base_model = '{params.model.base}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(experiment, run_name="base", tags={"method": "base", "base_model": params.model.base})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id

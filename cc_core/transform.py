@@ -1,0 +1,376 @@
+"""The ``fit`` stage: the Transform Matrix M with B M ≈ A (METHOD.md, Transform Matrix).
+
+    cctune fit                      # activations/ → transform/transform.safetensors + metrics/transform.json
+
+Faithful default: one d×d matrix shared by all layers, plain least squares over all
+(pair, layer) rows. Streaming: the shards are read one at a time and only the normal
+equations BᵀB and BᵀA (float64, O(d²)) are kept, so memory does not grow with N. Options:
+ridge λ, one matrix per layer, a bias term, one matrix per language. A seeded held-out split
+of pairs reports MSE, R² and cosine(B M, A) per layer, next to the identity map (no
+transform), so a user sees at a glance whether the matrix helps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from cc_core.config import FitParams
+from cc_core.io import InputError, atomic_dir, dir_sha256, read_json, write_json
+
+log = logging.getLogger(__name__)
+TRANSFORM_FILE = "transform.safetensors"
+
+
+class TransformShapeError(ValueError):
+    pass
+
+
+# --- reading activations ---------------------------------------------------------------------------
+
+@dataclass
+class Shard:
+    file: Path
+    ids: list[str]
+    langs: list[str]
+    nonen: torch.Tensor  # [n, L, d]
+    en: torch.Tensor
+
+
+def read_index(activations_dir: str | Path, expected_model_sha256: str | None = None) -> dict:
+    activations_dir = Path(activations_dir)
+    index = read_json(activations_dir / "index.json")
+    if expected_model_sha256 and index.get("model_sha256") != expected_model_sha256:
+        raise InputError(f"{activations_dir / 'index.json'}: activations were collected from another model "
+                         f"(hash {str(index.get('model_sha256'))[:12]}…, current model {expected_model_sha256[:12]}…); "
+                         "rerun `cctune collect`")
+    if not index.get("shards"):
+        raise InputError(f"{activations_dir / 'index.json'}: lists no shards")
+    return index
+
+
+def iter_shards(activations_dir: str | Path, index: dict) -> Iterator[Shard]:
+    """Yield shards one at a time, validating ids, shapes, finiteness and the model hash."""
+    activations_dir = Path(activations_dir)
+    for entry in index["shards"]:
+        path = activations_dir / entry["file"]
+        if not path.is_file():
+            raise InputError(f"{path}: shard listed in index.json is missing")
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            keys = set(handle.keys())
+            if not {"nonen", "en"} <= keys:
+                raise InputError(f"{path}: a shard needs tensors 'nonen' and 'en', found {sorted(keys)}")
+            nonen, english = handle.get_tensor("nonen"), handle.get_tensor("en")
+        if meta.get("model_sha256") != index.get("model_sha256"):
+            raise InputError(f"{path}: shard comes from a different model than index.json (hash mismatch)")
+        ids, langs = entry.get("ids", []), entry.get("langs", [])
+        if not (len(ids) == len(langs) == nonen.shape[0] == english.shape[0]):
+            raise InputError(f"{path}: {nonen.shape[0]} non-English rows, {english.shape[0]} English rows, "
+                             f"{len(ids)} ids: every pair needs both sides")
+        if nonen.shape[1:] != (index["num_layers"], index["hidden_size"]) or english.shape != nonen.shape:
+            raise InputError(f"{path}: shape {tuple(nonen.shape)} / {tuple(english.shape)} does not match "
+                             f"index.json (L={index['num_layers']}, d={index['hidden_size']})")
+        for name, tensor in (("nonen", nonen), ("en", english)):
+            if not torch.isfinite(tensor).all():
+                raise InputError(f"{path}: tensor {name!r} contains NaN or inf")
+        yield Shard(path, ids, langs, nonen.double(), english.double())
+
+
+# --- the least-squares solve -------------------------------------------------------------------------
+
+class NormalEquations:
+    """Accumulates XᵀX and XᵀY in float64 (X = B, plus a ones column with a bias)."""
+
+    def __init__(self, d: int, bias: bool) -> None:
+        width = d + int(bias)
+        self.bias = bias
+        self.xtx = torch.zeros(width, width, dtype=torch.float64)
+        self.xty = torch.zeros(width, d, dtype=torch.float64)
+        self.rows = 0
+
+    def add(self, b: torch.Tensor, a: torch.Tensor) -> None:
+        x = b.double()
+        if self.bias:
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+        self.xtx += x.T @ x
+        self.xty += x.T @ a.double()
+        self.rows += x.shape[0]
+
+    def solve(self, ridge: float = 0.0, rcond: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """(M [d, d], bias [d] or None, solver used). Falls back to the pseudo-inverse when
+        XᵀX is singular or near-singular (warns; never returns NaN)."""
+        a = self.xtx.clone()
+        d = self.xty.shape[1]
+        if ridge:
+            a[:d, :d] += ridge * torch.eye(d, dtype=a.dtype)  # the bias is not penalised
+        evals = torch.linalg.eigvalsh(a)
+        solver = "cholesky"
+        if evals.max() <= 0 or evals.min() <= rcond * evals.max():
+            warnings.warn(f"XᵀX is singular or near-singular (rows={self.rows}, min/max eigenvalue "
+                          f"{float(evals.min()):.3g}/{float(evals.max()):.3g}); using the pseudo-inverse "
+                          "(minimum-norm least squares). More pairs or fit.ridge > 0 avoid this.",
+                          RuntimeWarning, stacklevel=2)
+            w = torch.linalg.pinv(a, hermitian=True, rtol=rcond) @ self.xty
+            solver = "pinv"
+        else:
+            w = torch.cholesky_solve(self.xty, torch.linalg.cholesky(a))
+        if not torch.isfinite(w).all():  # belt and braces: never hand back NaN
+            w = torch.linalg.pinv(a, hermitian=True, rtol=rcond) @ self.xty
+            solver = "pinv"
+        return (w[:d], w[d] if self.bias else None, solver)
+
+
+# --- the Transform Matrix ----------------------------------------------------------------------------
+
+@dataclass
+class TransformMatrix:
+    """``apply(acts [B, L, d], langs)`` → English-like activations ``[B, L, d]``."""
+
+    matrix: torch.Tensor  # [d, d] shared, or [L, d, d] per layer
+    bias: torch.Tensor | None  # [d] or [L, d]
+    per_language: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+    meta: dict
+
+    @property
+    def hidden_size(self) -> int:
+        return self.matrix.shape[-1]
+
+    def _params_for(self, lang: str | None):
+        if lang is not None and lang in self.per_language:
+            return self.per_language[lang]
+        return self.matrix, self.bias
+
+    def apply(self, acts: torch.Tensor, langs: list[str] | None = None) -> torch.Tensor:
+        if acts.shape[-1] != self.hidden_size:
+            raise TransformShapeError(f"activations have d={acts.shape[-1]} but the Transform Matrix is for "
+                                      f"d={self.hidden_size}")
+        rows = []
+        for i in range(acts.shape[0]) if self.per_language else [None]:
+            matrix, bias = self._params_for(langs[i] if (langs and i is not None) else None)
+            x = acts if i is None else acts[i:i + 1]
+            m = matrix.to(x.device, x.dtype)
+            y = torch.einsum("bld,lde->ble", x, m) if m.dim() == 3 else x @ m
+            if bias is not None:
+                y = y + bias.to(x.device, x.dtype)
+            rows.append(y)
+        return torch.cat(rows) if len(rows) > 1 else rows[0]
+
+    def save(self, path: str | Path) -> None:
+        tensors = {"matrix": self.matrix.float().contiguous()}
+        if self.bias is not None:
+            tensors["bias"] = self.bias.float().contiguous()
+        for lang, (matrix, bias) in self.per_language.items():
+            tensors[f"matrix.{lang}"] = matrix.float().contiguous()
+            if bias is not None:
+                tensors[f"bias.{lang}"] = bias.float().contiguous()
+        save_file(tensors, str(path), metadata={"cc_transform": json.dumps(self.meta)})
+
+
+def load_transform(path: str | Path, hidden_size: int | None = None, num_layers: int | None = None) -> TransformMatrix:
+    """Load ``transform.safetensors``; a shape that does not fit the model is a clear error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TRANSFORM_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: no Transform Matrix here (run `cctune fit` first)")
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        meta = json.loads((handle.metadata() or {}).get("cc_transform", "{}"))
+    if "matrix" not in tensors:
+        raise InputError(f"{path}: not a Transform Matrix file (no 'matrix' tensor)")
+    matrix = tensors["matrix"]
+    if hidden_size is not None and tuple(matrix.shape[-2:]) != (hidden_size, hidden_size):
+        raise TransformShapeError(f"{path}: the matrix is {matrix.shape[-2]}×{matrix.shape[-1]} but the model's "
+                                  f"hidden size is {hidden_size}: it was fitted for another model")
+    if num_layers is not None and matrix.dim() == 3 and matrix.shape[0] != num_layers:
+        raise TransformShapeError(f"{path}: {matrix.shape[0]} per-layer matrices but the model has {num_layers} layers")
+    per_language = {key.split(".", 1)[1]: (tensor, tensors.get(f"bias.{key.split('.', 1)[1]}"))
+                    for key, tensor in tensors.items() if key.startswith("matrix.")}
+    return TransformMatrix(matrix, tensors.get("bias"), per_language, meta)
+
+
+# --- fit quality ---------------------------------------------------------------------------------------
+
+class _Quality:
+    """Streaming MSE / R² / mean cosine per layer for predictions P of targets A."""
+
+    def __init__(self, num_layers: int, d: int) -> None:
+        self.n = torch.zeros(num_layers, dtype=torch.float64)
+        self.sse = torch.zeros(num_layers, dtype=torch.float64)
+        self.sum_a = torch.zeros(num_layers, d, dtype=torch.float64)
+        self.sum_a2 = torch.zeros(num_layers, dtype=torch.float64)
+        self.cos = torch.zeros(num_layers, dtype=torch.float64)
+        self.d = d
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:  # [n, L, d]
+        self.n += pred.shape[0]
+        self.sse += ((pred - target) ** 2).sum(dim=(0, 2))
+        self.sum_a += target.sum(dim=0)
+        self.sum_a2 += (target ** 2).sum(dim=(0, 2))
+        self.cos += torch.nn.functional.cosine_similarity(pred, target, dim=-1).sum(dim=0)
+
+    def per_layer(self) -> dict[str, list[float]]:
+        n = self.n.clamp(min=1)
+        sst = self.sum_a2 - (self.sum_a ** 2).sum(-1) / n
+        return {"mse": (self.sse / (n * self.d)).tolist(), "r2": (1 - self.sse / sst.clamp(min=1e-30)).tolist(),
+                "cosine": (self.cos / n).tolist()}
+
+    def overall(self) -> dict[str, float]:
+        n = float(self.n.sum())
+        if n == 0:
+            return {"mse": float("nan"), "r2": float("nan"), "cosine": float("nan")}
+        sse = float(self.sse.sum())
+        sst = float((self.sum_a2 - (self.sum_a ** 2).sum(-1) / self.n.clamp(min=1)).sum())
+        return {"mse": sse / (n * self.d), "r2": 1 - sse / max(sst, 1e-30), "cosine": float(self.cos.sum()) / n}
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FitResult:
+    out_dir: str
+    pairs_fit: int
+    pairs_heldout: int
+    solver: str
+    heldout_r2: float
+    heldout_r2_identity: float
+    heldout_cosine: float
+    heldout_cosine_identity: float
+    seconds: float
+
+
+def split_ids(ids: list[str], holdout_fraction: float, seed: int) -> set[str]:
+    """Seeded held-out subset of pair ids (at least one pair is kept for fitting)."""
+    ordered = sorted(ids)
+    random.Random(seed).shuffle(ordered)
+    count = min(int(round(len(ordered) * holdout_fraction)), max(len(ordered) - 1, 0))
+    return set(ordered[:count])
+
+
+def fit_transform(params: FitParams, activations_dir: str | Path) -> tuple[TransformMatrix, dict]:
+    """Stream the shards twice: accumulate normal equations, solve, then measure fit quality."""
+    started = time.perf_counter()
+    index = read_index(activations_dir)
+    num_layers, d = index["num_layers"], index["hidden_size"]
+    all_ids = [i for shard in index["shards"] for i in shard["ids"]]
+    if len(set(all_ids)) != len(all_ids):
+        raise InputError(f"{Path(activations_dir) / 'index.json'}: duplicate pair ids")
+    heldout = split_ids(all_ids, params.holdout_fraction, params.seed)
+
+    def key(layer: int | None, lang: str | None):
+        return (layer if params.per_layer else None, lang)
+
+    systems: dict[tuple, NormalEquations] = defaultdict(lambda: NormalEquations(d, params.bias))
+    for shard in iter_shards(activations_dir, index):
+        fit_rows = [i for i, pid in enumerate(shard.ids) if pid not in heldout]
+        if not fit_rows:
+            continue
+        b, a = shard.nonen[fit_rows], shard.en[fit_rows]
+        langs = [shard.langs[i] for i in fit_rows]
+        for layer in range(num_layers) if params.per_layer else [None]:
+            bl = b[:, layer] if layer is not None else b.reshape(-1, d)
+            al = a[:, layer] if layer is not None else a.reshape(-1, d)
+            systems[key(layer, None)].add(bl, al)
+            if params.per_language:
+                repeat = 1 if layer is not None else num_layers
+                lang_rows = [lang for lang in langs for _ in range(repeat)]
+                for lang in set(langs):
+                    mask = torch.tensor([x == lang for x in lang_rows])
+                    systems[key(layer, lang)].add(bl[mask], al[mask])
+    if key(0, None) not in systems:
+        raise InputError(f"{activations_dir}: no pairs left to fit after holding out {len(heldout)}")
+    solvers = set()
+
+    def solve(lang: str | None):
+        layers = range(num_layers) if params.per_layer else [None]
+        mats, biases = [], []
+        for layer in layers:
+            m, b, solver = systems[key(layer, lang)].solve(params.ridge)
+            solvers.add(solver)
+            mats.append(m)
+            biases.append(b)
+        matrix = torch.stack(mats) if params.per_layer else mats[0]
+        bias = (torch.stack(biases) if params.per_layer else biases[0]) if params.bias else None
+        return matrix.float(), bias.float() if bias is not None else None
+
+    matrix, bias = solve(None)
+    langs = sorted({k[1] for k in systems if k[1] is not None})
+    per_language = {lang: solve(lang) for lang in langs}
+    transform = TransformMatrix(matrix, bias, per_language, {
+        "model_sha256": index["model_sha256"], "num_layers": num_layers, "hidden_size": d,
+        "ridge": params.ridge, "per_layer": params.per_layer, "bias": params.bias,
+        "per_language": params.per_language, "pairs_fit": len(all_ids) - len(heldout)})
+
+    quality = {split: {m: _Quality(num_layers, d) for m in ("transform", "identity")} for split in ("fit", "heldout")}
+    for shard in iter_shards(activations_dir, index):
+        for split in ("fit", "heldout"):
+            rows = [i for i, pid in enumerate(shard.ids) if (pid in heldout) == (split == "heldout")]
+            if not rows:
+                continue
+            b, a = shard.nonen[rows], shard.en[rows]
+            predicted = transform.apply(b.float(), [shard.langs[i] for i in rows]).double()
+            quality[split]["transform"].add(predicted, a)
+            quality[split]["identity"].add(b, a)
+    metrics = {
+        "options": {k: transform.meta[k] for k in ("ridge", "per_layer", "bias", "per_language")},
+        "solver": "pinv" if "pinv" in solvers else "cholesky",
+        "pairs_fit": len(all_ids) - len(heldout), "pairs_heldout": len(heldout),
+        "rows_fit": (len(all_ids) - len(heldout)) * num_layers,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    for split in ("fit", "heldout"):
+        metrics[split] = {m: quality[split][m].overall() for m in ("transform", "identity")}
+    per_layer = [
+        {"layer": layer, "split": split, "map": m, **{k: v[layer] for k, v in quality[split][m].per_layer().items()}}
+        for split in ("fit", "heldout") for m in ("transform", "identity") for layer in range(num_layers)
+    ]
+    return transform, {"summary": metrics, "per_layer": per_layer}
+
+
+def fit(params: FitParams, activations_dir: str | Path = "activations", out_dir: str | Path = "transform",
+        metrics_dir: str | Path = "metrics", model_dir: str | Path | None = "models/cc",
+        tracking=None) -> FitResult:
+    expected = dir_sha256(model_dir, "*.safetensors") if model_dir and Path(model_dir).is_dir() else None
+    read_index(activations_dir, expected)
+    transform, report = fit_transform(params, activations_dir)
+    summary = report["summary"]
+    with atomic_dir(out_dir) as tmp:
+        transform.save(tmp / TRANSFORM_FILE)
+        write_json(tmp / "transform.json", transform.meta)
+    write_json(Path(metrics_dir) / "transform.json", summary)
+    write_json(Path(metrics_dir) / "transform_per_layer.json", report["per_layer"])
+    held = summary["heldout"] if summary["pairs_heldout"] else summary["fit"]
+    result = FitResult(str(out_dir), summary["pairs_fit"], summary["pairs_heldout"], summary["solver"],
+                       held["transform"]["r2"], held["identity"]["r2"], held["transform"]["cosine"],
+                       held["identity"]["cosine"], summary["seconds"])
+    log.info("Transform Matrix: held-out R² %.3f (identity %.3f), cosine %.3f (identity %.3f)",
+             result.heldout_r2, result.heldout_r2_identity, result.heldout_cosine, result.heldout_cosine_identity)
+    if tracking is not None and model_dir:
+        _log_to_training_run(tracking, model_dir, summary, Path(metrics_dir))
+    return result
+
+
+def _log_to_training_run(tracking, model_dir, summary: dict, metrics_dir: Path) -> None:
+    from cc_core.tracking import Tracker, read_run_id
+
+    run_id = read_run_id(model_dir)
+    if not run_id:
+        return
+    with Tracker(tracking).run("fit", run_id=run_id) as run:
+        flat = {f"transform_{split}_{m}_{k}": v for split in ("fit", "heldout")
+                for m, values in summary[split].items() for k, v in values.items()}
+        run.log_metrics(flat)
+        run.log_artifact(metrics_dir / "transform.json", "transform")
+        run.log_artifact(metrics_dir / "transform_per_layer.json", "transform")
