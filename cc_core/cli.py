@@ -150,6 +150,32 @@ def _score(args, params):
                  args.output)
 
 
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-dir", default="metrics", help="metrics root (default: metrics)")
+    p.add_argument("--eval-dir", default="eval", help="predictions root (default: eval)")
+    p.add_argument("--out", default="reports", help="output directory (default: reports)")
+
+
+@stage("report", "summary tables (CC - SFT deltas with bootstrap CIs) and plots → reports/")(_report_args)
+def _report(args, params):
+    from cc_core.report import report
+
+    return report(params, args.metrics_dir, args.eval_dir, args.out)
+
+
+def _register_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="models/cc", help="CC checkpoint (default: models/cc)")
+    p.add_argument("--transform", default="transform", help="Transform Matrix directory (default: transform)")
+    p.add_argument("--metrics-dir", default="metrics", help="metrics root with eval/cc/*.json (default: metrics)")
+
+
+@stage("register", "register the CC checkpoint in the MLflow Model Registry; move champion if it wins")(_register_args)
+def _register(args, params):
+    from cc_core.registry import register
+
+    return register(params, args.model, args.transform, args.metrics_dir)
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:

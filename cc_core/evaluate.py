@@ -94,6 +94,23 @@ class EvalResult:
     metrics_file: str
 
 
+def resolve_langs(spec: BenchmarkSpec, data_dir, explicit: list[str] | None, configured: list[str]) -> list[str]:
+    """``--langs`` must be valid for the benchmark; ``eval.langs`` is intersected with it (it is
+    shared by all benchmarks); neither: every non-English language present in ``data_dir``."""
+    from cc_core.data.benchmarks import check_lang
+
+    if explicit:
+        return [check_lang(spec, lang) for lang in explicit]
+    present = [lang for lang in available_langs(spec, data_dir) if lang != "en"]
+    if configured:
+        chosen = [lang for lang in present if lang in configured]
+        if not chosen:
+            raise InputError(f"eval.langs={configured} shares no language with {spec.name} "
+                             f"({' '.join(spec.langs)}) in {data_dir}")
+        return chosen
+    return present
+
+
 def _generator(params: Params, method: str, model_dir: str | Path | None, transform: str | Path):
     from cc_core.generate import Generator
 
@@ -111,27 +128,28 @@ def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | Non
         raise ValueError(f"--method must be one of {', '.join(METHOD_DIRS)}, not {method!r}")
     spec = get_spec(benchmark)
     data_dir = params.eval.data_dir
-    langs = langs or params.eval.langs or [lang for lang in available_langs(spec, data_dir) if lang != "en"]
-    langs = [lang for lang in langs if lang in spec.langs] if params.eval.langs and not langs else langs
+    langs = resolve_langs(spec, data_dir, langs, params.eval.langs)
     limit = limit or params.eval.limit
     generator = generator or _generator(params, method, model_dir, transform)
     started = time.perf_counter()
+    items = [item for lang in langs for item in load_benchmark(spec.name, lang, data_dir, limit)]
+    # one stream over all languages: full batches even with few items per language
+    generations = generator.generate([i.prompt for i in items], [i.lang for i in items],
+                                     [i.prompt_en for i in items])
     per_lang: dict[str, dict[str, Any]] = {}
     rows_by_lang: dict[str, list[dict]] = {}
     for lang in langs:
-        items = load_benchmark(spec.name, lang, data_dir, limit)
-        generations = generator.generate([i.prompt for i in items], [i.lang for i in items],
-                                         [i.prompt_en for i in items])
-        outputs = [g.text for g in generations]
-        scores = [score_item(spec, item, out) for item, out in zip(items, outputs)]
+        picked = [(item, gen) for item, gen in zip(items, generations) if item.lang == lang]
+        outputs = [gen.text for _, gen in picked]
+        scores = [score_item(spec, item, out) for (item, _), out in zip(picked, outputs)]
         per_lang[lang] = summarize(spec, lang, scores, outputs)
-        per_lang[lang]["prompts_truncated"] = sum(g.prompt_truncated for g in generations)
-        per_lang[lang]["new_tokens"] = sum(g.new_tokens for g in generations)
+        per_lang[lang]["prompts_truncated"] = sum(gen.prompt_truncated for _, gen in picked)
+        per_lang[lang]["new_tokens"] = sum(gen.new_tokens for _, gen in picked)
         rows_by_lang[lang] = [
             {"id": item.id, "prompt": item.prompt, "output": out, "parsed": sc.parsed, "gold": item.gold,
              "score": sc.score, **({"em": sc.extra["em"]} if "em" in sc.extra else {}),
              "chosen_layer": gen.chosen_layer, "prompt_truncated": gen.prompt_truncated}
-            for item, out, sc, gen in zip(items, outputs, scores, generations)
+            for (item, gen), out, sc in zip(picked, outputs, scores)
         ]
         log.info("%s %s %s: %s %.2f (n=%d, unparsed %d)", method, spec.name, lang, spec.metric,
                  per_lang[lang]["score"], per_lang[lang]["n"], per_lang[lang]["unparsed"])

@@ -88,13 +88,19 @@ class Generator:
     @torch.no_grad()
     def generate(self, prompts: list[str], langs: list[str] | None = None,
                  english_prompts: list[str | None] | None = None) -> list[Generation]:
-        """Greedy continuations of ``prompts`` (batched in the given order)."""
-        results: list[Generation] = []
-        for start in range(0, len(prompts), self.batch_size):
-            stop = start + self.batch_size
-            results.extend(self._batch(prompts[start:stop], (langs or [None] * len(prompts))[start:stop],
-                                       (english_prompts or [None] * len(prompts))[start:stop]))
-        return results
+        """Greedy continuations of ``prompts``, returned in input order. Prompts are batched by
+        length (least padding); every batch is independent, so results do not depend on it."""
+        langs = langs or [None] * len(prompts)
+        english_prompts = english_prompts or [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[Generation | None] = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            outputs = self._batch([prompts[i] for i in chunk], [langs[i] for i in chunk],
+                                  [english_prompts[i] for i in chunk])
+            for index, output in zip(chunk, outputs):
+                results[index] = output
+        return results  # type: ignore[return-value]
 
     # --- internals -----------------------------------------------------------------------------------
     def _encode(self, prompts: list[str]):

@@ -129,9 +129,18 @@ class Tracker:
     def __init__(self, params: TrackingParams) -> None:
         self.params = params
         self.uri = tracking_uri(params)
+        self._client = None
+        self._checked = False
 
     def _connect(self):
-        """Set the tracking URI and experiment; returns the client, or None when skipped."""
+        """The client for this URI (made once), or None when tracking is off or skipped."""
+        if self._checked:
+            return self._client
+        self._checked = True
+        self._client = self._make_client()
+        return self._client
+
+    def _make_client(self):
         if not self.params.enabled:
             return None
         if not _server_up(self.uri):

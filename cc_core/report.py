@@ -1,0 +1,210 @@
+"""The ``report`` stage: methods × benchmarks × languages, CC − SFT deltas with bootstrap CIs, plots.
+
+    cctune report          # metrics/eval + eval/ → reports/summary.{md,csv}, reports/plots/*.png
+
+A delta's 95% interval comes from a paired bootstrap over items (the same items resampled for
+both methods, languages pooled per benchmark), so a user can tell a real gain from noise.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cc_core.config import Params
+from cc_core.data.benchmarks import BENCHMARKS
+from cc_core.io import atomic_dir, atomic_file, iter_jsonl, write_json
+
+log = logging.getLogger(__name__)
+METHODS = ("base", "sft", "cc")
+
+
+def load_scores(metrics_root: Path) -> dict[str, dict[str, dict]]:
+    """``{method: {benchmark: metrics json}}`` for whatever has been evaluated."""
+    found: dict[str, dict[str, dict]] = {}
+    for method in METHODS:
+        for name in BENCHMARKS:
+            path = metrics_root / method / f"{name}.json"
+            if path.is_file():
+                found.setdefault(method, {})[name] = json.loads(path.read_text())
+    return found
+
+
+def item_scores(eval_root: Path, method: str, benchmark: str) -> dict[str, float]:
+    """``{item id: score}`` from the predictions files (0–1 per item)."""
+    out: dict[str, float] = {}
+    folder = eval_root / method / benchmark
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        for _, row in iter_jsonl(path):
+            out[row["id"]] = float(row["score"])
+    return out
+
+
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], samples: int, confidence: float,
+                     seed: int) -> dict[str, float] | None:
+    """Mean(a − b) over shared items ×100, with a percentile bootstrap interval."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return None
+    diffs = [a[i] - b[i] for i in shared]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    tail = (1 - confidence) / 2
+    low, high = means[int(tail * (samples - 1))], means[int((1 - tail) * (samples - 1))]
+    return {"delta": round(100 * sum(diffs) / n, 3), "low": round(100 * low, 3), "high": round(100 * high, 3),
+            "n": n, "significant": low > 0 or high < 0}
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    out_dir: str
+    methods: list[str]
+    benchmarks: list[str]
+    deltas: dict[str, Any]
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _markdown(scores, deltas, benchmarks, methods, confidence) -> str:
+    lines = ["# CC-Tuning evaluation summary", "",
+             "Scores on the paper's 0–100 scale (accuracy for XNLI/XStoryCloze/MMMLU, token F1 for XQuAD/MKQA, "
+             "ROUGE-L for XLSum), averaged over languages.", ""]
+    lines += ["| method | " + " | ".join(benchmarks) + " | mean |", "|---" * (len(benchmarks) + 2) + "|"]
+    for method in methods:
+        values = [scores[method].get(b, {}).get("average") for b in benchmarks]
+        present = [v for v in values if v is not None]
+        mean = sum(present) / len(present) if present else None
+        lines.append(f"| {method} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(mean)} |")
+    for pair, table in deltas.items():
+        lines += ["", f"## {pair} (paired bootstrap, {int(confidence * 100)}% interval over items)", "",
+                  "| benchmark | delta | interval | items | beyond noise |", "|---|---|---|---|---|"]
+        for bench, d in table.items():
+            lines.append(f"| {bench} | {d['delta']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | {d['n']} | "
+                         f"{'yes' if d['significant'] else 'no'} |")
+    for bench in benchmarks:
+        langs = sorted({lang for m in methods for lang in scores[m].get(bench, {}).get("languages", {})})
+        if not langs:
+            continue
+        lines += ["", f"## {bench} by language", "", "| method | " + " | ".join(langs) + " | unparsed |",
+                  "|---" * (len(langs) + 2) + "|"]
+        for method in methods:
+            per = scores[method].get(bench, {}).get("languages", {})
+            lines.append(f"| {method} | " + " | ".join(_fmt(per.get(l, {}).get("score")) for l in langs)
+                         + f" | {scores[method].get(bench, {}).get('unparsed', '–')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(plot_dir: Path, scores, benchmarks, methods, metrics_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for bench in benchmarks:
+        langs = sorted({lang for m in methods for lang in scores[m].get(bench, {}).get("languages", {})})
+        if not langs:
+            continue
+        fig, ax = plt.subplots(figsize=(max(6, len(langs) * 0.9), 3.5))
+        width = 0.8 / max(len(methods), 1)
+        for k, method in enumerate(methods):
+            per = scores[method].get(bench, {}).get("languages", {})
+            ax.bar([i + k * width for i in range(len(langs))], [per.get(l, {}).get("score", 0) for l in langs],
+                   width, label=method)
+        ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(langs))], langs)
+        ax.set_ylabel(BENCHMARKS[bench].metric)
+        ax.set_title(bench)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot_dir / f"{bench}.png", dpi=100)
+        plt.close(fig)
+        written.append(f"{bench}.png")
+    train_cc = metrics_dir / "train_cc.json"
+    counts = json.loads(train_cc.read_text()).get("layer_choice_counts", {}) if train_cc.is_file() else {}
+    if counts:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        ax.bar([int(k.split("_")[1]) for k in counts], list(counts.values()))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("times chosen in training")
+        ax.set_title("Decision Maker layer choice")
+        fig.tight_layout()
+        fig.savefig(plot_dir / "decision_maker_layers.png", dpi=100)
+        plt.close(fig)
+        written.append("decision_maker_layers.png")
+    per_layer = metrics_dir / "transform_per_layer.json"
+    if per_layer.is_file():
+        rows = json.loads(per_layer.read_text())
+        split = "heldout" if any(r["split"] == "heldout" for r in rows) else "fit"
+        fig, ax = plt.subplots(figsize=(7, 3))
+        for name in ("transform", "identity"):
+            pts = [(r["layer"], r["cosine"]) for r in rows if r["split"] == split and r["map"] == name]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"cosine(BM, A), {split}")
+        ax.set_title("Transform Matrix fit per layer")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot_dir / "transform_fit.png", dpi=100)
+        plt.close(fig)
+        written.append("transform_fit.png")
+    return written
+
+
+def report(params: Params, metrics_dir: str | Path = "metrics", eval_root: str | Path = "eval",
+           out_dir: str | Path = "reports") -> ReportResult:
+    metrics_dir, eval_root, out_dir = Path(metrics_dir), Path(eval_root), Path(out_dir)
+    scores = load_scores(metrics_dir / "eval")
+    methods = [m for m in METHODS if m in scores]
+    benchmarks = [b for b in BENCHMARKS if any(b in scores[m] for m in methods)]
+    rp = params.report
+    deltas: dict[str, dict[str, Any]] = {}
+    for a, b in (("cc", "sft"), ("cc", "base"), ("sft", "base")):
+        if a in scores and b in scores:
+            table = {}
+            for bench in benchmarks:
+                d = paired_bootstrap(item_scores(eval_root, a, bench), item_scores(eval_root, b, bench),
+                                     rp.bootstrap_samples, rp.confidence, rp.seed)
+                if d:
+                    table[bench] = d
+            deltas[f"{a} - {b}"] = table
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "benchmark", "lang", "metric", "score", "n", "unparsed"])
+    for method in methods:
+        for bench in benchmarks:
+            data = scores[method].get(bench)
+            if not data:
+                continue
+            for lang, v in data["languages"].items():
+                writer.writerow([method, bench, lang, data["metric"], v["score"], v["n"], v["unparsed"]])
+            writer.writerow([method, bench, "avg", data["metric"], data["average"], data["items"], data["unparsed"]])
+    plots_dir = out_dir / "plots"
+    with atomic_dir(plots_dir) as tmp:
+        _plots(tmp, scores, benchmarks, methods, metrics_dir)
+    with atomic_file(out_dir / "summary.csv") as handle:
+        handle.write(buffer.getvalue())
+    with atomic_file(out_dir / "summary.md") as handle:
+        handle.write(_markdown(scores, deltas, benchmarks, methods, rp.confidence))
+    means = {m: {b: scores[m][b]["average"] for b in scores[m]} for m in methods}
+    write_json(metrics_dir / "report.json", {"averages": means, "deltas": deltas})
+    _log_report(params, out_dir)
+    return ReportResult(str(out_dir), methods, benchmarks, deltas)
+
+
+def _log_report(params: Params, out_dir: Path) -> None:
+    from cc_core.tracking import Tracker, read_run_id
+
+    run_id = read_run_id("models/cc")
+    if not run_id:
+        return
+    with Tracker(params.tracking).run("report", run_id=run_id) as run:
+        run.log_artifacts(out_dir, "report")
