@@ -56,6 +56,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF de-quantisation bar (plain tqdm)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -201,9 +202,6 @@ def collect_throughput(model_name: str, pairs: int, dims: tuple[int, int]) -> tu
     from cc_core.modeling import arch_paths
     from cc_core.modeling.base import build_tiny, load_smollm2
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the GGUF de-quantisation bar
     load_started = time.perf_counter()
     if model_name == SMOLLM2:
         model, tokenizer = load_smollm2()

@@ -111,13 +111,77 @@ def resolve_langs(spec: BenchmarkSpec, data_dir, explicit: list[str] | None, con
     return present
 
 
-def _generator(params: Params, method: str, model_dir: str | Path | None, transform: str | Path):
+def _generator(params: Params, method: str, model_dir: str | Path | None, transform: str | Path,
+               device: str = "cpu"):
     from cc_core.generate import Generator
 
     mode = params.eval.cc_mode if method == "cc" else "none"
-    return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode,
+    return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode, device=device,
                                decision_mode=params.eval.decision_mode, max_new_tokens=params.eval.max_new_tokens,
                                batch_size=params.eval.batch_size, max_prompt_len=params.eval.max_prompt_len)
+
+
+@dataclass
+class LangResult:
+    """One language of one benchmark: its summary and its prediction rows."""
+
+    lang: str
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
+def run_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem]) -> dict[str, LangResult]:
+    """Generate for ``items`` (all languages in one length-sorted stream) and score them."""
+    generations = generator.generate([i.prompt for i in items], [i.lang for i in items],
+                                     [i.prompt_en for i in items])
+    results: dict[str, LangResult] = {}
+    for lang in dict.fromkeys(i.lang for i in items):
+        picked = [(item, gen) for item, gen in zip(items, generations) if item.lang == lang]
+        outputs = [gen.text for _, gen in picked]
+        scores = [score_item(spec, item, out) for (item, _), out in zip(picked, outputs)]
+        summary = summarize(spec, lang, scores, outputs)
+        summary["prompts_truncated"] = sum(gen.prompt_truncated for _, gen in picked)
+        summary["new_tokens"] = sum(gen.new_tokens for _, gen in picked)
+        rows = [{"id": item.id, "prompt": item.prompt, "output": out, "parsed": sc.parsed, "gold": item.gold,
+                 "score": sc.score, **({"em": sc.extra["em"]} if "em" in sc.extra else {}),
+                 "chosen_layer": gen.chosen_layer, "prompt_truncated": gen.prompt_truncated}
+                for (item, gen), out, sc in zip(picked, outputs, scores)]
+        results[lang] = LangResult(lang, summary, rows)
+        log.info("%s %s: %s %.2f (n=%d, unparsed %d)", spec.name, lang, spec.metric, summary["score"],
+                 summary["n"], summary["unparsed"])
+    return results
+
+
+def write_results(params: Params, method: str, benchmark: str, results: dict[str, LangResult], mode: str,
+                  seconds: float, out_root: str | Path = "eval", metrics_root: str | Path = "metrics/eval",
+                  model_dir: str | Path | None = None, failed: dict[str, str] | None = None) -> EvalResult:
+    """Write ``eval/<method>/<benchmark>/<lang>.jsonl`` and ``metrics/eval/<method>/<benchmark>.json``
+    (atomically) and log the scores to the method's MLflow run. ``failed``: languages that
+    could not be evaluated (e.g. a task that failed after its retries), recorded, not fatal."""
+    spec = get_spec(benchmark)
+    per_lang = {lang: r.summary for lang, r in results.items()}
+    average = round(sum(v["score"] for v in per_lang.values()) / len(per_lang), 4) if per_lang else 0.0
+    report = {"benchmark": spec.name, "method": method, "metric": spec.metric, "mode": mode,
+              "average": average, "unparsed": sum(v["unparsed"] for v in per_lang.values()),
+              "items": sum(v["n"] for v in per_lang.values()), "seconds": round(seconds, 2),
+              "languages": per_lang, **({"failed_languages": failed} if failed else {})}
+    with atomic_dir(Path(out_root) / method / spec.name) as tmp:
+        for lang, result in results.items():
+            write_jsonl(tmp / f"{lang}.jsonl", result.rows)
+    metrics_file = Path(metrics_root) / method / f"{spec.name}.json"
+    write_json(metrics_file, report)
+    _log_to_run(params, method, model_dir, report)
+    return EvalResult(method, spec.name, average, {k: v["score"] for k, v in per_lang.items()}, report["items"],
+                      report["unparsed"], round(seconds, 2), str(metrics_file))
+
+
+def evaluate_language(params: Params, method: str, benchmark: str, lang: str, model_dir: str | Path | None = None,
+                      transform: str | Path = "transform", device: str = "cpu", generator=None) -> LangResult:
+    """One benchmark × one language (the unit the Prefect flow fans out over)."""
+    spec = get_spec(benchmark)
+    generator = generator or _generator(params, method, model_dir, transform, device)
+    items = load_benchmark(spec.name, lang, params.eval.data_dir, params.eval.limit)
+    return run_items(generator, spec, items)[lang]
 
 
 def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | None = None, limit: int | None = None,
@@ -133,39 +197,9 @@ def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | Non
     generator = generator or _generator(params, method, model_dir, transform)
     started = time.perf_counter()
     items = [item for lang in langs for item in load_benchmark(spec.name, lang, data_dir, limit)]
-    # one stream over all languages: full batches even with few items per language
-    generations = generator.generate([i.prompt for i in items], [i.lang for i in items],
-                                     [i.prompt_en for i in items])
-    per_lang: dict[str, dict[str, Any]] = {}
-    rows_by_lang: dict[str, list[dict]] = {}
-    for lang in langs:
-        picked = [(item, gen) for item, gen in zip(items, generations) if item.lang == lang]
-        outputs = [gen.text for _, gen in picked]
-        scores = [score_item(spec, item, out) for (item, _), out in zip(picked, outputs)]
-        per_lang[lang] = summarize(spec, lang, scores, outputs)
-        per_lang[lang]["prompts_truncated"] = sum(gen.prompt_truncated for _, gen in picked)
-        per_lang[lang]["new_tokens"] = sum(gen.new_tokens for _, gen in picked)
-        rows_by_lang[lang] = [
-            {"id": item.id, "prompt": item.prompt, "output": out, "parsed": sc.parsed, "gold": item.gold,
-             "score": sc.score, **({"em": sc.extra["em"]} if "em" in sc.extra else {}),
-             "chosen_layer": gen.chosen_layer, "prompt_truncated": gen.prompt_truncated}
-            for (item, gen), out, sc in zip(picked, outputs, scores)
-        ]
-        log.info("%s %s %s: %s %.2f (n=%d, unparsed %d)", method, spec.name, lang, spec.metric,
-                 per_lang[lang]["score"], per_lang[lang]["n"], per_lang[lang]["unparsed"])
-    seconds = time.perf_counter() - started
-    average = round(sum(v["score"] for v in per_lang.values()) / len(per_lang), 4) if per_lang else 0.0
-    report = {"benchmark": spec.name, "method": method, "metric": spec.metric, "mode": generator.mode,
-              "average": average, "unparsed": sum(v["unparsed"] for v in per_lang.values()),
-              "items": sum(v["n"] for v in per_lang.values()), "seconds": round(seconds, 2), "languages": per_lang}
-    with atomic_dir(Path(out_root) / method / spec.name) as tmp:
-        for lang, rows in rows_by_lang.items():
-            write_jsonl(tmp / f"{lang}.jsonl", rows)
-    metrics_file = Path(metrics_root) / method / f"{spec.name}.json"
-    write_json(metrics_file, report)
-    _log_to_run(params, method, model_dir, report)
-    return EvalResult(method, spec.name, average, {k: v["score"] for k, v in per_lang.items()}, report["items"],
-                      report["unparsed"], round(seconds, 2), str(metrics_file))
+    results = run_items(generator, spec, items)
+    return write_results(params, method, spec.name, results, generator.mode, time.perf_counter() - started,
+                         out_root, metrics_root, model_dir)
 
 
 def _log_to_run(params: Params, method: str, model_dir, report: dict) -> None:

@@ -69,11 +69,18 @@ class Generator:
                                           f"d={cc.decision_maker.proj.in_features}")
 
     @classmethod
-    def from_dirs(cls, model_dir: str | Path, transform: str | Path | None = None, mode: str = "none", **kwargs):
+    def from_dirs(cls, model_dir: str | Path, transform: str | Path | None = None, mode: str = "none",
+                  device: str = "cpu", dtype: torch.dtype | None = None, **kwargs):
+        """Load a model directory (CC checkpoint or plain HF) and, for ``transform``, the matrix.
+        On a GPU the default dtype is bfloat16, on a CPU float32."""
         from cc_core.activations import load_inference_model
         from cc_core.transform import load_transform
 
-        model, tokenizer, cc = load_inference_model(model_dir)
+        dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+        model, tokenizer, cc = load_inference_model(model_dir, dtype=dtype)
+        model.to(device)
+        if cc is not None:
+            cc.to(device)
         matrix = None
         if mode == "transform":
             matrix = load_transform(transform or "transform", model.config.hidden_size,

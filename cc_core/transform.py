@@ -50,7 +50,16 @@ class Shard:
 
 def read_index(activations_dir: str | Path, expected_model_sha256: str | None = None) -> dict:
     activations_dir = Path(activations_dir)
-    index = read_json(activations_dir / "index.json")
+    where = activations_dir / "index.json"
+    index = read_json(where)
+    if not isinstance(index, dict):
+        raise InputError(f"{where}: expected a JSON object (written by `cctune collect`)")
+    for key, kind in (("model_sha256", str), ("num_layers", int), ("hidden_size", int), ("shards", list)):
+        if not isinstance(index.get(key), kind):
+            raise InputError(f"{where}: missing or invalid key {key!r}")
+    for number, shard in enumerate(index["shards"]):
+        if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+            raise InputError(f"{where}: shards[{number}] needs a 'file' name")
     if expected_model_sha256 and index.get("model_sha256") != expected_model_sha256:
         raise InputError(f"{activations_dir / 'index.json'}: activations were collected from another model "
                          f"(hash {str(index.get('model_sha256'))[:12]}…, current model {expected_model_sha256[:12]}…); "

@@ -559,11 +559,6 @@ def test_missing_index_and_empty_index(tmp_path):
     _expect_input_error(tmp_path, tmp_path / "acts", r"index\.json: lists no shards")
 
 
-@pytest.mark.xfail(raises=(KeyError, AttributeError), strict=True,
-                   reason="BUG cc_core/transform.py read_index/fit_transform/iter_shards: a structurally "
-                          "malformed index.json (not an object, or missing num_layers / hidden_size / "
-                          "a shard's 'file') raises a bare KeyError/AttributeError instead of an "
-                          "InputError naming index.json")
 @pytest.mark.parametrize("index", [
     [],
     {"model_sha256": SHA, "shards": [{"file": "shard-00000.safetensors", "ids": ["a"], "langs": ["de"]}]},

@@ -1,0 +1,72 @@
+"""Shared bench helpers: model loading by name, robust timing, the `name: value` footer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+# ~1.07B-parameter Llama config (random init) for GPU runs: d=2048, 16 layers, GQA 32/8 heads.
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True)
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(model, tokenizer) for smollm2-135m-instruct | tiny-random-<arch> | llama-1b | a local HF dir."""
+    from cc_core.modeling.base import build_tiny, load_model_dir, load_smollm2, smollm2_tokenizer
+
+    if name == "smollm2-135m-instruct":
+        model, tokenizer = load_smollm2()
+    elif name.startswith("tiny-random-"):
+        model, tokenizer = build_tiny(name[len("tiny-random-"):])
+    elif name == "llama-1b":
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        tokenizer = smollm2_tokenizer()
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tokenizer), **LLAMA_1B), dtype=dtype)
+    else:
+        model, tokenizer = load_model_dir(name)
+    return model.to(device=device, dtype=dtype), tokenizer
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], repeats: int, device: str = "cpu", warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu") -> dict[str, float]:
+    """Median seconds of each function, measured round-robin so machine noise hits all alike."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def footer(values: dict[str, float]) -> None:
+    """The headline figures, last, one per line: `name: value`."""
+    for name, value in values.items():
+        print(f"{name}: {value:.4f}")
