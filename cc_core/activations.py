@@ -16,6 +16,7 @@ Shards are written as they fill, so memory stays bounded by ``collect.shard_size
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +45,23 @@ class CollectResult:
     model_sha256: str
 
 
+# transformers initialises weights under a process-global meta-device context: two threads
+# loading at once (concurrent Prefect eval tasks) corrupt each other's models. One at a time.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_inference_model(model_dir: str | Path, dtype=torch.float32):
     """(causal LM, tokenizer, CCTuningModel or None) from a CC checkpoint or a plain HF directory."""
     from cc_core.modeling.base import load_model_dir
     from cc_core.modeling.checkpoint import CC_CONFIG, load_cc_checkpoint
 
     model_dir = Path(model_dir)
-    if (model_dir / CC_CONFIG).is_file():
-        cc, tokenizer = load_cc_checkpoint(model_dir, dtype=dtype)
-        return cc.model.eval(), tokenizer, cc
-    model, tokenizer = load_model_dir(model_dir, dtype=dtype)
-    return model.eval(), tokenizer, None
+    with _LOAD_LOCK:
+        if (model_dir / CC_CONFIG).is_file():
+            cc, tokenizer = load_cc_checkpoint(model_dir, dtype=dtype)
+            return cc.model.eval(), tokenizer, cc
+        model, tokenizer = load_model_dir(model_dir, dtype=dtype)
+        return model.eval(), tokenizer, None
 
 
 @torch.no_grad()

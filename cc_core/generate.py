@@ -61,6 +61,7 @@ class Generator:
         self.reuse_cache = reuse_cache
         self.pad_id = pad_token_id(tokenizer)
         self.eos_ids = _eos_ids(model, tokenizer)
+        self._warned_crop = False
         if transform is not None and cc is not None:
             from cc_core.transform import TransformShapeError
 
@@ -186,9 +187,12 @@ class Generator:
         if self.reuse_cache:
             try:
                 cache = first.cache
-                cache.crop(1)  # drop the anchor column: it is recomputed with the connection
+                cache.crop(-1)  # drop the anchor column (transformers 5: negative = tokens to remove)
             except (RuntimeError, ValueError, NotImplementedError, AttributeError) as err:
-                log.debug("cache cannot be cropped (%s): recomputing the whole prompt", err)
+                # e.g. a sliding-window layer already past its window: correct, just slower
+                if not self._warned_crop:
+                    log.warning("KV cache cannot drop the anchor (%s): recomputing whole prompts", err)
+                    self._warned_crop = True
                 cache = None
         with connected(self.model, anchor, vectors, self.cc.inject_layer, paths):
             logits, cache = self._forward(ids, mask, cache)

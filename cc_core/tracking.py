@@ -159,9 +159,11 @@ class Tracker:
         experiment = client.get_experiment_by_name(self.params.experiment)
         if experiment is not None:
             return experiment.experiment_id
-        location = self.params.artifact_location
+        location = self.params.artifact_location or None
         if location and "://" not in location:
-            location = Path(location).resolve().as_uri()
+            # A local folder only makes sense for a local store; a tracking server chooses its own
+            # artifact destination (mlflow server --artifacts-destination).
+            location = None if urlparse(self.uri).scheme in ("http", "https") else Path(location).resolve().as_uri()
         return client.create_experiment(self.params.experiment, artifact_location=location)
 
     @contextlib.contextmanager

@@ -24,6 +24,12 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+# Before prefect is imported: a busy 2-core machine needs more than the 20 s default to bring
+# up the ephemeral API; and no telemetry.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
 from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner

