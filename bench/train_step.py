@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footer, load_model, sync  # noqa: E402
+from _common import bench_tokenizer, footer, load_model, sync  # noqa: E402
 
 from cc_core.data.records import load_bundled  # noqa: E402
 from cc_core.modeling import CCTuningModel  # noqa: E402
@@ -46,8 +46,25 @@ def engine_for(model, lr: float, deepspeed_stage: str | None, batch: int):
 
     from cc_core.train import init_distributed_for_deepspeed, resolve_deepspeed
 
-    init_distributed_for_deepspeed()
+    if torch.cuda.is_available():
+        import os
+
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29512")
+        deepspeed.init_distributed()
+    else:
+        init_distributed_for_deepspeed()
     config = resolve_deepspeed(deepspeed_stage)
+    hidden = model.config.hidden_size
+    # what the HF Trainer would fill in for the "auto" values
+    zero = config["zero_optimization"]
+    for key, value in {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+                       "stage3_param_persistence_threshold": 10 * hidden}.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
     config.update(train_micro_batch_size_per_gpu=batch, gradient_accumulation_steps=1, gradient_clipping=1.0,
                   bf16={"enabled": next(model.parameters()).dtype == torch.bfloat16})
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
@@ -57,6 +74,7 @@ def engine_for(model, lr: float, deepspeed_stage: str | None, batch: int):
 def run(method: str, args, batches, dtype) -> tuple[list[float], int, int]:
     model, tokenizer = load_model(args.model, dtype, args.device)
     model.train()
+    model.config.use_cache = False  # as in cc_core.train: no KV cache while training
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     net = CCTuningModel(model) if method == "cc" else model
@@ -93,7 +111,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6, help="measured steps (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps (CUDA init, autotuning)")
     parser.add_argument("--cutoff", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
@@ -103,11 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = torch.bfloat16 if (args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")) == "bf16" \
         else torch.float32
-    _, tokenizer = load_model("tiny-random-llama") if args.model != "smollm2-135m-instruct" else (None, None)
-    if tokenizer is None:
-        from cc_core.modeling.base import smollm2_tokenizer
-
-        tokenizer = smollm2_tokenizer()
+    tokenizer = bench_tokenizer()  # every model here shares SmolLM2's tokenizer and chat template
     batches = make_batches(tokenizer, args.batch, args.steps + args.warmup, args.cutoff)
     nonen = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup:])
     english = sum(int(b["en_attention_mask"].sum()) for b in batches[args.warmup:])

@@ -342,6 +342,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     args = _training_arguments(tp, work_dir, ds_config)  # before loading: ZeRO-3 loads partitioned
     set_seed(tp.seed)
     model, tokenizer = load_model_dir(base_dir)
+    model.config.use_cache = False  # training never reuses a KV cache: building one costs time and memory
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise InputError(f"{base_dir}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
                          f"{model.get_input_embeddings().num_embeddings} rows: tokenizer and model do not match")
@@ -373,6 +374,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
         if resume_from:
             log.info("resuming from %s", resume_from)
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        (model.model if method == "cc" else model).config.use_cache = True  # the saved model generates with a cache
         partial = out.parent / f".{out.name}.partial"
         if is_main and partial.exists():
             shutil.rmtree(partial)

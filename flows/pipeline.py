@@ -241,7 +241,11 @@ def cc_tuning_pipeline(pipeline: PipelineParameters = PipelineParameters()) -> d
     results["report"] = report_task(pipeline)
     if "cc" in pipeline.methods:
         results["register"] = register_task(pipeline)
-    if pipeline.dvc_commit:
+    if pipeline.dvc_commit and (pipeline.overrides or Path(pipeline.params_file).name != "params.yaml"):
+        # dvc.lock records params.yaml: committing outputs made with other values would lie.
+        logger.warning("not running dvc commit: this run used %s with overrides %s, not params.yaml as is",
+                       pipeline.params_file, pipeline.overrides)
+    elif pipeline.dvc_commit:
         stages = ["base_model", "prepare", *[f"train_{m}" for m in trained]]
         stages += ["collect", "fit"] if "cc" in pipeline.methods else []
         stages += [f"eval@{m}-{b}" for m in pipeline.methods if m != "cc" for b in params.eval.benchmarks]

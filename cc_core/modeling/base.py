@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import logging
@@ -111,8 +112,13 @@ def load_smollm2():
 
     gguf = smollm2_gguf_path()
     gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: rebuild it from its config and copy the weights.
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean copy of its config
+    # (without the GGUF quantization_config, which would mark every reload as unserialisable)
+    # and copy the dequantised weights.
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not model.config.tie_word_embeddings]
     if missing or unexpected:

@@ -39,10 +39,30 @@ def _hidden(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _in_chunk(anchor: torch.Tensor, start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(local index, mask of rows whose anchor column lies in [start, start + width))."""
-    local = anchor - start
-    return local.clamp(0, width - 1), (local >= 0) & (local < width)
+class _Chunks:
+    """Where each example's anchor falls in a chunk of columns [start, start + width).
+
+    Decided on a CPU copy of the anchors, so the hooks never wait on the GPU (a ``bool()``
+    of a device tensor in every layer's hook would serialise the whole forward); the index
+    tensors go to the device once per (start, width) and are shared by all layers.
+    """
+
+    def __init__(self, anchor: torch.Tensor) -> None:
+        self.anchor = anchor.detach().to("cpu", torch.long)
+        self._cache: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]] = {}
+
+    def locate(self, start: int, width: int, device: torch.device):
+        """(rows on device, local columns on device, row mask on device, every row hit) or None."""
+        key = (start, width, device)
+        if key not in self._cache:
+            local = self.anchor - start
+            mask = (local >= 0) & (local < width)
+            if not bool(mask.any()):
+                self._cache[key] = None  # type: ignore[assignment]
+            else:
+                rows = torch.nonzero(mask).squeeze(1)
+                self._cache[key] = (rows.to(device), local[rows].to(device), mask.to(device), bool(mask.all()))
+        return self._cache[key]
 
 
 class Capture:
@@ -56,7 +76,7 @@ class Capture:
                  with_embed: bool = False) -> None:
         self.paths = paths or arch_paths(model)
         self.layers = decoder_layers(model, self.paths)
-        self.anchor = anchor
+        self.chunks = _Chunks(anchor)
         self.with_embed = with_embed
         self._vectors: list[torch.Tensor | None] = [None] * len(self.layers)
         self._embed: torch.Tensor | None = None
@@ -65,20 +85,23 @@ class Capture:
         self._handles: list[Any] = []
 
     # -- hook bodies -------------------------------------------------------------------------
-    def _merge(self, old: torch.Tensor | None, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if old is None or bool(mask.all()):
-            return rows
-        return torch.where(mask[:, None], rows, old)
+    def _read(self, old: torch.Tensor | None, hidden: torch.Tensor, start: int) -> torch.Tensor | None:
+        """``old`` with the rows whose anchor lies in this chunk replaced by ``hidden`` at the anchor."""
+        found = self.chunks.locate(start, hidden.shape[1], hidden.device)
+        if found is None:
+            return old
+        rows, local, mask, every = found
+        if every:  # the common case: one forward over whole prompts
+            return hidden[rows, local]
+        merged = old if old is not None else hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
+        return merged.index_put((rows,), hidden[rows, local])
 
     def _pre(self, idx: int):
         def hook(module, args, kwargs):
             self._start[idx] = _chunk_start(kwargs, idx)
             if idx == 0 and self.with_embed:
                 hidden = args[0] if args else kwargs["hidden_states"]
-                local, mask = _in_chunk(self.anchor.to(hidden.device), self._start[0], hidden.shape[1])
-                if bool(mask.any()):
-                    rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), local]
-                    self._embed = self._merge(self._embed, rows, mask)
+                self._embed = self._read(self._embed, hidden, self._start[0])
         return hook
 
     def _keep_ffn(self, idx: int):
@@ -89,12 +112,8 @@ class Capture:
     def _post(self, idx: int):
         def hook(module, args, output):
             ffn = self._ffn_out.pop(idx, None)
-            if ffn is None:
-                return
-            local, mask = _in_chunk(self.anchor.to(ffn.device), self._start[idx], ffn.shape[1])
-            if bool(mask.any()):
-                rows = ffn[torch.arange(ffn.shape[0], device=ffn.device), local]
-                self._vectors[idx] = self._merge(self._vectors[idx], rows, mask)
+            if ffn is not None:
+                self._vectors[idx] = self._read(self._vectors[idx], ffn, self._start[idx])
         return hook
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -174,19 +193,20 @@ def connected(model: nn.Module, anchor: torch.Tensor, vectors: torch.Tensor, inj
         raise ValueError(f"vectors must be [B, d] with B={anchor.shape[0]}, got {tuple(vectors.shape)}")
     layer = layers[inject_layer]
     start = [0]
+    chunks = _Chunks(anchor)
 
     def pre(module, args, kwargs):
         start[0] = _chunk_start(kwargs, inject_layer)
 
     def post(module, args, output):
         hidden = _hidden(output)
-        local, mask = _in_chunk(anchor.to(hidden.device), start[0], hidden.shape[1])
-        if not bool(mask.any()):
+        found = chunks.locate(start[0], hidden.shape[1], hidden.device)
+        if found is None:
             return None  # a decoding step after the prefill: untouched
-        rows = torch.nonzero(mask).squeeze(1)
-        delta = torch.zeros_like(hidden)
-        delta = delta.index_put((rows, local[rows]), vectors[rows].to(hidden.dtype))
-        hidden = hidden + delta
+        rows, local, _, _ = found
+        # out of place: autograd sees hidden + v at (row, anchor), gradients reach both
+        hidden = hidden.index_put((rows, local), vectors[rows.to(vectors.device)].to(hidden.dtype),
+                                  accumulate=True)
         if isinstance(output, tuple):
             return (hidden, *output[1:])
         if isinstance(output, list):

@@ -23,3 +23,7 @@ def test_gguf_conversion_keeps_logits(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(converted(**ids).logits, original(**ids).logits, atol=0, rtol=0)
     assert "<|im_start|>assistant" in text
+    # a plain model: no GGUF quantization_config, so a reload can be fine-tuned and saved again
+    assert "quantization_config" not in (tmp_path / "base" / "config.json").read_text()
+    converted.save_pretrained(tmp_path / "resaved")
+    assert (tmp_path / "resaved" / "model.safetensors").is_file()

@@ -1,0 +1,258 @@
+"""The three real services on the tiny profile, in a temporary copy of the project:
+DVC (repro, no-op, partial re-run, kill + resume, metrics/plots/exp), a Prefect server +
+process worker running the deployed flow, and an MLflow server registry round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DO_NOT_TRACK="1", MLFLOW_DISABLE_TELEMETRY="true",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DVC_NO_ANALYTICS="1", **extra)
+    return env
+
+
+def _run(cmd, cwd, timeout=900, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout} s")
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGINT) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the working tree (tracked + untracked, not ignored) as a fresh git repo, tiny profile."""
+    root = tmp_path_factory.mktemp("project") / "cc-tuning"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    for path in ("metrics", "reports/summary.md", "reports/summary.csv", "dvc.lock"):
+        target = root / path
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    shutil.copy(root / "params.tiny.yaml", root / "params.yaml")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"]):
+        subprocess.run(cmd, cwd=root, check=True)
+    return root
+
+
+def _stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def test_dvc_repro_tiny_profile(project):
+    # 1. a repro killed after training resumes from the last completed stage
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=project, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    lock = project / "dvc.lock"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if lock.is_file() and "train_sft:" in lock.read_text():
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "train_cc:" in lock.read_text()
+
+    start = time.perf_counter()
+    full = _run([str(BIN / "dvc"), "repro"], project)
+    wall = time.perf_counter() - start
+    assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
+    ran = _stages_run(full.stdout)
+    assert "train_cc" not in ran and "prepare" not in ran, ran  # resumed after the completed stages
+    assert {"collect", "fit", "report", "register"} <= set(ran)
+    print(f"tiny profile dvc repro (after resume): {wall:.1f} s")
+    for path in ("models/cc/cc_tuning.json", "transform/transform.safetensors", "reports/summary.md",
+                 "metrics/eval/cc/XNLI.json", "metrics/register.json", "reports/plots/XNLI.png"):
+        assert (project / path).is_file(), path
+
+    # 2. a second repro is a no-op, in seconds
+    start = time.perf_counter()
+    again = _run([str(BIN / "dvc"), "repro"], project)
+    assert again.returncode == 0 and _stages_run(again.stdout) == []
+    assert time.perf_counter() - start < 60
+
+    # 3. changing an eval.* param re-runs only evaluation and what follows
+    text = (project / "params.yaml").read_text().replace("  max_new_tokens: 8", "  max_new_tokens: 6")
+    (project / "params.yaml").write_text(text)
+    dry = _run([str(BIN / "dvc"), "repro", "--dry"], project)
+    planned = set(_stages_run(dry.stdout))
+    assert planned and all(s.startswith(("eval", "report", "register")) for s in planned), planned
+    assert "eval_cc@XNLI" in planned and "eval@base-XNLI" in planned
+    _run(["git", "checkout", "params.yaml"], project)
+
+    # 4. metrics, plots and experiments
+    metrics = _run([str(BIN / "dvc"), "metrics", "show", "--json"], project)
+    assert metrics.returncode == 0 and "final_loss" in metrics.stdout
+    plots = _run([str(BIN / "dvc"), "plots", "show", "--json"], project)
+    assert plots.returncode == 0 and "train_cc_loss" in plots.stdout
+    exp = _run([str(BIN / "dvc"), "exp", "run", "-S", "report.seed=1"], project)
+    assert exp.returncode == 0, exp.stderr[-2000:]
+    assert _stages_run(exp.stdout) == ["report"]
+
+
+def test_prefect_server_worker_runs_deployment(project):
+    if not (project / "dvc.lock").is_file():
+        pytest.skip("needs the DVC test's workspace first")
+    port = _free_port()
+    home = project.parent / "prefect-home"
+    api = f"http://127.0.0.1:{port}/api"
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=project, env=_env(PREFECT_HOME=str(home)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    worker = None
+    try:
+        _wait_http(f"{api}/health", 120, server)
+        env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": api, "CC_TUNING_HOME": str(project)}
+        pool = _run([str(BIN / "prefect"), "work-pool", "create", "local", "--type", "process"], project, **env)
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        deploy = _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "local-tiny"], project, **env)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "local"], cwd=project,
+                                  env=_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = _run([str(BIN / "prefect"), "deployment", "run", "cc-tuning-pipeline/local-tiny", "--watch",
+                    "--watch-timeout", "900"], project, timeout=1000, **env)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        states = _run([sys.executable, "-c", _STATES_SCRIPT], project, **env)
+        assert states.returncode == 0, states.stderr[-3000:]
+        report = json.loads(states.stdout.strip().splitlines()[-1])
+        assert report["flow"] == "COMPLETED"
+        names = report["tasks"]
+        assert {"base-model", "prepare", "train", "collect", "fit", "eval-language", "eval-write", "report",
+                "register", "dvc-commit"} <= set(names)
+        assert all(state == "COMPLETED" for states_ in names.values() for state in states_), names
+        assert len(names["eval-language"]) == 3 * 8  # 3 methods × (XNLI 3 + MKQA 3 + XLSum 2) languages
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(server)
+
+
+_STATES_SCRIPT = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+async def main():
+    async with get_client() as client:
+        runs = await client.read_flow_runs(limit=5)
+        run = max(runs, key=lambda r: r.start_time or r.created)
+        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        names = {}
+        for task in tasks:
+            names.setdefault(task.name.rsplit("-", 1)[0], []).append(task.state.type.value)
+        print(json.dumps({"flow": run.state.type.value, "tasks": names}))
+
+asyncio.run(main())
+"""
+
+
+def test_mlflow_server_registry_round_trip(project, tmp_path):
+    if not (project / "transform/transform.safetensors").is_file():
+        pytest.skip("needs the DVC test's workspace first")
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/registry.db",
+                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_http(f"{uri}/health", 120, server)
+        cli = [sys.executable, "-m", "cc_core.cli", "register", "--set", f"tracking.uri={uri}",
+               "--set", "register.model_name=cc-test"]
+        metrics_file = project / "metrics/eval/cc/XNLI.json"
+        original = metrics_file.read_text()
+
+        def register_with(average: float) -> dict:
+            data = json.loads(original)
+            data["average"] = average
+            metrics_file.write_text(json.dumps(data))
+            out = _run(cli, project)
+            assert out.returncode == 0, out.stderr[-3000:]
+            return json.loads(out.stdout[out.stdout.index("{"):])
+
+        try:
+            first, worse, better = register_with(50.0), register_with(10.0), register_with(90.0)
+        finally:
+            metrics_file.write_text(original)
+        assert (first["version"], first["champion"], first["promoted"]) == ("1", "1", True)
+        assert (worse["version"], worse["champion"], worse["promoted"]) == ("2", "1", False)
+        assert (better["version"], better["champion"], better["promoted"]) == ("3", "3", True)
+        check = _run([sys.executable, "-c", _REGISTRY_SCRIPT.replace("URI", uri)], tmp_path)
+        assert check.returncode == 0, check.stderr[-3000:]
+        result = json.loads(check.stdout.strip().splitlines()[-1])
+        assert result["versions"] == ["1", "2", "3"]  # nothing overwritten or deleted
+        assert result["aliases"] == {"champion": "3", "challenger": "3"}
+        assert [(h["alias"], h["version"]) for h in result["history"]] == [
+            ("challenger", "1"), ("champion", "1"), ("challenger", "2"), ("challenger", "3"), ("champion", "3")]
+        assert result["tags"]["git_commit"] and result["tags"]["avg_XNLI"] == "90.0000"
+        assert isinstance(result["prediction"], list) and len(result["prediction"]) == 2
+        # a model without evaluation metrics is refused
+        empty = tmp_path / "no-metrics"
+        (empty / "eval" / "cc").mkdir(parents=True)
+        refused = _run(cli + ["--metrics-dir", str(empty)], project)
+        assert refused.returncode == 2 and "no evaluation metrics" in refused.stderr
+    finally:
+        _stop(server)
+
+
+_REGISTRY_SCRIPT = """
+import json, mlflow
+mlflow.set_tracking_uri("URI")
+client = mlflow.MlflowClient()
+versions = sorted(v.version for v in client.search_model_versions("name='cc-test'"))
+model = client.get_registered_model("cc-test")
+latest = client.get_model_version("cc-test", "3")
+loaded = mlflow.pyfunc.load_model("models:/cc-test@champion")   # a fresh process
+prediction = loaded.predict(["Quelle est la capitale du Kenya ?", "Was ist 2+2?"])
+print(json.dumps({"versions": versions, "aliases": dict(model.aliases), "history": json.loads(model.tags["alias_history"]),
+                  "tags": dict(latest.tags), "prediction": list(prediction)}))
+"""
