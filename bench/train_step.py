@@ -71,39 +71,41 @@ def engine_for(model, lr: float, deepspeed_stage: str | None, batch: int):
     return engine, optimizer
 
 
-def run(method: str, args, batches, dtype) -> tuple[list[float], int, int]:
-    model, tokenizer = load_model(args.model, dtype, args.device)
-    model.train()
-    model.config.use_cache = False  # as in cc_core.train: no KV cache while training
-    if args.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    net = CCTuningModel(model) if method == "cc" else model
-    engine, optimizer = engine_for(net, 1e-5, args.deepspeed, args.batch)
-    times, tokens, en_tokens = [], 0, 0
-    for step, batch in enumerate(batches):
+class Trainee:
+    """One method's model + optimizer (+ DeepSpeed engine) and its step timings."""
+
+    def __init__(self, method: str, args, dtype) -> None:
+        model, _ = load_model(args.model, dtype, args.device)
+        model.train()
+        model.config.use_cache = False  # as in cc_core.train: no KV cache while training
+        if args.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.method, self.args = method, args
+        self.net = CCTuningModel(model) if method == "cc" else model
+        self.engine, self.optimizer = engine_for(self.net, 1e-5, args.deepspeed, args.batch)
+        self.times: list[float] = []
+        self.tokens = 0
+        self.params = sum(p.numel() for p in self.net.parameters())
+
+    def step(self, batch: dict, measure: bool) -> None:
+        args = self.args
         batch = {k: v.to(args.device) for k, v in batch.items()}
-        if method == "sft":
+        if self.method == "sft":
             batch = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
         sync(args.device)
         start = time.perf_counter()
-        loss = engine(**batch).loss
+        loss = self.engine(**batch).loss
         if args.deepspeed:
-            engine.backward(loss)
-            engine.step()
+            self.engine.backward(loss)
+            self.engine.step()
         else:
             loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         sync(args.device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-            tokens += int(batch["attention_mask"].sum())
-            en_tokens += int(batch["en_attention_mask"].sum()) if "en_attention_mask" in batch else 0
-    params = sum(p.numel() for p in net.parameters())
-    del engine, optimizer, net, model
-    if args.device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    return times, tokens, params
+        if measure:
+            self.times.append(time.perf_counter() - start)
+            self.tokens += int(batch["attention_mask"].sum())
 
 
 def main() -> None:
@@ -125,9 +127,13 @@ def main() -> None:
     batches = make_batches(tokenizer, args.batch, args.steps + args.warmup, args.cutoff)
     nonen = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup:])
     english = sum(int(b["en_attention_mask"].sum()) for b in batches[args.warmup:])
-    results = {}
-    for method in ("sft", "cc"):
-        results[method] = run(method, args, batches, dtype)
+    # Both methods live side by side and step alternately on the same batches, so clock ramps,
+    # allocator warm-up and machine noise hit both alike.
+    trainees = {method: Trainee(method, args, dtype) for method in ("sft", "cc")}
+    for index, batch in enumerate(batches):
+        for trainee in (trainees.values() if index % 2 == 0 else reversed(list(trainees.values()))):
+            trainee.step(batch, measure=index >= args.warmup)
+    results = {m: (t.times, t.tokens, t.params) for m, t in trainees.items()}
     sft_t, cc_t = statistics.median(results["sft"][0]), statistics.median(results["cc"][0])
     params = results["sft"][2]
     print(f"model={args.model} ({params / 1e6:.1f}M params) device={args.device} dtype={dtype} "

@@ -105,6 +105,14 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
             "dvc_lock_sha256": file_sha256(lock_file) if Path(lock_file).is_file() else "none",
             "register_metric": params.register.metric, "metric_value": f"{value:.6f}",
             **{f"avg_{k}": f"{v:.4f}" for k, v in averages.items()}}
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            # trained against another tracking store: log the model in a new run here, tagged with the origin
+            log.warning("training run %s is not in %s: registering from a new run", run_id, uri)
+            tags["training_run_id"] = run_id
+            run_id = None
     config = {"model_dir": str(model_dir.resolve()), "transform": str((transform_dir / "transform.safetensors").resolve()),
               "mode": "transform", "decision_mode": params.eval.decision_mode,
               "max_new_tokens": params.eval.max_new_tokens, "batch_size": params.eval.batch_size}
@@ -122,7 +130,9 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="CC-Tuning checkpoints (pyfunc, transform mode)")
-    version = client.create_model_version(name, info.model_uri, run_id=info.run_id, tags=tags).version
+    # model_id: MLflow 3 servers resolve a "models:/m-..." source through the logged model's id
+    version = client.create_model_version(name, info.model_uri, run_id=info.run_id, tags=tags,
+                                          model_id=info.model_id).version
     _record_alias(client, name, CHALLENGER, version, _alias_version(client, name, CHALLENGER), "new version")
     champion = _alias_version(client, name, CHAMPION)
     champion_value = None
