@@ -155,6 +155,16 @@ class Tracker:
         # exports MLFLOW_TRACKING_URI to every child process).
         return mlflow.MlflowClient(self.uri)
 
+    @staticmethod
+    def _exists(client, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.get_run(run_id)
+            return True
+        except MlflowException:
+            return False
+
     def experiment_id(self, client) -> str:
         experiment = client.get_experiment_by_name(self.params.experiment)
         if experiment is not None:
@@ -174,6 +184,11 @@ class Tracker:
         if client is None:
             yield _NullRun()
             return
+        if run_id is not None and not self._exists(client, run_id):
+            # e.g. a model pulled with `dvc pull` whose run lives in another tracking store
+            log.warning("run %s is not in %s: logging to a new run %r instead", run_id, self.uri, name)
+            tags = {**(tags or {}), "origin_run_id": run_id}
+            run_id = None
         if run_id is None:
             run_id = client.create_run(self.experiment_id(client), run_name=name).info.run_id
         run = Run(run_id, client)
