@@ -30,7 +30,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator
@@ -206,6 +206,33 @@ def eval_plan(params: Params, methods: list[str]) -> list[tuple[str, str, str]]:
 EVAL_WORKERS = int(os.environ.get("CC_TUNING_EVAL_WORKERS", "2"))
 
 
+@flow(name="cc-tuning-eval", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=EVAL_WORKERS))
+def evaluate_all(pipeline: PipelineParameters, plan: list[tuple[str, str, str]]) -> dict:
+    """Fan out one task per (method, benchmark, language); a language that still fails after
+    its retries is recorded as failed and the rest of its benchmark is written anyway."""
+    logger = get_run_logger()
+    params = _params(pipeline)
+    methods_, benches, langs = (list(column) for column in zip(*plan)) if plan else ([], [], [])
+    futures = eval_language_task.map(unmapped(pipeline), methods_, benches, langs, list(range(len(plan))))
+    wait(futures)
+    evaluations: dict[str, Any] = {}
+    for method, bench in dict.fromkeys((m, b) for m, b, _ in plan):
+        done, failed = [], {}
+        for (m, b, lang), future in zip(plan, futures):
+            if (m, b) != (method, bench):
+                continue
+            state = future.state
+            if state.is_completed():
+                done.append(future.result())
+            else:
+                failed[lang] = str(state.message or state.name)
+                logger.error("eval %s %s %s failed after retries: %s", m, b, lang, failed[lang])
+        if done:
+            mode = params.eval.cc_mode if method == "cc" else "none"
+            evaluations[f"{method}/{bench}"] = eval_write_task(pipeline, method, bench, done, failed, mode)
+    return evaluations
+
+
 @flow(name="cc-tuning-pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=EVAL_WORKERS))
 def cc_tuning_pipeline(pipeline: PipelineParameters = PipelineParameters()) -> dict:
     """base model → prepare → train (cc, sft) → collect → fit → eval (fan-out) → report → register."""
@@ -218,26 +245,7 @@ def cc_tuning_pipeline(pipeline: PipelineParameters = PipelineParameters()) -> d
     if "cc" in pipeline.methods:
         results["collect"] = collect_task(pipeline)
         results["fit"] = fit_task(pipeline)
-    plan = eval_plan(params, pipeline.methods)
-    futures = [eval_language_task.submit(pipeline, m, b, lang, slot) for slot, (m, b, lang) in enumerate(plan)]
-    wait(futures)
-    evaluations: dict[str, Any] = {}
-    for method in pipeline.methods:
-        for bench in params.eval.benchmarks:
-            done, failed = [], {}
-            for (m, b, lang), future in zip(plan, futures):
-                if (m, b) != (method, bench):
-                    continue
-                state = future.state
-                if state.is_completed():
-                    done.append(future.result())
-                else:
-                    failed[lang] = str(state.message or state.name)
-                    logger.error("eval %s %s %s failed after retries: %s", m, b, lang, failed[lang])
-            if done:
-                mode = params.eval.cc_mode if method == "cc" else "none"
-                evaluations[f"{method}/{bench}"] = eval_write_task(pipeline, method, bench, done, failed, mode)
-    results["eval"] = evaluations
+    results["eval"] = evaluate_all(pipeline, eval_plan(params, pipeline.methods))
     results["report"] = report_task(pipeline)
     if "cc" in pipeline.methods:
         results["register"] = register_task(pipeline)

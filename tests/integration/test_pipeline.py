@@ -164,7 +164,7 @@ def test_prefect_server_worker_runs_deployment(project):
         states = _run([sys.executable, "-c", _STATES_SCRIPT], project, **env)
         assert states.returncode == 0, states.stderr[-3000:]
         report = json.loads(states.stdout.strip().splitlines()[-1])
-        assert report["flow"] == "COMPLETED"
+        assert report["flow"] == "COMPLETED" and report["count"] == 2  # the pipeline and its eval subflow
         names = report["tasks"]
         assert {"base-model", "prepare", "train", "collect", "fit", "eval-language", "eval-write", "report",
                 "register", "dvc-commit"} <= set(names)
@@ -179,17 +179,17 @@ def test_prefect_server_worker_runs_deployment(project):
 _STATES_SCRIPT = """
 import asyncio, json
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 async def main():
-    async with get_client() as client:
-        runs = await client.read_flow_runs(limit=5)
-        run = max(runs, key=lambda r: r.start_time or r.created)
-        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    async with get_client() as client:   # a fresh server: the deployed run and its eval subflow only
+        runs = await client.read_flow_runs(limit=20)
+        tasks = await client.read_task_runs(limit=200)
         names = {}
         for task in tasks:
             names.setdefault(task.name.rsplit("-", 1)[0], []).append(task.state.type.value)
-        print(json.dumps({"flow": run.state.type.value, "tasks": names}))
+        print(json.dumps({"flows": {r.name: r.state.type.value for r in runs},
+                          "flow": "COMPLETED" if all(r.state.type.value == "COMPLETED" for r in runs) else "NOT",
+                          "count": len(runs), "tasks": names}))
 
 asyncio.run(main())
 """
