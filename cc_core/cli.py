@@ -22,7 +22,6 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
-from pathlib import Path
 
 log = logging.getLogger("cctune")
 

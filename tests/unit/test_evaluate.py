@@ -107,19 +107,19 @@ def test_score_input_errors_name_file_and_line(tmp_path):
     ok = {"output": "(A)"}
 
     malformed = _write_jsonl(tmp_path / "bad.jsonl", [ok, '{"output": "(B)"'])
-    with pytest.raises(InputError, match=rf"bad\.jsonl:2\b.*malformed"):
+    with pytest.raises(InputError, match=r"bad\.jsonl:2\b.*malformed"):
         score("MMMLU", "bundled", "ko", malformed)
 
     no_output = _write_jsonl(tmp_path / "noout.jsonl", [ok, ok, {"id": items[2].id, "text": "(C)"}])
-    with pytest.raises(InputError, match=rf"noout\.jsonl:3\b.*output"):
+    with pytest.raises(InputError, match=r"noout\.jsonl:3\b.*output"):
         score("MMMLU", "bundled", "ko", no_output)
 
     not_string = _write_jsonl(tmp_path / "num.jsonl", [{"output": 3}])
-    with pytest.raises(InputError, match=rf"num\.jsonl:1\b"):
+    with pytest.raises(InputError, match=r"num\.jsonl:1\b"):
         score("MMMLU", "bundled", "ko", not_string)
 
     unknown = _write_jsonl(tmp_path / "unknown.jsonl", [{"id": items[0].id, **ok}, {"id": "MMMLU-ko-99999", **ok}])
-    with pytest.raises(InputError, match=rf"unknown\.jsonl:2\b.*MMMLU-ko-99999"):
+    with pytest.raises(InputError, match=r"unknown\.jsonl:2\b.*MMMLU-ko-99999"):
         score("MMMLU", "bundled", "ko", unknown)
 
     too_many = _write_jsonl(tmp_path / "many.jsonl", [ok] * (len(items) + 1))
