@@ -57,7 +57,9 @@ class Generator:
         self.decision_mode = decision_mode
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.max_prompt_len = max_prompt_len
+        # The prompt and the generated tokens must fit the model's context together.
+        context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        self.max_prompt_len = min(max_prompt_len, context - max_new_tokens) if context else max_prompt_len
         self.reuse_cache = reuse_cache
         self.pad_id = pad_token_id(tokenizer)
         self.eos_ids = _eos_ids(model, tokenizer)

@@ -257,15 +257,26 @@ def _label_patterns(labels: tuple[str, ...]) -> _LabelPatterns:
     return _LabelPatterns(variants, strong, marked, bare)
 
 
+# A negation right before a label rejects it: "not (1), it is 2", "neither A nor B", "不是B".
+_NEGATED = re.compile(
+    r"(?i:(?<![\w])(?:not|never|neither|nor|isn't|nicht|keine?|pas|no es|não é|não|не|нет)"
+    r"|n't|不是|不选|不|非)\s*[(\[【「]?\s*$")
+
+
+def _negated(text: str, position: int) -> bool:
+    return bool(_NEGATED.search(text[max(0, position - 16):position]))
+
+
 def _found(
     patterns: Sequence[re.Pattern[str]], text: str, variants: Mapping[str, str]
 ) -> list[tuple[int, str]]:
-    """(position, canonical label) of every match of ``patterns``, in text order."""
+    """(position, canonical label) of every match of ``patterns``, in text order (negated ones left out)."""
     hits = []
     for pattern in patterns:
         for m in pattern.finditer(text):
             name, form = next((k, v) for k, v in m.groupdict().items() if v is not None)
-            hits.append((m.start(name), variants[form]))
+            if not _negated(text, m.start(name)) and not _negated(text, m.start()):
+                hits.append((m.start(name), variants[form]))
     return sorted(hits)
 
 
@@ -275,6 +286,8 @@ def _bare_labels(text: str, pats: _LabelPatterns) -> list[str]:
     for m in pats.bare.finditer(text):
         form = m.group("lab_s")
         if form in _LETTER_WORDS and re.match(r"\s+\w", text[m.end():]):
+            continue
+        if _negated(text, m.start("lab_s")):
             continue
         out.append(pats.variants[form])
     return out
@@ -295,13 +308,19 @@ def _fold(text: str) -> str:
 
 
 def _phrase_spans(haystack: str, phrase: str) -> list[tuple[int, int]]:
-    """Where ``phrase`` occurs in ``haystack`` not glued to letters/digits of its own kind."""
+    """Where ``phrase`` occurs in ``haystack`` not glued to letters/digits of its own kind.
+
+    A one-word option of five or more letters also matches as a word's stem, so the option
+    "Entail" is found in "Entailment" and "Contradict" in "contradicts"; negated mentions
+    ("not entailment") do not count.
+    """
     pattern = re.escape(phrase)
     if re.match(rf"[{_W}]", phrase[0]):
         pattern = rf"(?<![{_W}])(?<!\d[.,])" + pattern
     if re.match(rf"[{_W}]", phrase[-1]):
-        pattern += rf"(?![{_W}])(?![.,]\d)"
-    return [m.span() for m in re.finditer(pattern, haystack)]
+        stem = len(phrase) >= 5 and phrase.isalpha() and " " not in phrase
+        pattern += (rf"[{_W}]*" if stem else "") + rf"(?![{_W}])(?![.,]\d)"
+    return [m.span() for m in re.finditer(pattern, haystack) if not _negated(haystack, m.start())]
 
 
 def _match_option_text(text: str, options: Mapping[str, str], labels: Sequence[str]) -> str | None:
@@ -335,6 +354,17 @@ def _match_option_text(text: str, options: Mapping[str, str], labels: Sequence[s
     return winners[0] if len(winners) == 1 else None
 
 
+_ZH_NUMERALS = {ch: str(i) for i, ch in enumerate("一二三四五六七八九", start=1)}
+_ZH_ORDINAL = re.compile(r"第\s*([一二三四五六七八九\d])\s*(?:个|個)?\s*(?:选项|選項|项|項|个|個|答案)")
+_ZH_OPTION = re.compile(r"(选项|選項)\s*([一二三四五六七八九])")
+
+
+def _chinese_ordinals(text: str) -> str:
+    """"第二个选项" / "选项二" → "选项2" (numbered options written with Chinese numerals)."""
+    text = _ZH_ORDINAL.sub(lambda m: "选项" + _ZH_NUMERALS.get(m.group(1), m.group(1)), text)
+    return _ZH_OPTION.sub(lambda m: m.group(1) + _ZH_NUMERALS[m.group(2)], text)
+
+
 def extract_choice(
     output: str,
     labels: Sequence[str],
@@ -356,6 +386,8 @@ def extract_choice(
     if not output or not output.strip() or not canon:
         return None
     text = _canonical(output)
+    if all(label.isdigit() for label in canon):
+        text = _chinese_ordinals(text)
     pats = _label_patterns(tuple(canon))
 
     strong = _found(pats.strong, text, pats.variants)
@@ -415,6 +447,33 @@ def _is_removed(ch: str) -> bool:
     return cat[0] == "P" or (cat[0] == "S" and cat != "Sc")
 
 
+# A number with separators: "3", "3.0", "1,234", "1.234,5", "0.125".
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def _canonical_number(number: str) -> str:
+    """One spelling per number, so "3.0" = "3", "1,000" = "1000", "2,5" = "2.5".
+
+    The last separator is the decimal mark unless every group after the first has exactly
+    three digits and only one kind of separator occurs more than once or is a comma ("1,000",
+    "1.000.000"); the others are thousands separators. Trailing decimal zeros are dropped.
+    """
+    separators = [ch for ch in number if ch in ".,"]
+    if not separators:
+        return number
+    groups = re.split(r"[.,]", number)
+    thousands_only = all(len(g) == 3 for g in groups[1:]) and len(set(separators)) == 1 and (
+        len(separators) > 1 or separators[0] == ",")
+    if thousands_only:
+        return "".join(groups)
+    whole, fraction = "".join(groups[:-1]), groups[-1].rstrip("0")
+    return f"{whole}.{fraction}" if fraction else whole
+
+
+def _is_decimal_point(text: str, i: int) -> bool:
+    return text[i] == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit()
+
+
 def normalize_answer(text: str, lang: str) -> str:
     """SQuAD-style normal form: NFKC, casefold, no punctuation/symbols, single spaces.
 
@@ -423,19 +482,24 @@ def normalize_answer(text: str, lang: str) -> str:
     no stemming.
     """
     text = _canonical(text).casefold().replace(_TATWEEL, "")
-    text = "".join(ch for ch in text if not _is_removed(ch))
+    text = text.replace("\u066b", ".").replace("\u066c", ",")  # Arabic decimal and thousands separators
+    text = _NUMBER.sub(lambda m: _canonical_number(m.group()), text)
+    # Punctuation goes, except a decimal point inside a number ("3.5" must not become "35").
+    text = "".join(ch for i, ch in enumerate(text) if not _is_removed(ch) or _is_decimal_point(text, i))
     tokens = text.split()
     if lang.strip().lower() == "en":
         tokens = [t for t in tokens if t not in _EN_ARTICLES]
     return " ".join(tokens)
 
 
-# A run of ASCII letters/digits ("ipad", "2019") stays one token inside zh/ja/th text.
-_CHAR_TOKEN = re.compile(r"[a-z0-9]+|\S")
+# A run of ASCII letters/digits ("ipad", "2019", "3.5") stays one token inside zh/ja/th text;
+# otherwise one character plus the combining marks that follow it (Thai vowels and tone marks
+# above and below a consonant are part of its character, not tokens of their own).
+_CHAR_TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?|\S[\u0300-\u036f\u0e31\u0e34-\u0e3a\u0e47-\u0e4e]*")
 
 
 def tokenize(text: str, lang: str) -> list[str]:
-    """Metric tokens: characters for zh/ja/th, whitespace-separated words otherwise."""
+    """Metric tokens: characters (with their combining marks) for zh/ja/th, words otherwise."""
     norm = normalize_answer(text, lang)
     if lang.strip().lower() in CHAR_TOKENIZED:
         return _CHAR_TOKEN.findall(norm)

@@ -79,21 +79,36 @@ class EncodedPrompt:
 
 
 def encode_prompt(tokenizer, instruction: str, max_len: int | None = None) -> EncodedPrompt:
-    """Tokenize chat(instruction); cut the user text from the left (keeping the template) to fit."""
+    """Tokenize chat(instruction); if it is longer than ``max_len``, cut the user text from the left.
+
+    The chat template is always kept, and so is the user text's first line when it is short
+    (at most a quarter of the room): that is where benchmark prompts put their instruction
+    ("Please summarise the following in one sentence.", "Please answer ... based on the
+    given context."). The cut then falls on the start of the passage, so the question and
+    options at the end survive too.
+    """
     ids = _ids(tokenizer, render_prompt(tokenizer, instruction))
     if max_len is None or len(ids) <= max_len:
         return EncodedPrompt(ids, False)
-    overhead = len(ids) - len(_ids(tokenizer, instruction))
+    text_ids = _ids(tokenizer, instruction)
+    overhead = len(ids) - len(text_ids)
     budget = max_len - overhead - 1
     if budget <= 0:
         raise ValueError(f"max_len={max_len} is shorter than the chat template itself ({overhead} tokens)")
-    text_ids = _ids(tokenizer, instruction)
-    while budget > 0:
-        shortened = tokenizer.decode(text_ids[-budget:], skip_special_tokens=True)
+    head, _, body = instruction.partition("\n")
+    head_ids = _ids(tokenizer, head + "\n") if body else []
+    if not body or len(head_ids) > budget // 4:
+        head, head_ids, body = "", [], instruction
+    else:
+        head += "\n"
+        text_ids = _ids(tokenizer, body)
+    room = budget - len(head_ids)
+    while room > 0:
+        shortened = head + tokenizer.decode(text_ids[-room:], skip_special_tokens=True)
         ids = _ids(tokenizer, render_prompt(tokenizer, shortened))
         if len(ids) <= max_len:
             return EncodedPrompt(ids, True)
-        budget -= max(1, len(ids) - max_len)
+        room -= max(1, len(ids) - max_len)
     raise ValueError(f"cannot fit the prompt into max_len={max_len}")
 
 

@@ -279,7 +279,22 @@ def test_normalize_answer(text: str, lang: str, expected: str) -> None:
 def test_tokenize_char_languages_keep_ascii_runs() -> None:
     assert tokenize("我爱iPhone 15！", "zh") == ["我", "爱", "iphone", "15"]
     assert tokenize("東京タワー", "ja") == ["東", "京", "タ", "ワ", "ー"]
-    assert tokenize("กรุงเทพ", "th") == list("กรุงเทพ")
+    # Thai: a consonant keeps its vowel and tone marks ("รุ", "วิ่"); they are not tokens of their own
+    assert tokenize("กรุงเทพ", "th") == ["ก", "รุ", "ง", "เ", "ท", "พ"]
+    assert tokenize("วิ่ง", "th") == ["วิ่", "ง"]
+    assert tokenize("ราคา 3.5 บาท", "th")[4] == "3.5"
+
+
+def test_numbers_have_one_spelling() -> None:
+    # MKQA golds write numbers as "3.0": "3" is right, "30" is not, and "3.5" is not "35"
+    assert qa_exact_match("3", ["3.0"], "en") == 1.0
+    assert qa_exact_match("30", ["3.0"], "en") == 0.0
+    assert qa_f1("250", ["25.0"], "en") == 0.0
+    assert normalize_answer("It costs 3.50.", "en") == "it costs 3.5"
+    assert normalize_answer("1,000 Menschen", "de") == "1000 menschen"
+    assert normalize_answer("2,5 km", "fr") == "2.5 km"
+    assert normalize_answer("1.234,5", "de") == "1234.5"
+    assert normalize_answer("٣٫٠", "ar") == "3"  # Arabic decimal separator, Eastern Arabic digits
 
 
 def test_tokenize_word_languages_split_on_whitespace() -> None:
@@ -400,3 +415,29 @@ def test_item_score_is_frozen() -> None:
     item = ItemScore(score=1.0, parsed="2", extra={})
     with pytest.raises(dataclasses.FrozenInstanceError):
         item.score = 0.0  # type: ignore[misc]
+
+
+XNLI_OPTIONS = {"1": "Entail", "2": "Neutral", "3": "Contradict"}
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("Entailment", "1"),  # the option word's stem: "Entail" in "Entailment"
+        ("Contradiction.", "3"),
+        ("The hypothesis contradicts the premise", "3"),
+        ("Not entailment, it's neutral", "2"),  # a negated option text does not count
+        ("The answer is not 1, it is 2", "2"),  # a negated label does not count
+        ("neither 1 nor 2", None),
+        ("不是1，是3", "3"),
+        ("选项二", "2"),  # Chinese numerals for numbered options
+        ("第三个选项", "3"),
+    ],
+)
+def test_extract_choice_negation_stems_and_chinese_numerals(output, expected) -> None:
+    assert extract_choice(output, ("1", "2", "3"), "en", XNLI_OPTIONS) == expected
+
+
+def test_extract_choice_negated_letters() -> None:
+    assert extract_choice("The answer is not A, it is B", ("A", "B", "C", "D"), "en") == "B"
+    assert extract_choice("The answer: neither A nor B", ("A", "B", "C", "D"), "en") is None

@@ -88,6 +88,21 @@ def test_long_prompt_is_cut_from_the_left_keeping_the_template(smol_tokenizer):
     assert decoded.startswith("<|im_start|>system") and decoded.endswith("Ende der Frage<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_long_prompt_keeps_its_instruction_line(smol_tokenizer):
+    # XLSum puts the instruction first: the cut falls on the passage, not on the instruction
+    instruction = "Veuillez résumer le contenu suivant en une phrase."
+    text = instruction + "\n" + " ".join(f"mot{i}" for i in range(600)) + " fin de l'article"
+    cut = encode_prompt(smol_tokenizer, text, max_len=128)
+    assert cut.truncated and len(cut.input_ids) <= 128
+    user = smol_tokenizer.decode(cut.input_ids).split("<|im_start|>user\n")[1]
+    assert user.startswith(instruction + "\n") and "fin de l'article<|im_end|>" in user
+    assert "mot0 " not in user  # the passage's start is what was cut
+    # a first line longer than a quarter of the room is passage, not instruction: plain left cut
+    long_first = " ".join(f"mot{i}" for i in range(600)) + "\nQuestion?"
+    cut = encode_prompt(smol_tokenizer, long_first, max_len=128)
+    assert smol_tokenizer.decode(cut.input_ids).endswith("Question?<|im_end|>\n<|im_start|>assistant\n")
+
+
 def test_missing_template_is_a_clear_error(smol_tokenizer):
     tokenizer = copy.deepcopy(smol_tokenizer)
     tokenizer.chat_template = None
