@@ -95,7 +95,7 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
 def _collect(args, params):
     from cc_core.activations import collect
 
-    return collect(params.collect, args.model, args.pairs, args.out, params.eval.max_prompt_len)
+    return collect(params.collect, args.model, args.pairs, args.out, params.collect.max_prompt_len)
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:

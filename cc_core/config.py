@@ -61,7 +61,7 @@ class TrainParams(_Section):
     max_steps: int = -1
     learning_rate: float = Field(1e-5, gt=0)
     lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)  # < 1: transformers reads a value ≥ 1 as a step count
     per_device_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     cutoff_len: int = Field(1024, ge=8)
@@ -85,6 +85,7 @@ class CollectParams(_Section):
     num_pairs: int = Field(1000, ge=1)
     batch_size: int = Field(16, ge=1)
     shard_size: int = Field(512, ge=1)
+    max_prompt_len: int = Field(1024, ge=16)
 
 
 class FitParams(_Section):

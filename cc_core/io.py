@@ -35,8 +35,9 @@ def _tmp_sibling(path: Path) -> Path:
     return tmp
 
 
-def _replace(tmp: Path, path: Path) -> None:
-    """Move ``tmp`` to ``path``, replacing whatever is there."""
+def replace_path(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path``, replacing whatever is there (a directory is renamed aside first,
+    so ``path`` is never missing for longer than two renames)."""
     if path.is_dir() and not path.is_symlink():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
@@ -56,7 +57,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _replace(tmp, path)
+    replace_path(tmp, path)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 Default store: ``sqlite:///mlflow.db`` plus the ``mlartifacts/`` folder (see params
 ``tracking.*``; ``MLFLOW_TRACKING_URI`` overrides). When a server URI is down,
-``tracking.on_unavailable`` decides: ``skip`` (run anyway, say so) or ``fail``.
+``tracking.on_unavailable`` decides: ``skip`` (run anyway, say so) or ``fail``. With ``skip``,
+a server that goes down in the middle of a run only ends the tracking, not the run.
 
     with Tracker(params.tracking).run("train-cc", params=params.flat()) as run:
         run.log_metrics({"loss": 1.2}, step=1)
@@ -86,10 +87,28 @@ class _NullRun:
 
 @dataclass
 class Run:
-    """A live MLflow run (thin wrapper: values are made MLflow-safe)."""
+    """A live MLflow run (thin wrapper: values are made MLflow-safe).
+
+    ``tolerant`` (tracking.on_unavailable=skip): the first failed call (server gone, network
+    down) logs a warning and turns every later call into a no-op, so the work goes on untracked.
+    """
 
     run_id: str
     client: Any
+    tolerant: bool = False
+    broken: bool = False
+
+    def _call(self, what: str, fn, *args, **kwargs) -> None:
+        if self.broken:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any tracking failure, by policy
+            if not self.tolerant:
+                raise
+            self.broken = True
+            log.warning("MLflow %s failed (%s: %s): tracking was skipped for the rest of run %s "
+                        "(tracking.on_unavailable=skip)", what, type(err).__name__, str(err)[:200], self.run_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -97,27 +116,30 @@ class Run:
         now = int(time.time() * 1000)
         clean = [Metric(_metric_key(k), float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         if clean:
-            self.client.log_batch(self.run_id, metrics=clean)
+            self._call("log_metrics", self.client.log_batch, self.run_id, metrics=clean)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, "null" if v is None else str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            self._call("log_params", self.client.log_batch, self.run_id, params=items[start:start + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+            self._call("set_tag", self.client.set_tag, self.run_id, key, str(value))
 
     def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        self._call("log_artifacts", self.client.log_artifacts, self.run_id, str(path), artifact_path)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_dict(self, data: dict, name: str) -> None:
-        self.client.log_dict(self.run_id, data, name)
+        self._call("log_dict", self.client.log_dict, self.run_id, data, name)
+
+    def terminate(self, status: str) -> None:
+        self._call("set_terminated", self.client.set_terminated, self.run_id, status=status)
 
 
 def _metric_key(key: str) -> str:
@@ -131,6 +153,10 @@ class Tracker:
         self.uri = tracking_uri(params)
         self._client = None
         self._checked = False
+
+    def check(self) -> None:
+        """Connect now: with tracking.on_unavailable=fail an unreachable server fails here, before any work."""
+        self._connect()
 
     def _connect(self):
         """The client for this URI (made once), or None when tracking is off or skipped."""
@@ -149,6 +175,11 @@ class Tracker:
                 raise TrackingUnavailableError(message + " (tracking.on_unavailable=fail)")
             log.warning("%s: tracking was skipped for this run (tracking.on_unavailable=skip)", message)
             return None
+        if self.params.on_unavailable == "skip" and urlparse(self.uri).scheme in ("http", "https"):
+            # MLflow retries a failed request for minutes by default; a run that goes on untracked
+            # should not stall that long on a server that went away.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         import mlflow
 
         # A client bound to this URI, not mlflow's process-global fluent state (which also
@@ -189,9 +220,18 @@ class Tracker:
             log.warning("run %s is not in %s: logging to a new run %r instead", run_id, self.uri, name)
             tags = {**(tags or {}), "origin_run_id": run_id}
             run_id = None
+        reopened = run_id is not None
         if run_id is None:
             run_id = client.create_run(self.experiment_id(client), run_name=name).info.run_id
-        run = Run(run_id, client)
+        run = Run(run_id, client, tolerant=self.params.on_unavailable == "skip")
+        if params and reopened:
+            # MLflow refuses to change a logged param: log the new ones, warn about changed ones.
+            logged = client.get_run(run_id).data.params
+            changed = sorted(k for k, v in params.items() if k in logged and logged[k] != str(v)[:6000])
+            if changed:
+                log.warning("run %s: params changed since it was started, keeping the logged values of %s",
+                            run_id, ", ".join(changed))
+            params = {k: v for k, v in params.items() if k not in logged}
         if params:
             run.log_params(params)
         if tags:
@@ -201,15 +241,15 @@ class Tracker:
             yield run
             status = "FINISHED"
         finally:
-            client.set_terminated(run_id, status=status)
+            run.terminate(status)
 
 
-def write_run_file(directory: str | Path, run: Run | _NullRun, uri: str) -> None:
-    Path(directory, RUN_FILE).write_text(json.dumps({"run_id": run.run_id, "tracking_uri": uri}, indent=2) + "\n")
+def write_run_file(directory: str | Path, run: Run | _NullRun, uri: str, name: str = RUN_FILE) -> None:
+    Path(directory, name).write_text(json.dumps({"run_id": run.run_id, "tracking_uri": uri}, indent=2) + "\n")
 
 
-def read_run_id(directory: str | Path) -> str | None:
-    path = Path(directory, RUN_FILE)
+def read_run_id(directory: str | Path, name: str = RUN_FILE) -> str | None:
+    path = Path(directory, name)
     if not path.is_file():
         return None
     return json.loads(path.read_text()).get("run_id")

@@ -8,8 +8,10 @@
 
 Both methods train on the same non-English records with the same hyper-parameters; CC adds
 the English prompt pass and the Decision Maker (METHOD.md, Training). Intermediate Trainer
-checkpoints go to ``models/.<method>-checkpoints/``; the final model is written to a temp
-directory and renamed to ``models/<method>/`` only when training finished.
+checkpoints go to ``models/.<method>-checkpoints/`` (removed once the final model is in place, so a
+later rerun trains afresh); the final model is written to a temp directory and renamed to
+``models/<method>/`` only when training finished. A resumed run continues the killed run's
+MLflow run and its token and layer-choice counters.
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ from torch.utils.data import Dataset
 
 from cc_core.config import Params, TrainParams
 from cc_core.data.prepare import read_records
-from cc_core.io import InputError, dir_sha256, file_sha256, write_json
+from cc_core.io import InputError, dir_sha256, file_sha256, read_json, replace_path, write_json
 from cc_core.prompts import encode_example, encode_prompt, pad_sequences, pad_token_id
 
 log = logging.getLogger(__name__)
 METHODS = ("cc", "sft")
-DEEPSPEED_DIR = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
+# Built-in ZeRO configs: the checkout's configs/deepspeed (the working directory of `dvc repro`, the
+# Prefect worker and the Docker image's /app), else the source tree of an editable install.
+DEEPSPEED_DIRS = (Path("configs") / "deepspeed", Path(__file__).resolve().parent.parent / "configs" / "deepspeed")
 FINGERPRINT = "cc_fingerprint.json"
+COUNTERS = "cc_counters-rank{rank}.json"  # per-rank token / layer-choice counters saved with each checkpoint
+RUN_FILE_IN_CHECKPOINTS = "mlflow_run.json"  # the run a resumed training continues
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -110,10 +116,12 @@ def resolve_deepspeed(name: str | None) -> dict | None:
     """``zero0|zero2|zero3|zero3_offload`` or a JSON path → the config dict (None: no DeepSpeed)."""
     if not name:
         return None
-    path = DEEPSPEED_DIR / f"{name}.json" if (DEEPSPEED_DIR / f"{name}.json").is_file() else Path(name)
+    builtin = [d / f"{name}.json" for d in DEEPSPEED_DIRS if (d / f"{name}.json").is_file()]
+    path = builtin[0] if builtin else Path(name)
     if not path.is_file():
-        raise InputError(f"train.deepspeed={name!r}: no such config (built-in: zero0, zero2, zero3, zero3_offload; "
-                         "or a path to a JSON file)")
+        looked = ", ".join(str(d.resolve()) for d in DEEPSPEED_DIRS)
+        raise InputError(f"train.deepspeed={name!r}: no such config (built-in: zero0, zero2, zero3, zero3_offload, "
+                         f"looked for in {looked}; or a path to a JSON file)")
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -175,6 +183,29 @@ def _make_trainer_class():
             if choice is not None:
                 self.choice_counts.update(choice.argmax(-1).tolist())
             return (loss, outputs) if return_outputs else loss
+
+        def _save_checkpoint(self, model, trial):
+            # Counters first, so a checkpoint that has its trainer_state.json also has them.
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / COUNTERS.format(rank=rank()), self.counters())
+            return super()._save_checkpoint(model, trial)
+
+        def counters(self) -> dict[str, Any]:
+            return {"tokens_seen": self.tokens_seen, "english_tokens_seen": self.english_tokens_seen,
+                    "choice_counts": {str(k): v for k, v in sorted(self.choice_counts.items())}}
+
+        def restore_counters(self, checkpoint: Path) -> None:
+            path = checkpoint / COUNTERS.format(rank=rank())
+            if not path.is_file():
+                log.warning("%s: no counters saved with this checkpoint; tokens/s and the layer-choice "
+                            "histogram count only the steps after the resume", checkpoint)
+                return
+            saved = read_json(path)
+            self.tokens_seen, self.english_tokens_seen = saved["tokens_seen"], saved["english_tokens_seen"]
+            self.choice_counts = Counter({int(k): v for k, v in saved["choice_counts"].items()})
 
         def _save(self, output_dir=None, state_dict=None):
             from cc_core.modeling.cc_model import CCTuningModel
@@ -269,10 +300,15 @@ class TrainResult:
     checkpoint_sha256: str = ""
 
 
-def _fingerprint(params: Params, method: str, data_file: Path, base_dir: Path) -> dict[str, str]:
-    """What a resumable checkpoint must match: params that shape training, the data, the base model."""
-    return {"method": method, "train_params": params.section_hash("train"),
-            "data_sha256": file_sha256(data_file), "base_config_sha256": file_sha256(base_dir / "config.json")}
+def _fingerprint(params: Params, method: str, data_file: Path, base_dir: Path) -> dict[str, Any]:
+    """What a resumable checkpoint must match: params that shape training, the data, the base model
+    (its small files by content, its weight files by name and size: hashing many GB on every
+    start would cost more than the resume saves)."""
+    small = {p.name: file_sha256(p) for p in sorted(base_dir.iterdir())
+             if p.is_file() and p.suffix != ".safetensors" and p.stat().st_size < 64 << 20}
+    weights = {p.name: p.stat().st_size for p in sorted(base_dir.glob("*.safetensors"))}
+    return {"method": method, "train_params": params.section_hash("train"), "arch_map": str(params.model.arch_map),
+            "data_sha256": file_sha256(data_file), "base_files_sha256": small, "base_weight_sizes": weights}
 
 
 def _training_arguments(tp: TrainParams, work_dir: Path, deepspeed_config: dict | None):
@@ -284,7 +320,7 @@ def _training_arguments(tp: TrainParams, work_dir: Path, deepspeed_config: dict 
         gradient_accumulation_steps=tp.gradient_accumulation_steps,
         learning_rate=tp.learning_rate,
         lr_scheduler_type=tp.lr_scheduler,
-        warmup_steps=tp.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
+        warmup_steps=tp.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5 (params: < 1)
         num_train_epochs=tp.epochs,
         max_steps=tp.max_steps,
         weight_decay=tp.weight_decay,
@@ -313,7 +349,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
 
     from cc_core.modeling.base import load_model_dir
     from cc_core.modeling.cc_model import CCTuningModel
-    from cc_core.tracking import Tracker, tracking_uri, write_run_file
+    from cc_core.tracking import Tracker, read_run_id, tracking_uri, write_run_file
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -332,20 +368,15 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
 
     fingerprint = _fingerprint(params, method, data_file, base_dir)
     resume_from = _resume_point(work_dir, fingerprint) if resume else None
-    if is_main and resume_from is None and work_dir.exists():
-        shutil.rmtree(work_dir)
-    _barrier()
+    tracker = Tracker(params.tracking)
     if is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        write_json(work_dir / FINGERPRINT, fingerprint)
+        tracker.check()  # fail fast (tracking.on_unavailable=fail) before loading anything
 
     args = _training_arguments(tp, work_dir, ds_config)  # before loading: ZeRO-3 loads partitioned
     set_seed(tp.seed)
     model, tokenizer = load_model_dir(base_dir)
     model.config.use_cache = False  # training never reuses a KV cache: building one costs time and memory
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        raise InputError(f"{base_dir}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
-                         f"{model.get_input_embeddings().num_embeddings} rows: tokenizer and model do not match")
+    check_tokenizer_matches(tokenizer, model, base_dir)
     features, stats = encode_records(records, tokenizer, tp.cutoff_len, method, tp.on_truncated, str(data_file))
     if stats.dropped_truncated:
         log.warning("dropped %d of %d examples whose response did not fit train.cutoff_len=%d",
@@ -358,12 +389,24 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
                               gumbel_tau=tp.gumbel_tau, detach_english=tp.detach_english,
                               arch_map=params.model.arch_map)
 
+    # Only now, with the input checked, may a fresh start discard the old checkpoints.
+    if is_main and resume_from is None and work_dir.exists():
+        shutil.rmtree(work_dir)
+    _barrier()
+    if is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        write_json(work_dir / FINGERPRINT, fingerprint)
+
     trainer_ref: dict[str, Any] = {}
-    tracker = Tracker(params.tracking)
     run_tags = {"method": method, "git_commit": _git(), "data_sha256": fingerprint["data_sha256"],
                 "base_model": params.model.base, "stage": "train"}
-    run_ctx = tracker.run(f"train-{method}", params=params.flat(), tags=run_tags) if is_main else _null_run()
+    # A resumed training continues the killed run, so MLflow shows one run with every step.
+    previous_run = read_run_id(work_dir, RUN_FILE_IN_CHECKPOINTS) if resume_from else None
+    run_ctx = tracker.run(f"train-{method}", params=params.flat(), tags=run_tags, run_id=previous_run) \
+        if is_main else _null_run()
     with run_ctx as run:
+        if is_main and run.run_id:
+            write_run_file(work_dir, run, tracking_uri(params.tracking), RUN_FILE_IN_CHECKPOINTS)
         run.log_metrics({f"data_{k}": v for k, v in asdict(stats).items()}, step=0)
         trainer = _make_trainer_class()(
             model=model, args=args, train_dataset=FeatureDataset(features),
@@ -373,6 +416,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
         trainer_ref["trainer"] = trainer
         if resume_from:
             log.info("resuming from %s", resume_from)
+            trainer.restore_counters(resume_from)
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         (model.model if method == "cc" else model).config.use_cache = True  # the saved model generates with a cache
         partial = out.parent / f".{out.name}.partial"
@@ -383,20 +427,20 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
         _barrier()
         history = [h for h in trainer.state.log_history if "loss" in h]
         runtime = float(output.metrics.get("train_runtime", 0.0))
+        tokens, choices = _totals_over_ranks(trainer, args.device)
         result = TrainResult(
             method=method, out_dir=str(out), steps=trainer.state.global_step,
             final_loss=history[-1]["loss"] if history else None, train_runtime_s=runtime,
-            tokens_per_s=trainer.tokens_seen * args.world_size / runtime if runtime else 0.0,
+            tokens_per_s=tokens / runtime if runtime else 0.0,
             run_id=run.run_id, encode=asdict(stats),
-            layer_choice_counts={f"layer_{k:02d}": v for k, v in sorted(trainer.choice_counts.items())},
+            layer_choice_counts={f"layer_{k:02d}": v for k, v in sorted(choices.items())},
         )
         if is_main:
             tokenizer.save_pretrained(partial)
             write_run_file(partial, run, tracking_uri(params.tracking))
             result.checkpoint_sha256 = dir_sha256(partial, "*.safetensors")
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(partial, out)
+            replace_path(partial, out)
+            shutil.rmtree(work_dir, ignore_errors=True)  # finished: a rerun must not resume from these
             _write_train_metrics(result, history, Path(metrics_dir), method)
             run.log_metrics({"final_loss": result.final_loss, "train_runtime_s": runtime,
                              "train_tokens_per_s": result.tokens_per_s}, step=result.steps)
@@ -409,6 +453,39 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
                 run.log_artifacts(out, "checkpoint")
     _barrier()
     return result
+
+
+def check_tokenizer_matches(tokenizer, model, base_dir: Path) -> None:
+    """A tokenizer from another model: more tokens than embedding rows, or special tokens outside them."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise InputError(f"{base_dir}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                         f"{rows} rows: tokenizer and model do not match")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        token_id = getattr(tokenizer, name, None)
+        if isinstance(token_id, int) and not 0 <= token_id < rows:
+            raise InputError(f"{base_dir}: the tokenizer's {name}={token_id} is outside the model's {rows} "
+                             "embedding rows: tokenizer and model do not match")
+    if len(tokenizer) < 0.9 * rows:  # models pad their vocabulary, but rarely by more than a few percent
+        log.warning("%s: the tokenizer has %d tokens, the model's embedding %d rows: is it this model's tokenizer?",
+                    base_dir, len(tokenizer), rows)
+
+
+def _totals_over_ranks(trainer, device) -> tuple[int, Counter]:
+    """Trained tokens and layer choices summed over all processes (each rank counts its own batches)."""
+    import torch.distributed as dist
+
+    layers = max(trainer.choice_counts, default=-1) + 1
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return trainer.tokens_seen, trainer.choice_counts
+    width = torch.tensor([layers], device=device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    counts = torch.zeros(int(width) + 1, dtype=torch.long, device=device)
+    counts[0] = trainer.tokens_seen
+    for layer, count in trainer.choice_counts.items():
+        counts[layer + 1] = count
+    dist.all_reduce(counts)
+    return int(counts[0]), Counter({i: int(c) for i, c in enumerate(counts[1:].tolist()) if c})
 
 
 def _write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: Path, method: str) -> None:

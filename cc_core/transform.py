@@ -230,16 +230,18 @@ class _Quality:
         self.sum_a2 += (target ** 2).sum(dim=(0, 2))
         self.cos += torch.nn.functional.cosine_similarity(pred, target, dim=-1).sum(dim=0)
 
-    def per_layer(self) -> dict[str, list[float]]:
+    def per_layer(self) -> dict[str, list[float | None]]:
+        if not bool((self.n > 0).all()):  # no rows in this split (e.g. fit.holdout_fraction=0)
+            return {k: [None] * len(self.n) for k in ("mse", "r2", "cosine")}
         n = self.n.clamp(min=1)
         sst = self.sum_a2 - (self.sum_a ** 2).sum(-1) / n
         return {"mse": (self.sse / (n * self.d)).tolist(), "r2": (1 - self.sse / sst.clamp(min=1e-30)).tolist(),
                 "cosine": (self.cos / n).tolist()}
 
-    def overall(self) -> dict[str, float]:
+    def overall(self) -> dict[str, float | None]:
         n = float(self.n.sum())
-        if n == 0:
-            return {"mse": float("nan"), "r2": float("nan"), "cosine": float("nan")}
+        if n == 0:  # JSON null, not NaN: metrics files stay strict JSON and MLflow gets no NaN
+            return {"mse": None, "r2": None, "cosine": None}
         sse = float(self.sse.sum())
         sst = float((self.sum_a2 - (self.sum_a ** 2).sum(-1) / self.n.clamp(min=1)).sum())
         return {"mse": sse / (n * self.d), "r2": 1 - sse / max(sst, 1e-30), "cosine": float(self.cos.sum()) / n}
@@ -341,9 +343,13 @@ def fit_transform(params: FitParams, activations_dir: str | Path) -> tuple[Trans
     }
     for split in ("fit", "heldout"):
         metrics[split] = {m: quality[split][m].overall() for m in ("transform", "identity")}
+    if not heldout:
+        log.warning("fit.holdout_fraction=%s holds out no pair: only fit-set quality is reported "
+                    "(it flatters the matrix)", params.holdout_fraction)
     per_layer = [
         {"layer": layer, "split": split, "map": m, **{k: v[layer] for k, v in quality[split][m].per_layer().items()}}
-        for split in ("fit", "heldout") for m in ("transform", "identity") for layer in range(num_layers)
+        for split in ("fit", "heldout") if split == "fit" or heldout
+        for m in ("transform", "identity") for layer in range(num_layers)
     ]
     return transform, {"summary": metrics, "per_layer": per_layer}
 
@@ -351,7 +357,10 @@ def fit_transform(params: FitParams, activations_dir: str | Path) -> tuple[Trans
 def fit(params: FitParams, activations_dir: str | Path = "activations", out_dir: str | Path = "transform",
         metrics_dir: str | Path = "metrics", model_dir: str | Path | None = "models/cc",
         tracking=None) -> FitResult:
-    expected = dir_sha256(model_dir, "*.safetensors") if model_dir and Path(model_dir).is_dir() else None
+    if model_dir and not Path(model_dir).is_dir():
+        raise InputError(f"{model_dir}: no such model directory (the CC checkpoint the activations were "
+                         "collected from; it is checked against their model hash)")
+    expected = dir_sha256(model_dir, "*.safetensors") if model_dir else None
     read_index(activations_dir, expected)
     transform, report = fit_transform(params, activations_dir)
     summary = report["summary"]
@@ -380,6 +389,6 @@ def _log_to_training_run(tracking, model_dir, summary: dict, metrics_dir: Path) 
     with Tracker(tracking).run("fit", run_id=run_id) as run:
         flat = {f"transform_{split}_{m}_{k}": v for split in ("fit", "heldout")
                 for m, values in summary[split].items() for k, v in values.items()}
-        run.log_metrics(flat)
+        run.log_metrics({k: v for k, v in flat.items() if v is not None})
         run.log_artifact(metrics_dir / "transform.json", "transform")
         run.log_artifact(metrics_dir / "transform_per_layer.json", "transform")

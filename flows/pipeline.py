@@ -128,7 +128,7 @@ def collect_task(p: PipelineParameters) -> dict:
     _in_project(p)
     params = _params(p)
     return _result(collect(params.collect, "models/cc", "data/prepared/pairs.jsonl", "activations",
-                           params.eval.max_prompt_len))
+                           params.collect.max_prompt_len))
 
 
 @task(name="fit", retries=1)

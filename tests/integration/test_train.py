@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -96,33 +97,69 @@ def test_loss_decreases_on_tiny_overfit_set(workspace, method):
         assert any(k.startswith("dm_choice_layer_") for k in run.data.metrics)
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_deepspeed_single_process(workspace, stage):
-    _params_file(workspace)
-    proc = _cli(workspace, "train", "--method", "cc", "--out", f"models/cc-{stage}",
-                **{"train.deepspeed": stage, "train.max_steps": 3, "train.gradient_checkpointing": stage == "zero3"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    from cc_core.modeling import load_cc_checkpoint
-
-    model, tok = load_cc_checkpoint(workspace / f"models/cc-{stage}")
-    assert sum(p.numel() for p in model.model.parameters()) > 3_000_000  # consolidated, not a shard
-    metrics = json.loads((workspace / "metrics/train_cc.json").read_text())
-    assert metrics["steps"] == 3 and metrics["final_loss"] == metrics["final_loss"]  # finite
+def _losses(root: Path, method: str) -> list[float]:
+    return [h["loss"] for h in json.loads((root / f"metrics/train_{method}_loss.json").read_text())]
 
 
-def test_zero3_two_processes_with_torchrun(workspace):
-    _params_file(workspace)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cc_core.cli"]
-    proc = _cli(workspace, "train", "--method", "cc", "--out", "models/cc-2proc", launcher=launcher,
-                **{"train.deepspeed": "zero3", "train.max_steps": 2, "train.per_device_batch_size": 2})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _load_trained(root: Path, method: str, out: str):
     from cc_core.modeling import load_cc_checkpoint
     from cc_core.modeling.base import load_model_dir
 
-    model, _ = load_cc_checkpoint(workspace / "models/cc-2proc")
-    base, _ = load_model_dir(workspace / "models/base")
-    assert sum(p.numel() for p in model.model.parameters()) == sum(p.numel() for p in base.parameters())
-    assert not torch.equal(model.model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    if method == "cc":
+        cc, _ = load_cc_checkpoint(root / out)
+        return cc.model, cc
+    return load_model_dir(root / out)[0], None
+
+
+@pytest.mark.parametrize(("method", "stage"), [("cc", "zero2"), ("sft", "zero2"), ("cc", "zero3"), ("sft", "zero3")])
+def test_deepspeed_single_process(workspace, method, stage):
+    """Both methods under ZeRO-2 and ZeRO-3 (one process, gloo): finite, falling loss; a loadable model."""
+    _params_file(workspace)
+    out = f"models/{method}-{stage}"
+    proc = _cli(workspace, "train", "--method", method, "--out", out,
+                **{"train.deepspeed": stage, "train.max_steps": 4, "train.gradient_checkpointing": stage == "zero3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = _losses(workspace, method)
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses), losses
+    assert losses[-1] < losses[0], losses
+    model, cc = _load_trained(workspace, method, out)
+    base = _load_trained(workspace, "sft", "models/base")[0]
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())  # consolidated
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    if cc is not None:
+        metrics = json.loads((workspace / "metrics/train_cc.json").read_text())
+        assert sum(metrics["layer_choice_counts"].values()) == 4 * 4  # the Decision Maker chose for every example
+
+
+def test_hooks_work_on_zero3_partitioned_parameters(workspace):
+    """Capture and connection on a ZeRO-3-partitioned model equal the plain model's, and leave no hook."""
+    proc = subprocess.run([sys.executable, str(REPO / "tests/integration/zero3_hooks_check.py"), "models/base"],
+                          cwd=workspace, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["partitioned"], report
+    assert report["capture_max_abs_diff"] <= 1e-6 < report["capture_norm"], report
+    assert report["connected_max_abs_diff"] <= 1e-5 < report["connection_effect"], report
+    assert report["hooks_after"] == report["hooks_before"], report
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_two_processes_with_torchrun(workspace, stage):
+    """Two CPU processes (torchrun, gloo): layer choices counted over both ranks, one full checkpoint."""
+    _params_file(workspace)
+    out = f"models/cc-2proc-{stage}"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cc_core.cli"]
+    proc = _cli(workspace, "train", "--method", "cc", "--out", out, launcher=launcher,
+                **{"train.deepspeed": stage, "train.max_steps": 2, "train.per_device_batch_size": 2})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, _ = _load_trained(workspace, "cc", out)
+    base = _load_trained(workspace, "sft", "models/base")[0]
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    metrics = json.loads((workspace / "metrics/train_cc.json").read_text())
+    assert sum(metrics["layer_choice_counts"].values()) == 2 * 2 * 2  # steps × batch × ranks
+    assert all(math.isfinite(x) for x in _losses(workspace, "cc"))
 
 
 def test_resume_after_kill_reaches_same_final_loss(workspace):
@@ -145,12 +182,30 @@ def test_resume_after_kill_reaches_same_final_loss(workspace):
     proc.wait()
     assert checkpoint.exists() and not (workspace / "models/cc-resume").exists()
 
+    killed_run = json.loads((workspace / "models/.cc-resume-checkpoints/mlflow_run.json").read_text())["run_id"]
+
     resumed = _cli(workspace, "train", "--method", "cc", "--out", "models/cc-resume", "--resume", **settings)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
     final = json.loads((workspace / "metrics/train_cc.json").read_text())
     assert final["steps"] == 8
     assert final["final_loss"] == pytest.approx(expected, rel=1e-4)
+    # the counters came back with the checkpoint: every example of all 8 steps is in the histogram
+    assert sum(final["layer_choice_counts"].values()) == 8 * 2
+    # one MLflow run holds the whole training, steps before and after the kill
+    import mlflow
+
+    run_id = json.loads((workspace / "models/cc-resume/mlflow_run.json").read_text())["run_id"]
+    assert run_id == killed_run
+    client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
+    steps = {m.step for m in client.get_metric_history(run_id, "loss")}
+    assert steps == set(range(1, 9)) and client.get_run(run_id).info.status == "FINISHED"
+    # finished: the intermediate checkpoints are gone, so a rerun trains afresh instead of resuming
+    assert not (workspace / "models/.cc-resume-checkpoints").exists()
+    again = _cli(workspace, "train", "--method", "cc", "--out", "models/cc-resume", "--resume",
+                 **{**settings, "train.max_steps": 2})
+    assert again.returncode == 0 and "resuming from" not in again.stderr
+    assert json.loads((workspace / "metrics/train_cc.json").read_text())["steps"] == 2
 
 
 def test_bad_inputs_fail_clearly_and_leave_no_output(workspace, tmp_path):

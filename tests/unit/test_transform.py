@@ -540,6 +540,43 @@ def test_index_matching_model_dir_is_accepted(tmp_path):
     assert json.loads((tmp_path / "transform" / "transform.json").read_text())["model_sha256"] == sha
 
 
+def test_missing_model_dir_is_an_error(tmp_path):
+    acts, _, _ = _good(tmp_path)
+    _expect_input_error(tmp_path, acts, r"models/nowhere: no such model directory",
+                        model_dir=tmp_path / "models/nowhere")
+
+
+def test_no_holdout_reports_fit_only_and_strict_json(tmp_path):
+    acts, _, _ = _good(tmp_path)
+    result = fit(FitParams(holdout_fraction=0.0), acts, **fit_dirs(tmp_path))
+    text = (tmp_path / "metrics" / "transform.json").read_text()
+    assert "NaN" not in text
+    summary = json.loads(text)
+    assert summary["pairs_heldout"] == 0 and summary["heldout"]["transform"] == {"mse": None, "r2": None, "cosine": None}
+    rows = json.loads((tmp_path / "metrics" / "transform_per_layer.json").read_text())
+    assert {r["split"] for r in rows} == {"fit"}  # no made-up held-out rows
+    assert result.heldout_r2 == pytest.approx(summary["fit"]["transform"]["r2"])
+
+
+def test_fit_metrics_land_in_the_training_run(tmp_path):
+    import mlflow
+
+    from cc_core.config import TrackingParams
+    from cc_core.tracking import Tracker, write_run_file
+
+    model_dir = _dummy_model_dir(tmp_path)
+    acts, _, _ = _good(tmp_path, model_sha256=dir_sha256(model_dir, "*.safetensors"))
+    tracking = TrackingParams(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "art"))
+    with Tracker(tracking).run("train-cc") as run:
+        write_run_file(model_dir, run, tracking.uri)
+    fit(FitParams(), acts, out_dir=tmp_path / "transform", metrics_dir=tmp_path / "metrics",
+        model_dir=model_dir, tracking=tracking)
+    logged = mlflow.MlflowClient(tracking.uri).get_run(run.run_id).data.metrics
+    summary = json.loads((tmp_path / "metrics" / "transform.json").read_text())
+    assert logged["transform_heldout_transform_r2"] == pytest.approx(summary["heldout"]["transform"]["r2"])
+    assert logged["transform_heldout_identity_cosine"] == pytest.approx(summary["heldout"]["identity"]["cosine"])
+
+
 def test_duplicate_pair_ids(tmp_path):
     ids = [f"p{i}" for i in range(11)] + ["p0"]  # p0 in shard 0 and shard 2
     acts, _, _ = _good(tmp_path, ids=ids)
