@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 
 log = logging.getLogger("cctune")
 
@@ -225,7 +226,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     return (ConfigError, ValueError, InputError, HubUnreachableError, ModelSourceError, ChatTemplateError,
             NotACCCheckpointError, UnsupportedArchitectureError, TrackingUnavailableError, TransformShapeError,
-            FileNotFoundError)
+            OSError)  # a file that is missing or unreadable: the message names it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,11 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     _quiet_libraries()
-    from cc_core.config import load_params
+    from cc_core.config import load_params, parse_params
 
     errors = user_errors()
     try:
-        params = load_params(args.params, args.overrides)
+        if args.stage == "score" and args.params == "params.yaml" and not Path("params.yaml").is_file():
+            params = parse_params({}, overrides=args.overrides)  # scoring needs no project: run it anywhere
+        else:
+            params = load_params(args.params, args.overrides)
         result = STAGES[args.stage][2](args, params)
     except errors as err:
         if args.verbose:

@@ -136,6 +136,14 @@ class RegisterParams(_Section):
     metric: str = "mean"
     log_weights: bool = False
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        # checked when params load, not at the end of a pipeline run
+        from cc_core.data.benchmarks import canonical_benchmark
+
+        return "mean" if value.lower() == "mean" else canonical_benchmark(value)
+
 
 class TrackingParams(_Section):
     enabled: bool = True

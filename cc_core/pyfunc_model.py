@@ -31,9 +31,13 @@ class CCTuningPyfunc(PythonModel):
     def predict(self, context, model_input, params=None):
         prompts, langs = _prompts(model_input)
         overrides = params or {}
-        if "max_new_tokens" in overrides:
-            self.generator.max_new_tokens = int(overrides["max_new_tokens"])
-        return [g.text for g in self.generator.generate(prompts, langs)]
+        configured = self.generator.max_new_tokens
+        try:  # a per-call override, not a change for later calls
+            if "max_new_tokens" in overrides:
+                self.generator.max_new_tokens = int(overrides["max_new_tokens"])
+            return [g.text for g in self.generator.generate(prompts, langs)]
+        finally:
+            self.generator.max_new_tokens = configured
 
 
 def _prompts(model_input):

@@ -5,8 +5,11 @@
 The version is an MLflow pyfunc (cc_core/pyfunc_model.py) whose ``predict`` generates in
 ``transform`` mode. Alias policy: the new version gets ``challenger``; ``champion`` moves to
 it only when its ``register.metric`` (mean over benchmarks, or one benchmark's average)
-beats the current champion's. MLflow keeps no alias history, so every move is appended to
-the registered model's ``alias_history`` tag. Versions are never overwritten or deleted.
+beats the current champion's, and only when both were evaluated the same way (same
+``eval_settings_sha256`` tag: benchmarks, languages, limit, data, generation settings) and
+completely (no failed languages): a score from another evaluation is not comparable. MLflow
+keeps no alias history, so every move is appended to the registered model's
+``alias_history`` tag. Versions are never overwritten or deleted.
 """
 
 from __future__ import annotations
@@ -50,9 +53,24 @@ def model_name(params: Params) -> str:
     return f"cc-tuning-{safe}"
 
 
-def benchmark_averages(metrics_dir: Path, method: str = "cc") -> dict[str, float]:
+def eval_metrics(metrics_dir: Path, benchmarks: list[str] | None = None, method: str = "cc") -> dict[str, dict]:
+    """``{benchmark: metrics json}`` of the benchmarks in ``eval.benchmarks`` (files left over from
+    benchmarks no longer listed are ignored: DVC does not delete them)."""
+    from cc_core.data.benchmarks import canonical_benchmark
+
     folder = metrics_dir / "eval" / method
-    return {p.stem: json.loads(p.read_text())["average"] for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    wanted = None if benchmarks is None else {canonical_benchmark(b) for b in benchmarks}
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if wanted is None or path.stem in wanted:
+            found[path.stem] = json.loads(path.read_text())
+    return found
+
+
+def eval_settings_hash(params: Params) -> str:
+    """What makes two versions' scores comparable: the evaluation, not how fast it ran."""
+    settings = params.eval.model_dump(exclude={"batch_size"})
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def pick_metric(averages: dict[str, float], metric: str) -> float:
@@ -86,11 +104,21 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     from mlflow.exceptions import MlflowException
 
     model_dir, transform_dir, metrics_dir = Path(model_dir), Path(transform_dir), Path(metrics_dir)
-    averages = benchmark_averages(metrics_dir)
-    if not averages:
+    evaluated = eval_metrics(metrics_dir, params.eval.benchmarks)
+    if not evaluated:
         raise RegistryError(f"{metrics_dir / 'eval' / 'cc'}: no evaluation metrics for the cc model; "
                             "run `cctune eval --method cc --benchmark ...` first (register refuses unevaluated models)")
+    averages = {name: data["average"] for name, data in evaluated.items()}
+    if params.register.metric == "mean":
+        from cc_core.data.benchmarks import canonical_benchmark
+
+        missing = [b for b in map(canonical_benchmark, params.eval.benchmarks) if b not in averages]
+        if missing:
+            raise RegistryError(f"{metrics_dir / 'eval' / 'cc'}: no metrics for {', '.join(missing)} of eval.benchmarks; "
+                                "the mean over benchmarks needs all of them (run their eval stages)")
     value = pick_metric(averages, params.register.metric)
+    failed = {name: data["failed_languages"] for name, data in evaluated.items() if data.get("failed_languages")}
+    settings_hash = eval_settings_hash(params)
     from cc_core.modeling.checkpoint import read_cc_metadata
 
     read_cc_metadata(model_dir)  # a clear error if this is not a CC checkpoint
@@ -104,6 +132,8 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     tags = {"git_commit": git_commit(), "params_sha256": params.section_hash(),
             "dvc_lock_sha256": file_sha256(lock_file) if Path(lock_file).is_file() else "none",
             "register_metric": params.register.metric, "metric_value": f"{value:.6f}",
+            "eval_settings_sha256": settings_hash,
+            **({"failed_languages": json.dumps(failed)} if failed else {}),
             **{f"avg_{k}": f"{v:.4f}" for k, v in averages.items()}}
     if run_id is not None:
         try:
@@ -135,14 +165,12 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                                           model_id=info.model_id).version
     _record_alias(client, name, CHALLENGER, version, _alias_version(client, name, CHALLENGER), "new version")
     champion = _alias_version(client, name, CHAMPION)
-    champion_value = None
-    if champion is not None:
-        champion_value = float(client.get_model_version(name, champion).tags.get("metric_value", "-inf"))
-    promoted = champion is None or value > champion_value
+    promoted, reason = _should_promote(client, name, champion, value, params.register.metric, settings_hash, failed)
     if promoted:
-        reason = "first version" if champion is None else f"{value:.4f} > {champion_value:.4f}"
         _record_alias(client, name, CHAMPION, version, champion, reason)
         champion = version
+    else:
+        log.info("champion stays at version %s: %s", champion, reason)
     log.info("registered %s version %s (%s=%.4f); champion: version %s", name, version,
              params.register.metric, value, champion)
     result = RegisterResult(name, str(version), params.register.metric, value, str(champion), promoted,
@@ -150,6 +178,23 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     write_json(metrics_dir / "register.json", {"model_name": name, "version": result.version, "metric": result.metric,
                                                "value": value, "champion": result.champion, "promoted": promoted})
     return result
+
+
+def _should_promote(client, name: str, champion: str | None, value: float, metric: str, settings_hash: str,
+                    failed: dict) -> tuple[bool, str]:
+    """(move champion?, why) under the alias policy in the module docstring."""
+    if failed:
+        return False, f"incomplete evaluation (failed languages: {failed})"
+    if champion is None:
+        return True, "first version"
+    tags = client.get_model_version(name, champion).tags
+    if tags.get("register_metric", metric) != metric or tags.get("eval_settings_sha256", settings_hash) != settings_hash:
+        return False, (f"not comparable with version {champion}: evaluated with other eval settings or metric "
+                       "(move the alias by hand if intended)")
+    champion_value = float(tags.get("metric_value", "-inf"))
+    if value > champion_value:
+        return True, f"{value:.4f} > {champion_value:.4f}"
+    return False, f"{value:.4f} does not beat {champion_value:.4f}"
 
 
 def _alias_version(client, name: str, alias: str) -> str | None:

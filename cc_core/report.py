@@ -25,22 +25,26 @@ log = logging.getLogger(__name__)
 METHODS = ("base", "sft", "cc")
 
 
-def load_scores(metrics_root: Path) -> dict[str, dict[str, dict]]:
-    """``{method: {benchmark: metrics json}}`` for whatever has been evaluated."""
+def load_scores(metrics_root: Path, benchmarks: list[str] | None = None) -> dict[str, dict[str, dict]]:
+    """``{method: {benchmark: metrics json}}`` for the evaluated ones among ``benchmarks`` (all six
+    if None; files left over from benchmarks no longer in eval.benchmarks are ignored)."""
+    from cc_core.data.benchmarks import canonical_benchmark
+
+    wanted = set(BENCHMARKS) if benchmarks is None else {canonical_benchmark(b) for b in benchmarks}
     found: dict[str, dict[str, dict]] = {}
     for method in METHODS:
-        for name in BENCHMARKS:
+        for name in (b for b in BENCHMARKS if b in wanted):
             path = metrics_root / method / f"{name}.json"
             if path.is_file():
                 found.setdefault(method, {})[name] = json.loads(path.read_text())
     return found
 
 
-def item_scores(eval_root: Path, method: str, benchmark: str) -> dict[str, float]:
-    """``{item id: score}`` from the predictions files (0–1 per item)."""
+def item_scores(eval_root: Path, method: str, benchmark: str, lang: str | None = None) -> dict[str, float]:
+    """``{item id: score}`` from the predictions files (0–1 per item), of one language or all."""
     out: dict[str, float] = {}
     folder = eval_root / method / benchmark
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+    for path in sorted(folder.glob(f"{lang or '*'}.jsonl")) if folder.is_dir() else []:
         for _, row in iter_jsonl(path):
             out[row["id"]] = float(row["score"])
     return out
@@ -162,7 +166,7 @@ def _plots(plot_dir: Path, scores, benchmarks, methods, metrics_dir: Path) -> li
 def report(params: Params, metrics_dir: str | Path = "metrics", eval_root: str | Path = "eval",
            out_dir: str | Path = "reports") -> ReportResult:
     metrics_dir, eval_root, out_dir = Path(metrics_dir), Path(eval_root), Path(out_dir)
-    scores = load_scores(metrics_dir / "eval")
+    scores = load_scores(metrics_dir / "eval", params.eval.benchmarks)
     methods = [m for m in METHODS if m in scores]
     benchmarks = [b for b in BENCHMARKS if any(b in scores[m] for m in methods)]
     rp = params.report
@@ -174,19 +178,34 @@ def report(params: Params, metrics_dir: str | Path = "metrics", eval_root: str |
                 d = paired_bootstrap(item_scores(eval_root, a, bench), item_scores(eval_root, b, bench),
                                      rp.bootstrap_samples, rp.confidence, rp.seed)
                 if d:
-                    table[bench] = d
+                    langs = scores[a].get(bench, {}).get("languages", {})
+                    per_lang = {lang: paired_bootstrap(item_scores(eval_root, a, bench, lang),
+                                                       item_scores(eval_root, b, bench, lang),
+                                                       rp.bootstrap_samples, rp.confidence, rp.seed)
+                                for lang in langs}
+                    table[bench] = {**d, "languages": {k: v for k, v in per_lang.items() if v}}
             deltas[f"{a} - {b}"] = table
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["method", "benchmark", "lang", "metric", "score", "n", "unparsed"])
+    # Score rows per method, then delta rows ("cc - sft") with their bootstrap interval.
+    writer.writerow(["method", "benchmark", "lang", "metric", "score", "n", "unparsed", "low", "high", "significant"])
     for method in methods:
         for bench in benchmarks:
             data = scores[method].get(bench)
             if not data:
                 continue
             for lang, v in data["languages"].items():
-                writer.writerow([method, bench, lang, data["metric"], v["score"], v["n"], v["unparsed"]])
-            writer.writerow([method, bench, "avg", data["metric"], data["average"], data["items"], data["unparsed"]])
+                writer.writerow([method, bench, lang, data["metric"], v["score"], v["n"], v["unparsed"], "", "", ""])
+            writer.writerow([method, bench, "avg", data["metric"], data["average"], data["items"], data["unparsed"],
+                             "", "", ""])
+    for pair, table in deltas.items():
+        for bench, d in table.items():
+            metric = next(scores[m][bench]["metric"] for m in methods if bench in scores[m])
+            for lang, dl in d["languages"].items():
+                writer.writerow([pair, bench, lang, f"delta {metric}", dl["delta"], dl["n"], "", dl["low"], dl["high"],
+                                 dl["significant"]])
+            writer.writerow([pair, bench, "avg", f"delta {metric}", d["delta"], d["n"], "", d["low"], d["high"],
+                             d["significant"]])
     plots_dir = out_dir / "plots"
     with atomic_dir(plots_dir) as tmp:
         _plots(tmp, scores, benchmarks, methods, metrics_dir)

@@ -343,6 +343,16 @@ def test_default_command_is_a_prefect_worker_on_the_gpu_pool(dockerfile, service
     assert words[words.index("--pool") + 1] == "gpu"
 
 
+def test_deployments_pull_step_finds_the_project_in_the_image(dockerfile):
+    """prefect.yaml's pull step sets the working directory to $CC_TUNING_HOME: the image must define it
+    as the folder it copied the project to."""
+    prefect_yaml = (REPO / "prefect.yaml").read_text()
+    assert "{{ $CC_TUNING_HOME }}" in prefect_yaml
+    env = " ".join(args for keyword, args in dockerfile if keyword == "ENV")
+    workdir = [args for keyword, args in dockerfile if keyword == "WORKDIR"][-1]
+    assert f"CC_TUNING_HOME={workdir}" in env
+
+
 def test_build_and_up_commands_are_in_the_headers():
     assert "docker build -f docker/Dockerfile -t cc-tuning-gpu:0.1.0 ." in DOCKERFILE.read_text()
     assert "docker compose -f docker/compose.yaml --env-file docker/.env up -d" in COMPOSE.read_text()

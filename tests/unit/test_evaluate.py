@@ -346,6 +346,9 @@ def test_report_tables_delta_and_plots(tmp_path, monkeypatch):
     _method_files(metrics_dir, eval_root, "cc", cc)
     _method_files(metrics_dir, eval_root, "sft", sft)
     params = _params("report.bootstrap_samples=500")
+    # a benchmark left over from an earlier eval.benchmarks list is not reported
+    (metrics_dir / "eval" / "cc" / "MKQA.json").write_text(json.dumps({"average": 99.0, "languages": {}}))
+    params = _params("report.bootstrap_samples=500", "eval.benchmarks=[XNLI, XLSum]")
     result = report(params, metrics_dir, eval_root, out_dir)
     assert result.methods == ["sft", "cc"] and result.benchmarks == ["XNLI"]
     delta = result.deltas["cc - sft"]["XNLI"]
@@ -362,9 +365,15 @@ def test_report_tables_delta_and_plots(tmp_path, monkeypatch):
     with (out_dir / "summary.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["method"], r["benchmark"], r["lang"]) for r in rows} == {
-        ("sft", "XNLI", "zh"), ("sft", "XNLI", "avg"), ("cc", "XNLI", "zh"), ("cc", "XNLI", "avg")}
+        ("sft", "XNLI", "zh"), ("sft", "XNLI", "avg"), ("cc", "XNLI", "zh"), ("cc", "XNLI", "avg"),
+        ("cc - sft", "XNLI", "zh"), ("cc - sft", "XNLI", "avg")}
     zh_cc = next(r for r in rows if r["method"] == "cc" and r["lang"] == "zh")
     assert float(zh_cc["score"]) == 90.0 and zh_cc["n"] == "20" and zh_cc["metric"] == "accuracy"
+    # the CSV carries the deltas and their intervals too, per language and pooled
+    avg_delta = next(r for r in rows if r["method"] == "cc - sft" and r["lang"] == "avg")
+    assert float(avg_delta["score"]) == pytest.approx(70.0) and avg_delta["metric"] == "delta accuracy"
+    assert float(avg_delta["low"]) == pytest.approx(delta["low"]) and avg_delta["significant"] == "True"
+    assert delta["languages"]["zh"]["delta"] == pytest.approx(70.0)
 
     plot = out_dir / "plots" / "XNLI.png"
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

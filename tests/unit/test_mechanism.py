@@ -1,14 +1,27 @@
 """The CC-Tuning mechanism on tiny random llama / qwen2 / mistral / gemma2 models (CPU, float32)."""
 
+import copy
+
 import pytest
 import torch
 
 from cc_core.modeling import (
-    CCTuningModel, DecisionMaker, arch_paths, capture_ffn, capturing, connected, load_cc_checkpoint,
+    CCTuningModel,
+    DecisionMaker,
+    arch_paths,
+    capture_ffn,
+    capturing,
+    connected,
+    load_cc_checkpoint,
     save_cc_checkpoint,
 )
 from cc_core.modeling.architectures import UnsupportedArchitectureError, decoder_layers
-from cc_core.prompts import anchor_positions, encode_example, encode_prompt, pad_sequences
+from cc_core.prompts import (
+    anchor_positions,
+    encode_example,
+    encode_prompt,
+    pad_sequences,
+)
 
 PROMPTS = ["Wie heißt die Hauptstadt von Kenia?", "東京はどこ？", "Explique la photosynthèse en une phrase."]
 
@@ -215,19 +228,36 @@ def _cc_batch(tokenizer):
 
 
 def test_gumbel_training_step_reaches_decision_maker_and_english_pass(tiny_any):
-    model, tok = tiny_any
-    torch.manual_seed(0)
-    cc = CCTuningModel(model.train(), decision_mode="gumbel")
+    base, tok = tiny_any
     batch = _cc_batch(tok)
-    out = cc(**batch)
-    assert torch.isfinite(out.loss) and out.choice.shape == (2, model.config.num_hidden_layers)
-    out.loss.backward()
-    assert cc.decision_maker.proj.weight.grad is not None and cc.decision_maker.proj.weight.grad.abs().sum() > 0
-    # the English pass: only the English prompt reaches the last layer's FFN weights through the capture
-    # when the connection sits after layer 0, so their gradient proves gradients flow through the English pass.
-    last_ffn = decoder_layers(model, arch_paths(model))[-1]
-    grads = [p.grad for p in last_ffn.parameters() if p.grad is not None]
-    assert grads and any(g.abs().sum() > 0 for g in grads)
+    runs = {}
+    for detach in (False, True):
+        model = copy.deepcopy(base).train()
+        torch.manual_seed(0)  # same Decision Maker init and the same Gumbel noise in both runs
+        cc = CCTuningModel(model, decision_mode="gumbel", detach_english=detach)
+        seen = {}
+        english_activations = cc.english_activations
+
+        def spy(*args, _seen=seen, _inner=english_activations, **kwargs):
+            acts = _inner(*args, **kwargs)
+            if acts.requires_grad:
+                acts.retain_grad()
+            _seen["acts"] = acts
+            return acts
+
+        cc.english_activations = spy
+        out = cc(**batch)
+        assert torch.isfinite(out.loss) and out.choice.shape == (2, model.config.num_hidden_layers)
+        out.loss.backward()
+        assert cc.decision_maker.proj.weight.grad is not None and cc.decision_maker.proj.weight.grad.abs().sum() > 0
+        runs[detach] = (seen["acts"], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    # the gradient reaches the captured English activations ...
+    acts, grads = runs[False]
+    assert acts.grad is not None and acts.grad.abs().sum() > 0
+    # ... and through them the weights: the English pass adds to the gradient that detaching leaves out
+    detached_acts, detached_grads = runs[True]
+    assert not detached_acts.requires_grad
+    assert any(not torch.allclose(grads[n], detached_grads.get(n, torch.zeros_like(grads[n]))) for n in grads)
 
 
 def test_detach_english_blocks_english_gradients(tiny_factory):
