@@ -24,10 +24,12 @@ class ChatTemplateError(ValueError):
 def set_chat_template(tokenizer, template: str | None) -> None:
     """Install ``template`` (a Jinja string or a path to a .jinja file) or check that one exists."""
     if template:
-        path = Path(template)
-        if "{" not in template and path.suffix in {".jinja", ".j2", ".txt"}:
+        # A template string has Jinja tags; anything else is a path (whatever its suffix).
+        if "{{" not in template and "{%" not in template:
+            path = Path(template).expanduser()
             if not path.is_file():
-                raise ChatTemplateError(f"model.chat_template: file not found: {path}")
+                raise ChatTemplateError(f"model.chat_template: file not found: {path} "
+                                        "(a template string must contain '{{' or '{%')")
             template = path.read_text(encoding="utf-8")
         tokenizer.chat_template = template
     if not getattr(tokenizer, "chat_template", None):

@@ -4,6 +4,12 @@ Hooks, not forks: the method needs only (1) the ModuleList of decoder layers and
 layer the module whose output is the FFN contribution added to the residual stream. Most
 decoders call it ``mlp``; Gemma 2/3 normalise the MLP output (``post_feedforward_layernorm``)
 before the residual add, so that module is their FFN output.
+
+An architecture belongs here only if (a) adding a vector to that module's output equals adding
+it to the residual stream after the layer, and (b) the hidden state entering layer 0 is the
+input embedding module's output (training reads the anchor embedding from ``embed``, inference
+from layer 0's input). Granite scales the residual branch and the embeddings outside these
+modules (``residual_multiplier``, ``embedding_multiplier``), so it is not listed.
 """
 
 from __future__ import annotations
@@ -39,7 +45,6 @@ ARCHITECTURES: dict[str, ArchPaths] = {
     "gemma3_text": _GEMMA_NORMED,
     "phi3": _LLAMA_LIKE,
     "olmo2": ArchPaths("model.layers", "post_feedforward_layernorm"),
-    "granite": _LLAMA_LIKE,
     "cohere": _LLAMA_LIKE,
     "starcoder2": _LLAMA_LIKE,
 }

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from cc_core.config import ArchMap
-from cc_core.modeling.architectures import arch_paths, decoder_layers
+from cc_core.modeling.architectures import arch_paths, decoder_layers, get_module
 from cc_core.modeling.decision import DecisionMaker
 from cc_core.modeling.hooks import capture_ffn, connected
 
@@ -86,7 +86,7 @@ class CCTuningModel(nn.Module):
     def anchor_embeds(self, input_ids: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         """The hidden state entering layer 0 at the anchor (embedding, scaled where the model scales it)."""
         tokens = input_ids[torch.arange(input_ids.shape[0], device=input_ids.device), anchor]
-        return self.model.get_input_embeddings()(tokens)
+        return get_module(self.model, self.paths.embed)(tokens)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, anchor: torch.Tensor,
                 en_input_ids: torch.Tensor, en_attention_mask: torch.Tensor, en_anchor: torch.Tensor,

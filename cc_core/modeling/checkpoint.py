@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from cc_core.io import write_json
 from cc_core.modeling.cc_model import CCTuningModel
 from cc_core.modeling.decision import DecisionMaker
 
@@ -52,6 +53,9 @@ def save_cc_checkpoint(model: CCTuningModel, out_dir: str | Path, tokenizer=None
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # cc_tuning.json is the marker and goes last: a directory whose write was cut short is not
+    # mistaken for a checkpoint (the stages also write to a temp directory and rename it).
+    (out / CC_CONFIG).unlink(missing_ok=True)
     if state_dict is None:
         state_dict = model.state_dict()
     base = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
@@ -59,10 +63,14 @@ def save_cc_checkpoint(model: CCTuningModel, out_dir: str | Path, tokenizer=None
           for k, v in state_dict.items() if k.startswith("decision_maker.")}
     model.model.save_pretrained(out, state_dict=base, safe_serialization=True)
     save_file(dm, str(out / DM_WEIGHTS), metadata={"format": "pt"})
-    (out / CC_CONFIG).write_text(json.dumps(cc_metadata(model), indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    write_json(out / CC_CONFIG, cc_metadata(model))
     return out
+
+
+REQUIRED_KEYS = ("hidden_size", "num_layers", "inject_layer", "gumbel_tau", "decision_mode_train",
+                 "detach_english", "arch_map")
 
 
 def read_cc_metadata(path: str | Path) -> dict:
@@ -73,10 +81,16 @@ def read_cc_metadata(path: str | Path) -> dict:
             f"{path}: not a CC-Tuning checkpoint (needs {CC_CONFIG} and {DM_WEIGHTS}); "
             "train one with `cctune train --method cc`, or use mode 'none' for a plain model"
         )
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise NotACCCheckpointError(f"{meta_file}: format_version {meta.get('format_version')} "
-                                    f"is not supported (expected {FORMAT_VERSION})")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise NotACCCheckpointError(f"{meta_file}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise NotACCCheckpointError(f"{meta_file}: format_version {version} is not supported (expected {FORMAT_VERSION})")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise NotACCCheckpointError(f"{meta_file}: missing key(s) {', '.join(missing)}")
     return meta
 
 

@@ -16,6 +16,7 @@ from cc_core.modeling import (
     save_cc_checkpoint,
 )
 from cc_core.modeling.architectures import UnsupportedArchitectureError, decoder_layers
+from cc_core.modeling.checkpoint import NotACCCheckpointError
 from cc_core.prompts import (
     anchor_positions,
     encode_example,
@@ -227,6 +228,20 @@ def _cc_batch(tokenizer):
                 en_input_ids=en_ids, en_attention_mask=en_mask, en_anchor=torch.tensor([len(e) - 1 for e in en]))
 
 
+def test_training_and_inference_read_the_same_anchor_embedding(tiny_any):
+    """Training looks the anchor token up in the embedding module; inference reads the hidden state
+    entering layer 0. The Decision Maker must see the same input both ways (Gemma scales inside
+    its embedding module, which is why that works there)."""
+    model, tok = tiny_any
+    batch = _cc_batch(tok)
+    cc = CCTuningModel(model.eval())
+    with torch.no_grad():
+        looked_up = cc.anchor_embeds(batch["input_ids"], batch["anchor"])
+        _, entering_layer0 = capture_ffn(model, batch["input_ids"], batch["attention_mask"], batch["anchor"],
+                                         with_embed=True)
+    torch.testing.assert_close(looked_up, entering_layer0, rtol=1e-6, atol=1e-6)
+
+
 def test_gumbel_training_step_reaches_decision_maker_and_english_pass(tiny_any):
     base, tok = tiny_any
     batch = _cc_batch(tok)
@@ -332,3 +347,19 @@ def test_unsupported_architecture_lists_supported_and_param(tiny_factory):
     assert len(decoder_layers(model, paths)) == 2
     with pytest.raises(UnsupportedArchitectureError, match="no submodule 'model.blocks'"):
         decoder_layers(model, arch_paths(model, {"layers": "model.blocks", "ffn": "mlp"}))
+
+
+def test_damaged_cc_metadata_is_a_clear_error(tmp_path, tiny_factory):
+    model, tok = tiny_factory("llama")
+    out = save_cc_checkpoint(CCTuningModel(model), tmp_path / "ckpt", tok)
+    meta = out / "cc_tuning.json"
+    good = meta.read_text()
+    meta.write_text("{not json")
+    with pytest.raises(NotACCCheckpointError, match=r"cc_tuning\.json: not valid JSON"):
+        load_cc_checkpoint(out)
+    meta.write_text(good.replace('"inject_layer"', '"inject"'))
+    with pytest.raises(NotACCCheckpointError, match=r"cc_tuning\.json: missing key\(s\) inject_layer"):
+        load_cc_checkpoint(out)
+    meta.unlink()  # a write cut short leaves no marker: the directory is not a checkpoint
+    with pytest.raises(NotACCCheckpointError, match="not a CC-Tuning checkpoint"):
+        load_cc_checkpoint(out)

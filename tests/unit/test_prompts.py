@@ -120,3 +120,10 @@ def test_template_from_file(tmp_path, smol_tokenizer):
     assert render_prompt(tokenizer, "x").endswith("<|end_header_id|>\n\n")
     with pytest.raises(ChatTemplateError, match="file not found"):
         set_chat_template(tokenizer, str(tmp_path / "missing.jinja"))
+    # any suffix is a file, and a path that does not exist is never installed as the template text
+    other = tmp_path / "llama3.jinja2"
+    other.write_text(LLAMA3_TEMPLATE)
+    set_chat_template(tokenizer, str(other))
+    assert render_prompt(tokenizer, "x").endswith("<|end_header_id|>\n\n")
+    with pytest.raises(ChatTemplateError, match="file not found"):
+        set_chat_template(tokenizer, "templates/missing.tmpl")
