@@ -47,6 +47,16 @@ class DataParams(_Section):
     seed: int = 42
     on_bad_record: Literal["error", "skip"] = "error"
     max_train_records: int | None = Field(None, ge=1)
+    hub_columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("hub_columns")
+    @classmethod
+    def _record_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        fields = ("id", "lang", "instruction", "output", "instruction_en")
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown record field(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+        return value
 
     @field_validator("languages")
     @classmethod

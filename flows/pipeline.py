@@ -15,11 +15,15 @@ the produced outputs in ``dvc.lock``, so a Prefect run versions the same artifac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -140,20 +144,58 @@ def fit_task(p: PipelineParameters) -> dict:
     return _result(fit(params.fit, "activations", "transform", "metrics", "models/cc", params.tracking))
 
 
-def _device(slot: int, num_gpus: int) -> str:
-    import torch
+class DevicePool:
+    """One device per running eval task: a task takes a free GPU when it starts and gives it back
+    when it ends (so no two tasks share a GPU while another idles), and each device keeps the
+    model it last loaded, so the tasks of one method load it once per GPU, not once per language.
+    Without CUDA there is one "cpu" slot: tasks take turns (hooks on a shared model must not overlap)."""
 
-    return f"cuda:{slot % num_gpus}" if torch.cuda.is_available() else "cpu"
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: queue.Queue[str] | None = None
+        self._loaded: dict[str, tuple[tuple, Any]] = {}  # device → (key, generator)
+
+    @contextlib.contextmanager
+    def device(self, num_gpus: int) -> Iterator[str]:
+        import torch
+
+        with self._lock:
+            if self._free is None:
+                self._free = queue.Queue()
+                count = min(num_gpus, torch.cuda.device_count()) if torch.cuda.is_available() else 0
+                for name in [f"cuda:{i}" for i in range(count)] or ["cpu"]:
+                    self._free.put(name)
+        name = self._free.get()
+        try:
+            yield name
+        finally:
+            self._free.put(name)
+
+    def generator(self, device: str, key: tuple, load: Callable[[], Any]) -> Any:
+        """The generator for ``key`` on ``device`` (the device is held by the caller)."""
+        held = self._loaded.get(device)
+        if held is None or held[0] != key:
+            self._loaded.pop(device, None)  # free the previous model before loading the next
+            self._loaded[device] = (key, load())
+        return self._loaded[device][1]
+
+
+DEVICES = DevicePool()  # per process: a worker runs each flow run in a process of its own
 
 
 @task(name="eval-language", retries=2, retry_delay_seconds=5, tags=["cc-eval"])
-def eval_language_task(p: PipelineParameters, method: str, benchmark: str, lang: str, slot: int) -> dict:
-    from cc_core.evaluate import evaluate_language
+def eval_language_task(p: PipelineParameters, method: str, benchmark: str, lang: str) -> dict:
+    from cc_core.evaluate import _generator, evaluate_language
 
     _in_project(p)
+    params = _params(p)
     started = time.perf_counter()
-    result = evaluate_language(_params(p), method, benchmark, lang, device=_device(slot, p.num_gpus))
-    return {"lang": lang, "summary": result.summary, "rows": result.rows, "seconds": time.perf_counter() - started}
+    with DEVICES.device(p.num_gpus) as device:
+        key = (method, params.section_hash("eval"), params.section_hash("model"))
+        generator = DEVICES.generator(device, key, lambda: _generator(params, method, None, "transform", device))
+        result = evaluate_language(params, method, benchmark, lang, device=device, generator=generator)
+    return {"lang": lang, "summary": result.summary, "rows": result.rows, "seconds": time.perf_counter() - started,
+            "device": device}
 
 
 @task(name="eval-write", retries=1)
@@ -213,7 +255,7 @@ def evaluate_all(pipeline: PipelineParameters, plan: list[tuple[str, str, str]])
     logger = get_run_logger()
     params = _params(pipeline)
     methods_, benches, langs = (list(column) for column in zip(*plan)) if plan else ([], [], [])
-    futures = eval_language_task.map(unmapped(pipeline), methods_, benches, langs, list(range(len(plan))))
+    futures = eval_language_task.map(unmapped(pipeline), methods_, benches, langs)
     wait(futures)
     evaluations: dict[str, Any] = {}
     for method, bench in dict.fromkeys((m, b) for m, b, _ in plan):

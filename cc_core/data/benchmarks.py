@@ -150,7 +150,8 @@ def load_authors_layout(spec: BenchmarkSpec, root: Path, lang: str, limit: int |
     return items[:limit] if limit else items
 
 
-# Prompt templates for the hub loader (the authors' English wording; extend per language).
+# Prompt templates for the hub loader: the authors' English wording; the other languages'
+# wording is in cc_core/data/hub_templates.py.
 HUB_TEMPLATES: dict[str, str] = {
     "XNLI": ("Premise: {premise}\nHypothesis: {hypothesis}\n\nWhat do you think is the relationship between "
              "the premise and the hypothesis?\n\n(1) Entail \n(2) Neutral\n(3) Contradict\n\n"
@@ -166,23 +167,36 @@ HUB_TEMPLATES: dict[str, str] = {
 }
 
 
+# Datasets that ship a loading script, which `datasets` 4+ no longer runs: read the Parquet
+# conversion the hub keeps for them instead.
+PARQUET_REVISION = "refs/convert/parquet"
+MMMLU_CONFIGS = {"ar": "AR_XY", "bn": "BN_BD", "es": "ES_LA", "hi": "HI_IN", "id": "ID_ID", "ko": "KO_KR",
+                 "pt": "PT_BR", "sw": "SW_KE", "yo": "YO_NG"}
+XLSUM_CONFIGS = {"ar": "arabic", "en": "english", "fr": "french", "hi": "hindi", "id": "indonesian", "ru": "russian",
+                 "sw": "swahili", "tr": "turkish", "ur": "urdu", "vi": "vietnamese"}
+
+
 def _hub_rows(spec: BenchmarkSpec, lang: str) -> list[tuple[str, Any]]:
-    """(prompt, gold) rows from the hub dataset of ``spec`` in ``lang``."""
+    """(prompt, gold) rows from the hub dataset of ``spec`` in ``lang``, with that language's template."""
     import datasets
 
-    template = HUB_TEMPLATES[spec.name]
+    from cc_core.data.hub_templates import hub_template
+
+    template = hub_template(spec.name, lang)
     if spec.name == "XNLI":
         rows = datasets.load_dataset(spec.hub_id, lang, split="test")
-        return [(template.format(**r), str(r["label"] + 1)) for r in rows]
+        return [(template.format(premise=r["premise"], hypothesis=r["hypothesis"]), str(r["label"] + 1)) for r in rows]
     if spec.name == "XStoryCloze":
-        rows = datasets.load_dataset(spec.hub_id, lang, split="eval")
+        rows = datasets.load_dataset(spec.hub_id, lang, split="eval", revision=PARQUET_REVISION)
         return [(template.format(story=" ".join(r[f"input_sentence_{i}"] for i in range(1, 5)),
                                  ending1=r["sentence_quiz1"], ending2=r["sentence_quiz2"]),
                  str(r["answer_right_ending"])) for r in rows]
     if spec.name == "MMMLU":
-        config = {"ar": "AR_XY", "bn": "BN_BD", "es": "ES_LA", "hi": "HI_IN", "id": "ID_ID", "ko": "KO_KR",
-                  "pt": "PT_BR", "sw": "SW_KE", "yo": "YO_NG"}.get(lang, "default")
-        rows = datasets.load_dataset(spec.hub_id, config, split="test")
+        if lang == "en":  # openai/MMMLU holds the translations only; the English original is MMLU
+            rows = datasets.load_dataset("cais/mmlu", "all", split="test")
+            return [(template.format(question=r["question"], **dict(zip("ABCD", r["choices"]))), "ABCD"[r["answer"]])
+                    for r in rows]
+        rows = datasets.load_dataset(spec.hub_id, MMMLU_CONFIGS[lang], split="test")
         return [(template.format(question=r["Question"], A=r["A"], B=r["B"], C=r["C"], D=r["D"]), r["Answer"])
                 for r in rows]
     if spec.name == "XQuAD":
@@ -190,13 +204,11 @@ def _hub_rows(spec: BenchmarkSpec, lang: str) -> list[tuple[str, Any]]:
         return [(template.format(context=r["context"], question=r["question"]), r["answers"]["text"][0])
                 for r in rows]
     if spec.name == "MKQA":
-        rows = datasets.load_dataset(spec.hub_id, split="train")
+        rows = datasets.load_dataset(spec.hub_id, split="train", revision=PARQUET_REVISION)
         key = {"zh": "zh_cn"}.get(lang, lang)
         return [(template.format(question=r["queries"][key]),
                  [a["text"] for a in r["answers"][key] if a.get("text")] or [""]) for r in rows]
-    names = {"ar": "arabic", "en": "english", "fr": "french", "hi": "hindi", "id": "indonesian", "ru": "russian",
-             "sw": "swahili", "tr": "turkish", "ur": "urdu", "vi": "vietnamese"}
-    rows = datasets.load_dataset(spec.hub_id, names[lang], split="test")
+    rows = datasets.load_dataset(spec.hub_id, XLSUM_CONFIGS[lang], split="test")
     return [(template.format(title=r["title"], text=r["text"]), r["summary"]) for r in rows]
 
 

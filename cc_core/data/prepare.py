@@ -52,7 +52,7 @@ def split_records(records: list[Record], num_pairs: int, seed: int) -> tuple[lis
 
 
 def prepare(params: DataParams, out_dir: str | Path = "data/prepared") -> PrepareResult:
-    report = load_source(params.source, params.languages, params.on_bad_record)
+    report = load_source(params.source, params.languages, params.on_bad_record, params.hub_columns)
     if report.skipped:
         log.warning("skipped %d bad records (data.on_bad_record=skip); first: %s",
                     report.skipped, "; ".join(report.problems[:3]))

@@ -6,7 +6,8 @@ Sources (``data.source`` in params):
 - a file: JSONL in the record format, or a JSON array in the reference format
   (``instruction``, ``output``, ``instruction_en``; ``lang`` from a key or the file name);
 - ``hub:<dataset id>``: a Hugging Face dataset (Bactrian-X style per-language configs joined
-  with English by id, or a dataset already in the record format).
+  with English by id, or one table whose columns ``data.hub_columns`` maps to the record
+  fields, e.g. Aya-style with an English translation column).
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class _Unparsable(str):
 def _reference_items(path: Path) -> Iterator[tuple[str, Any]]:
     """The reference format: a JSON array of {instruction, output, instruction_en[, lang, id]}."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
@@ -126,8 +128,8 @@ def _reference_items(path: Path) -> Iterator[tuple[str, Any]]:
     if not isinstance(data, list):
         raise InputError(f"{path}: expected a JSON array of records (reference format)")
     stem_lang = path.stem.lower().split("_")[-1]
-    for index, raw in enumerate(data):
-        where = f"{path}[{index}]"
+    for index, (line, raw) in enumerate(zip(_element_lines(text), data)):
+        where = f"{path}:{line} (record {index})"
         if isinstance(raw, dict):
             raw = dict(raw)
             if "lang" not in raw:
@@ -139,6 +141,24 @@ def _reference_items(path: Path) -> Iterator[tuple[str, Any]]:
                 raw["lang"] = stem_lang
             raw.setdefault("id", f"{path.stem}-{index:06d}")
         yield where, raw
+
+
+def _element_lines(text: str) -> Iterator[int]:
+    """The line on which each element of a (valid) top-level JSON array starts."""
+    decoder = json.JSONDecoder()
+    position, line = text.index("[") + 1, text.count("\n", 0, text.index("[")) + 1
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        return i
+
+    start = skip(position)
+    while start < len(text) and text[start] != "]":
+        line += text.count("\n", position, start)
+        yield line
+        _, end = decoder.raw_decode(text, start)
+        position, start = start, skip(end)
 
 
 def load_file(path: str | Path, on_bad_record: str = "error") -> LoadReport:
@@ -167,34 +187,90 @@ def load_bundled(on_bad_record: str = "error") -> LoadReport:
     return load_file(BUNDLED_SFT_DIR, on_bad_record)
 
 
-def load_hub(dataset_id: str, languages: list[str], on_bad_record: str = "error") -> LoadReport:
-    """Load a hub dataset: Bactrian-X style (per-language configs sharing ids with ``en``) or
-    a dataset whose rows already have the record fields."""
+# ISO 639-3 / name spellings some hub datasets use (Aya: "arb", "zho", ...) → our codes.
+ISO3 = {"ara": "ar", "arb": "ar", "ben": "bn", "deu": "de", "ger": "de", "ell": "el", "gre": "el", "spa": "es",
+        "eus": "eu", "baq": "eu", "fra": "fr", "fre": "fr", "hin": "hi", "ind": "id", "jpn": "ja", "kor": "ko",
+        "por": "pt", "rus": "ru", "swa": "sw", "swh": "sw", "tel": "te", "tha": "th", "tur": "tr", "urd": "ur",
+        "vie": "vi", "yor": "yo", "zho": "zh", "cmn": "zh", "chi": "zh", "eng": "en"}
+
+
+def normalize_lang(code: Any) -> Any:
+    """A hub dataset's language code in our two-letter form ("arb" → "ar", "zh-CN" → "zh")."""
+    if not isinstance(code, str):
+        return code
+    short = code.strip().lower().replace("_", "-").split("-")[0]
+    return ISO3.get(short, short)
+
+
+def load_hub(dataset_id: str, languages: list[str], on_bad_record: str = "error",
+             columns: dict[str, str] | None = None, split: str = "train") -> LoadReport:
+    """A Hugging Face dataset, in one of two layouts:
+
+    - per-language configs that share ids with an ``en`` config (Bactrian-X): each language's
+      rows joined with the English row of the same id (``instruction`` + ``input``, ``output``);
+    - one table with a column per record field (Aya-style, with an English translation column):
+      ``columns`` maps our fields to its columns, e.g. ``{instruction: inputs, output: targets,
+      instruction_en: inputs_en, lang: language_code}``; unmapped fields keep their names and a
+      missing ``id`` becomes the row index. Language codes are normalised ("arb" → "ar").
+    """
     from cc_core.hub import require_hub
 
     require_hub(f"dataset {dataset_id!r}", "set data.source to a local .jsonl/.json file or 'bundled'")
     import datasets
 
-    langs = languages or list(NON_ENGLISH)
     try:
-        english = datasets.load_dataset(dataset_id, "en", split="train")
-    except Exception:  # noqa: BLE001 - no per-language configs: the record format itself
-        english = None
-    if english is None:
-        rows = datasets.load_dataset(dataset_id, split="train")
-        return collect_records(((f"hub:{dataset_id}[{i}]", dict(r)) for i, r in enumerate(rows)), on_bad_record)
-    by_id = {row["id"]: _join_input(row) for row in english}
-    items: list[tuple[str, Any]] = []
-    for lang in langs:
-        rows = datasets.load_dataset(dataset_id, lang, split="train")
+        configs = datasets.get_dataset_config_names(dataset_id)
+    except Exception as err:  # noqa: BLE001 - the hub's errors vary by version; say which dataset
+        raise InputError(f"hub:{dataset_id}: cannot read the dataset's configurations ({type(err).__name__}: "
+                         f"{str(err)[:300]})") from None
+    if "en" in configs and not columns:
+        return _load_per_language_configs(datasets, dataset_id, configs, languages, on_bad_record, split)
+    rows = datasets.load_dataset(dataset_id, split=split)
+    mapping = {field: (columns or {}).get(field, field) for field in FIELDS}
+    absent = [f"{field} ← {column!r}" for field, column in mapping.items()
+              if column not in rows.column_names and field != "id"]
+    if absent:
+        raise InputError(f"hub:{dataset_id}: no column for {', '.join(absent)} (columns: "
+                         f"{', '.join(rows.column_names)}); map them with data.hub_columns")
+
+    def items() -> Iterator[tuple[str, Any]]:
         for index, row in enumerate(rows):
-            if row["id"] not in by_id:
+            raw = {field: row.get(column) for field, column in mapping.items()}
+            raw["lang"] = normalize_lang(raw["lang"])
+            if raw["id"] is None:
+                raw["id"] = f"{dataset_id.split('/')[-1]}-{index:07d}"
+            if languages and raw["lang"] not in languages:
                 continue
-            items.append((
-                f"hub:{dataset_id}/{lang}[{index}]",
-                {"id": f"{row['id']}-{lang}", "lang": lang, "instruction": _join_input(row),
-                 "output": row["output"], "instruction_en": by_id[row["id"]]},
-            ))
+            yield f"hub:{dataset_id}[{index}]", raw
+
+    return collect_records(items(), on_bad_record)
+
+
+def _load_per_language_configs(datasets, dataset_id: str, configs: list[str], languages: list[str],
+                               on_bad_record: str, split: str) -> LoadReport:
+    wanted = languages or list(NON_ENGLISH)
+    langs = [lang for lang in wanted if lang in configs]
+    missing = [lang for lang in wanted if lang not in configs]
+    if missing:
+        log.warning("hub:%s has no config for %s: those languages are skipped", dataset_id, " ".join(missing))
+    if not langs:
+        raise InputError(f"hub:{dataset_id}: none of the languages {' '.join(wanted)} is a config of this "
+                         f"dataset (configs: {' '.join(sorted(configs)[:40])})")
+    english = datasets.load_dataset(dataset_id, "en", split=split)
+    by_id = {row["id"]: _join_input(row) for row in english if row.get("id") is not None and row.get("instruction")}
+    items: list[tuple[str, Any]] = []
+    unmatched = 0
+    for lang in langs:
+        for index, row in enumerate(datasets.load_dataset(dataset_id, lang, split=split)):
+            where = f"hub:{dataset_id}/{lang}[{index}]"
+            if row.get("id") not in by_id:
+                unmatched += 1  # no English parallel: not usable for CC-Tuning
+                continue
+            instruction = _join_input(row) if isinstance(row.get("instruction"), str) else row.get("instruction")
+            items.append((where, {"id": f"{row['id']}-{lang}", "lang": lang, "instruction": instruction,
+                                  "output": row.get("output"), "instruction_en": by_id[row["id"]]}))
+    if unmatched:
+        log.warning("hub:%s: %d rows have no English row with the same id and were left out", dataset_id, unmatched)
     return collect_records(items, on_bad_record)
 
 
@@ -204,12 +280,13 @@ def _join_input(row: dict[str, Any]) -> str:
     return f"{row['instruction']}\n\n{extra}" if extra else row["instruction"]
 
 
-def load_source(source: str, languages: list[str] | None = None, on_bad_record: str = "error") -> LoadReport:
+def load_source(source: str, languages: list[str] | None = None, on_bad_record: str = "error",
+                hub_columns: dict[str, str] | None = None) -> LoadReport:
     """Dispatch on ``data.source``; filter to ``languages`` when given."""
     if source == "bundled":
         report = load_bundled(on_bad_record)
     elif source.startswith("hub:"):
-        report = load_hub(source[4:], languages or [], on_bad_record)
+        report = load_hub(source[4:], languages or [], on_bad_record, hub_columns)
     else:
         report = load_file(os.path.expanduser(source), on_bad_record)
     if languages:

@@ -31,7 +31,14 @@ def test_failing_language_is_retried_then_reported(tmp_path, monkeypatch):
                    "unparsed": 0, "empty": 0}
         return evaluate.LangResult(lang, summary, [{"id": f"{benchmark}-{lang}-0", "score": 1.0}])
 
+    loads: list[tuple[str, str]] = []
+
+    def fake_generator(params, method, model_dir, transform, device="cpu"):
+        loads.append((method, device))
+        return object()
+
     monkeypatch.setattr(evaluate, "evaluate_language", fake_language)
+    monkeypatch.setattr(evaluate, "_generator", fake_generator)
     monkeypatch.setattr(flow_module.eval_language_task, "retry_delay_seconds", 0)
     pipeline = flow_module.PipelineParameters(project_dir=str(tmp_path), overrides=["tracking.enabled=false"],
                                               methods=["base"])
@@ -39,6 +46,7 @@ def test_failing_language_is_retried_then_reported(tmp_path, monkeypatch):
     with prefect_test_harness():
         results = flow_module.evaluate_all(pipeline, plan)
     assert calls == {"ar": 1, "hi": 3, "zh": 1, "ru": 1}  # 1 try + 2 retries for the failing one
+    assert loads == [("base", "cpu")]  # the device kept its model: loaded once, not once per task
     xnli = json.loads((tmp_path / "metrics/eval/base/XNLI.json").read_text())
     assert set(xnli["languages"]) == {"ar", "zh"} and "hi" in xnli["failed_languages"]
     assert "illegal memory access" in xnli["failed_languages"]["hi"]

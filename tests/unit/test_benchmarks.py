@@ -414,3 +414,71 @@ def test_hub_checks_language_first(monkeypatch):
 def test_hub_available_langs_are_the_spec_languages():
     for name in NAMES:
         assert available_langs(get_spec(name), "hub") == list(get_spec(name).langs)
+
+
+class _HubStub:
+    """Canned rows for ``datasets.load_dataset``; records every call."""
+
+    def __init__(self, tables: dict) -> None:
+        self.tables, self.calls = tables, []
+
+    def __call__(self, name, config=None, split=None, revision=None):
+        self.calls.append((name, config, split, revision))
+        return self.tables[(name, config)]
+
+
+@pytest.fixture
+def hub_stub(monkeypatch):
+    import datasets
+
+    import cc_core.hub
+
+    monkeypatch.setattr(cc_core.hub, "hub_reachable", lambda timeout=3.0: True)
+    stub = _HubStub({})
+    monkeypatch.setattr(datasets, "load_dataset", stub)
+    return stub
+
+
+def test_hub_xnli_uses_each_languages_template_and_the_english_parallel(hub_stub):
+    from cc_core.data.hub_templates import hub_template
+    from cc_core.metrics import parse_options
+
+    row = {"premise": "P", "hypothesis": "H", "label": 2}
+    hub_stub.tables[("facebook/xnli", "zh")] = [{**row, "premise": "前提"}]
+    hub_stub.tables[("facebook/xnli", "en")] = [row]
+    (item,) = load_benchmark("xnli", "zh", "hub")
+    assert item.prompt == hub_template("XNLI", "zh").format(premise="前提", hypothesis="H")
+    assert item.gold == "3" and item.prompt_en == hub_template("XNLI", "en").format(premise="P", hypothesis="H")
+    assert set(parse_options(item.prompt, ("1", "2", "3"))) == {"1", "2", "3"}
+
+
+def test_hub_mmmlu_english_comes_from_mmlu(hub_stub):
+    hub_stub.tables[("cais/mmlu", "all")] = [{"question": "2+2?", "choices": ["1", "2", "3", "4"], "answer": 3}]
+    hub_stub.tables[("openai/MMMLU", "SW_KE")] = [{"Question": "2+2?", "A": "1", "B": "2", "C": "3", "D": "4",
+                                                   "Answer": "D"}]
+    (item,) = load_benchmark("MMMLU", "sw", "hub")
+    assert item.gold == "D" and "(D) 4" in item.prompt and "(D) 4" in item.prompt_en
+    assert ("cais/mmlu", "all", "test", None) in hub_stub.calls
+
+
+def test_hub_mkqa_and_xstorycloze_read_the_parquet_conversion(hub_stub):
+    hub_stub.tables[("apple/mkqa", None)] = [
+        {"queries": {"zh_cn": "谁写了哈姆雷特？", "en": "who wrote hamlet"},
+         "answers": {"zh_cn": [{"text": "莎士比亚"}, {"text": "威廉·莎士比亚"}], "en": [{"text": "Shakespeare"}]}}]
+    (item,) = load_benchmark("mkqa", "zh", "hub")
+    assert item.gold == ["莎士比亚", "威廉·莎士比亚"] and "谁写了哈姆雷特？" in item.prompt
+    assert all(call[3] == "refs/convert/parquet" for call in hub_stub.calls)
+    story = {f"input_sentence_{i}": f"s{i}." for i in range(1, 5)}
+    hub_stub.tables[("juletxara/xstory_cloze", "sw")] = [{**story, "sentence_quiz1": "a", "sentence_quiz2": "b",
+                                                          "answer_right_ending": 2}]
+    hub_stub.tables[("juletxara/xstory_cloze", "en")] = hub_stub.tables[("juletxara/xstory_cloze", "sw")]
+    (item,) = load_benchmark("XStoryCloze", "sw", "hub")
+    assert item.gold == "2" and "s1. s2. s3. s4." in item.prompt
+    assert hub_stub.calls[-1][3] == "refs/convert/parquet"
+
+
+def test_hub_xlsum_has_no_english_parallel(hub_stub):
+    hub_stub.tables[("csebuetnlp/xlsum", "swahili")] = [{"title": "T", "text": "Makala.", "summary": "Muhtasari."}]
+    (item,) = load_benchmark("XLSum", "sw", "hub")
+    assert item.gold == "Muhtasari." and item.prompt_en is None and "Makala." in item.prompt
+    assert [c[0] for c in hub_stub.calls] == ["csebuetnlp/xlsum"]

@@ -384,7 +384,7 @@ def test_reference_format_without_language_is_an_error(tmp_path):
     with pytest.raises(InputError) as info:
         load_file(path)
     message = str(info.value)
-    assert message.startswith(f"{path}[0]:")
+    assert message.startswith(f"{path}:1 (record 0):")
     assert "'lang'" in message
     assert "language code" in message
 
@@ -392,7 +392,11 @@ def test_reference_format_without_language_is_an_error(tmp_path):
 def test_reference_bad_record_names_file_and_index(tmp_path):
     path = tmp_path / "aya_ja.json"
     path.write_text(json.dumps([ref_item(0), ref_item(1, output=3)]), encoding="utf-8")
-    with pytest.raises(InputError, match=re.escape(f"{path}[1]: field 'output' must be a string")):
+    with pytest.raises(InputError, match=re.escape(f"{path}:1 (record 1): field 'output' must be a string")):
+        load_file(path)
+    # pretty-printed, the error names the line the record starts on
+    path.write_text(json.dumps([ref_item(0), ref_item(1, output=3)], indent=2, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(InputError, match=re.escape(f"{path}:7 (record 1): field 'output' must be a string")):
         load_file(path)
     report = load_file(path, on_bad_record="skip")
     assert [r.id for r in report.records] == ["aya_ja-000000"]
@@ -402,7 +406,7 @@ def test_reference_bad_record_names_file_and_index(tmp_path):
 def test_reference_english_file_is_rejected(tmp_path):
     path = tmp_path / "aya_en.json"
     path.write_text(json.dumps([ref_item(0)]), encoding="utf-8")
-    with pytest.raises(InputError, match=re.escape(f"{path}[0]: lang 'en'")):
+    with pytest.raises(InputError, match=re.escape(f"{path}:1 (record 0): lang 'en'")):
         load_file(path)
 
 
@@ -454,6 +458,92 @@ def test_load_source_hub_prefix_offline(monkeypatch):
     with pytest.raises(HubUnreachableError, match=r"some/dataset.*data\.source"):
         load_source("hub:some/dataset", ["ja"])
     assert time.monotonic() - start < 5
+
+
+class FakeTable(list):
+    """What ``datasets.load_dataset(..., split=...)`` returns, as far as the loader uses it."""
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self[0]) if self else []
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A stand-in for the hub: ``tables[(dataset, config)]`` are the rows of that config's train split."""
+    import datasets
+
+    import cc_core.hub
+
+    tables: dict[tuple[str, str | None], list[dict]] = {}
+    monkeypatch.setattr(cc_core.hub, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(datasets, "get_dataset_config_names",
+                        lambda name: sorted({c for (d, c) in tables if d == name and c}) or ["default"])
+
+    def load_dataset(name, config=None, split="train"):
+        if (name, config) not in tables:
+            raise ValueError(f"no config {config!r}")
+        return FakeTable(tables[(name, config)])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return tables
+
+
+def test_hub_per_language_configs_join_english_by_id(fake_hub, caplog):
+    fake_hub[("MBZUAI/Bactrian-X", "en")] = [
+        {"id": "1", "instruction": "Translate to French", "input": "good morning", "output": "bonjour"},
+        {"id": "2", "instruction": "Name a colour", "input": "", "output": "red"}]
+    fake_hub[("MBZUAI/Bactrian-X", "de")] = [
+        {"id": "1", "instruction": "Übersetze ins Französische", "input": "guten Morgen", "output": "bonjour"},
+        {"id": "2", "instruction": "Nenne eine Farbe", "input": "", "output": "rot"},
+        {"id": "9", "instruction": "Ohne englisches Gegenstück", "input": "", "output": "x"}]
+    report = load_source("hub:MBZUAI/Bactrian-X", ["de", "yo"])
+    assert [r.to_dict() for r in report.records] == [
+        {"id": "1-de", "lang": "de", "instruction": "Übersetze ins Französische\n\nguten Morgen", "output": "bonjour",
+         "instruction_en": "Translate to French\n\ngood morning"},
+        {"id": "2-de", "lang": "de", "instruction": "Nenne eine Farbe", "output": "rot",
+         "instruction_en": "Name a colour"}]
+    assert "no config for yo" in caplog.text and "1 rows have no English row" in caplog.text
+
+
+def test_hub_per_language_bad_rows_name_the_row_or_are_counted(fake_hub):
+    fake_hub[("x/bx", "en")] = [{"id": "1", "instruction": "Q", "input": "", "output": "A"}]
+    fake_hub[("x/bx", "ru")] = [{"id": "1", "instruction": "В", "input": "", "output": ""}]
+    with pytest.raises(InputError, match=r"hub:x/bx/ru\[0\]: field 'output' is empty"):
+        load_source("hub:x/bx", ["ru"])
+    assert load_source("hub:x/bx", ["ru"], on_bad_record="skip").skipped == 1
+    with pytest.raises(InputError, match=r"hub:x/bx: none of the languages sw is a config"):
+        load_source("hub:x/bx", ["sw"])
+
+
+def test_hub_single_table_with_a_translation_column(fake_hub):
+    fake_hub[("aya/translated", None)] = [
+        {"inputs": "ما هي عاصمة فرنسا؟", "targets": "باريس.", "inputs_en": "What is the capital of France?",
+         "language_code": "arb"},
+        {"inputs": "法国的首都是哪里？", "targets": "巴黎。", "inputs_en": "What is the capital of France?",
+         "language_code": "zho"},
+        {"inputs": "Quelle est la capitale ?", "targets": "Paris.", "inputs_en": "What is the capital?",
+         "language_code": "fra"}]
+    columns = {"instruction": "inputs", "output": "targets", "instruction_en": "inputs_en", "lang": "language_code"}
+    report = load_source("hub:aya/translated", ["ar", "zh"], hub_columns=columns)
+    assert [(r.id, r.lang, r.output) for r in report.records] == [
+        ("translated-0000000", "ar", "باريس."), ("translated-0000001", "zh", "巴黎。")]
+    assert report.records[0].instruction_en == "What is the capital of France?"
+    # a column that is not there is named, with the columns that are
+    with pytest.raises(InputError, match=r"no column for instruction_en ← 'english'.*columns: inputs, targets"):
+        load_source("hub:aya/translated", [], hub_columns={**columns, "instruction_en": "english"})
+    # a row without its English side is a bad record, named by row
+    fake_hub[("aya/translated", None)].append({"inputs": "Was?", "targets": "Nichts.", "inputs_en": "",
+                                                 "language_code": "deu"})
+    with pytest.raises(InputError, match=r"hub:aya/translated\[3\]: field 'instruction_en' is empty"):
+        load_source("hub:aya/translated", [], hub_columns=columns)
+
+
+def test_hub_columns_param_names_record_fields():
+    from cc_core.config import ConfigError, parse_params
+
+    with pytest.raises(ConfigError, match="data.hub_columns"):
+        parse_params({}, overrides=["data.hub_columns={prompt: inputs}"])
 
 
 # --------------------------------------------------------------------------- prepare
