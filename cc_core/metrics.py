@@ -474,12 +474,12 @@ def _is_decimal_point(text: str, i: int) -> bool:
     return text[i] == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit()
 
 
-def normalize_answer(text: str, lang: str) -> str:
+def normalize_answer(text: str, lang: str, drop_articles: bool = True) -> str:
     """SQuAD-style normal form: NFKC, casefold, no punctuation/symbols, single spaces.
 
     Also maps native digits to ASCII and drops format characters and Arabic tatweel (none
-    changes the word). English articles are removed for ``lang == "en"`` only; there is
-    no stemming.
+    changes the word). English articles are removed for ``lang == "en"`` only (QA, as in
+    SQuAD; not for ROUGE: ``drop_articles=False``); there is no stemming.
     """
     text = _canonical(text).casefold().replace(_TATWEEL, "")
     text = text.replace("\u066b", ".").replace("\u066c", ",")  # Arabic decimal and thousands separators
@@ -487,7 +487,7 @@ def normalize_answer(text: str, lang: str) -> str:
     # Punctuation goes, except a decimal point inside a number ("3.5" must not become "35").
     text = "".join(ch for i, ch in enumerate(text) if not _is_removed(ch) or _is_decimal_point(text, i))
     tokens = text.split()
-    if lang.strip().lower() == "en":
+    if drop_articles and lang.strip().lower() == "en":
         tokens = [t for t in tokens if t not in _EN_ARTICLES]
     return " ".join(tokens)
 
@@ -498,9 +498,9 @@ def normalize_answer(text: str, lang: str) -> str:
 _CHAR_TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?|\S[\u0300-\u036f\u0e31\u0e34-\u0e3a\u0e47-\u0e4e]*")
 
 
-def tokenize(text: str, lang: str) -> list[str]:
+def tokenize(text: str, lang: str, drop_articles: bool = True) -> list[str]:
     """Metric tokens: characters (with their combining marks) for zh/ja/th, words otherwise."""
-    norm = normalize_answer(text, lang)
+    norm = normalize_answer(text, lang, drop_articles)
     if lang.strip().lower() in CHAR_TOKENIZED:
         return _CHAR_TOKEN.findall(norm)
     return norm.split()
@@ -563,8 +563,8 @@ def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def rouge_l(prediction: str, reference: str, lang: str) -> float:
-    """ROUGE-L F-measure (beta = 1) over :func:`tokenize` tokens; 0 if either is empty."""
-    pred, ref = tokenize(prediction, lang), tokenize(reference, lang)
+    """ROUGE-L F-measure (beta = 1) over :func:`tokenize` tokens (articles kept, as in ROUGE); 0 if either is empty."""
+    pred, ref = tokenize(prediction, lang, drop_articles=False), tokenize(reference, lang, drop_articles=False)
     if not pred or not ref:
         return 0.0
     lcs = _lcs_length(pred, ref)

@@ -372,11 +372,11 @@ def test_score_qa() -> None:
 
 
 def test_rouge_l_english_hand_computed() -> None:
-    # [police, arrested, man, on, friday] vs [man, was, arrested, by, police, on, friday]
-    # LCS = 3 (e.g. arrested on friday): P = 3/5, R = 3/7, F = 2PR/(P+R) = 0.5
+    # [police, arrested, the, man, on, friday] vs [the, man, was, arrested, by, police, on, friday]
+    # LCS = 4 (the man on friday): P = 4/6, R = 4/8, F = 2PR/(P+R) = 8/14
     pred = "Police arrested the man on Friday."
     ref = "The man was arrested by police on Friday."
-    assert rouge_l(pred, ref, "en") == pytest.approx(0.5)
+    assert rouge_l(pred, ref, "en") == pytest.approx(8 / 14)
 
 
 def test_rouge_l_is_order_sensitive_and_asymmetric_counts() -> None:
@@ -441,3 +441,9 @@ def test_extract_choice_negation_stems_and_chinese_numerals(output, expected) ->
 def test_extract_choice_negated_letters() -> None:
     assert extract_choice("The answer is not A, it is B", ("A", "B", "C", "D"), "en") == "B"
     assert extract_choice("The answer: neither A nor B", ("A", "B", "C", "D"), "en") is None
+
+
+def test_rouge_l_keeps_english_articles() -> None:
+    # ROUGE counts every word: "the" is a token of the summary (QA's SQuAD normalisation drops it)
+    assert rouge_l("the cat sat", "a cat sat", "en") == pytest.approx(2 * 2 / 6)
+    assert qa_f1("the cat", ["a cat"], "en") == 1.0
