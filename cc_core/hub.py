@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import urlparse
 
 
@@ -17,12 +19,16 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = url.port or (443 if url.scheme == "https" else 80)
+    # getaddrinfo has no timeout of its own and can hang on a broken resolver: bound it.
+    pool = ThreadPoolExecutor(max_workers=1)
     try:
-        socket.getaddrinfo(url.hostname, port)
-        with socket.create_connection((url.hostname, port), timeout=timeout):
+        address = pool.submit(socket.getaddrinfo, url.hostname, port, type=socket.SOCK_STREAM).result(timeout)
+        with socket.create_connection(address[0][4][:2], timeout=timeout):
             return True
-    except OSError:
+    except (OSError, FutureTimeout):
         return False
+    finally:
+        pool.shutdown(wait=False)
 
 
 def require_hub(what: str, instead: str) -> None:

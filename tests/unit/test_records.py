@@ -749,3 +749,15 @@ def test_split_records_zero_pairs_and_too_many():
     assert pairs == [] and sorted(r.id for r in train) == sorted(r.id for r in records)
     train, pairs = split_records(records, 100, seed=0)
     assert train == [] and len(pairs) == 5
+
+
+def test_hub_check_does_not_hang_on_a_stuck_resolver(monkeypatch):
+    import socket
+
+    from cc_core.hub import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(5))
+    start = time.monotonic()
+    assert hub_reachable(timeout=0.3) is False
+    assert time.monotonic() - start < 2
