@@ -52,10 +52,11 @@ class DataParams(_Section):
     @field_validator("hub_columns")
     @classmethod
     def _record_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        fields = ("id", "lang", "instruction", "output", "instruction_en")
-        unknown = sorted(set(value) - set(fields))
+        from cc_core.data.records import FIELDS
+
+        unknown = sorted(set(value) - set(FIELDS))
         if unknown:
-            raise ValueError(f"unknown record field(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+            raise ValueError(f"unknown record field(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
         return value
 
     @field_validator("languages")

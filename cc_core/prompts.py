@@ -100,7 +100,7 @@ def encode_prompt(tokenizer, instruction: str, max_len: int | None = None) -> En
     head, _, body = instruction.partition("\n")
     head_ids = _ids(tokenizer, head + "\n") if body else []
     if not body or len(head_ids) > budget // 4:
-        head, head_ids, body = "", [], instruction
+        head, head_ids = "", []
     else:
         head += "\n"
         text_ids = _ids(tokenizer, body)

@@ -110,9 +110,7 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                             "run `cctune eval --method cc --benchmark ...` first (register refuses unevaluated models)")
     averages = {name: data["average"] for name, data in evaluated.items()}
     if params.register.metric == "mean":
-        from cc_core.data.benchmarks import canonical_benchmark
-
-        missing = [b for b in map(canonical_benchmark, params.eval.benchmarks) if b not in averages]
+        missing = [b for b in params.eval.benchmarks if b not in averages]  # names canonical since load
         if missing:
             raise RegistryError(f"{metrics_dir / 'eval' / 'cc'}: no metrics for {', '.join(missing)} of eval.benchmarks; "
                                 "the mean over benchmarks needs all of them (run their eval stages)")
@@ -135,14 +133,11 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
             "eval_settings_sha256": settings_hash,
             **({"failed_languages": json.dumps(failed)} if failed else {}),
             **{f"avg_{k}": f"{v:.4f}" for k, v in averages.items()}}
-    if run_id is not None:
-        try:
-            client.get_run(run_id)
-        except MlflowException:
-            # trained against another tracking store: log the model in a new run here, tagged with the origin
-            log.warning("training run %s is not in %s: registering from a new run", run_id, uri)
-            tags["training_run_id"] = run_id
-            run_id = None
+    if run_id is not None and Tracker.find_run(client, run_id) is None:
+        # trained against another tracking store: log the model in a new run here, tagged with the origin
+        log.warning("training run %s is not in %s: registering from a new run", run_id, uri)
+        tags["training_run_id"] = run_id
+        run_id = None
     config = {"model_dir": str(model_dir.resolve()), "transform": str((transform_dir / "transform.safetensors").resolve()),
               "mode": "transform", "decision_mode": params.eval.decision_mode,
               "max_new_tokens": params.eval.max_new_tokens, "batch_size": params.eval.batch_size}

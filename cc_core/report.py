@@ -40,14 +40,15 @@ def load_scores(metrics_root: Path, benchmarks: list[str] | None = None) -> dict
     return found
 
 
-def item_scores(eval_root: Path, method: str, benchmark: str, lang: str | None = None) -> dict[str, float]:
-    """``{item id: score}`` from the predictions files (0–1 per item), of one language or all."""
-    out: dict[str, float] = {}
+def item_scores(eval_root: Path, method: str, benchmark: str) -> dict[str, dict[str, float]]:
+    """``{lang: {item id: score}}`` from the predictions files ``<lang>.jsonl`` (0–1 per item)."""
     folder = eval_root / method / benchmark
-    for path in sorted(folder.glob(f"{lang or '*'}.jsonl")) if folder.is_dir() else []:
-        for _, row in iter_jsonl(path):
-            out[row["id"]] = float(row["score"])
-    return out
+    return {path.stem: {row["id"]: float(row["score"]) for _, row in iter_jsonl(path)}
+            for path in (sorted(folder.glob("*.jsonl")) if folder.is_dir() else [])}
+
+
+def _pooled(by_lang: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {item: score for scores in by_lang.values() for item, score in scores.items()}
 
 
 def paired_bootstrap(a: dict[str, float], b: dict[str, float], samples: int, confidence: float,
@@ -170,19 +171,21 @@ def report(params: Params, metrics_dir: str | Path = "metrics", eval_root: str |
     methods = [m for m in METHODS if m in scores]
     benchmarks = [b for b in BENCHMARKS if any(b in scores[m] for m in methods)]
     rp = params.report
+    items = {(m, bench): item_scores(eval_root, m, bench) for m in methods for bench in benchmarks}  # read once
+
+    def bootstrap(a: dict[str, float], b: dict[str, float]) -> dict[str, float] | None:
+        return paired_bootstrap(a, b, rp.bootstrap_samples, rp.confidence, rp.seed)
+
     deltas: dict[str, dict[str, Any]] = {}
     for a, b in (("cc", "sft"), ("cc", "base"), ("sft", "base")):
         if a in scores and b in scores:
             table = {}
             for bench in benchmarks:
-                d = paired_bootstrap(item_scores(eval_root, a, bench), item_scores(eval_root, b, bench),
-                                     rp.bootstrap_samples, rp.confidence, rp.seed)
+                mine, theirs = items[(a, bench)], items[(b, bench)]
+                d = bootstrap(_pooled(mine), _pooled(theirs))
                 if d:
                     langs = scores[a].get(bench, {}).get("languages", {})
-                    per_lang = {lang: paired_bootstrap(item_scores(eval_root, a, bench, lang),
-                                                       item_scores(eval_root, b, bench, lang),
-                                                       rp.bootstrap_samples, rp.confidence, rp.seed)
-                                for lang in langs}
+                    per_lang = {lang: bootstrap(mine.get(lang, {}), theirs.get(lang, {})) for lang in langs}
                     table[bench] = {**d, "languages": {k: v for k, v in per_lang.items() if v}}
             deltas[f"{a} - {b}"] = table
     buffer = io.StringIO()

@@ -187,14 +187,14 @@ class Tracker:
         return mlflow.MlflowClient(self.uri)
 
     @staticmethod
-    def _exists(client, run_id: str) -> bool:
+    def find_run(client, run_id: str):
+        """The run with this id in the client's store, or None."""
         from mlflow.exceptions import MlflowException
 
         try:
-            client.get_run(run_id)
-            return True
+            return client.get_run(run_id)
         except MlflowException:
-            return False
+            return None
 
     def experiment_id(self, client) -> str:
         experiment = client.get_experiment_by_name(self.params.experiment)
@@ -215,18 +215,17 @@ class Tracker:
         if client is None:
             yield _NullRun()
             return
-        if run_id is not None and not self._exists(client, run_id):
+        existing = self.find_run(client, run_id) if run_id is not None else None
+        if run_id is not None and existing is None:
             # e.g. a model pulled with `dvc pull` whose run lives in another tracking store
             log.warning("run %s is not in %s: logging to a new run %r instead", run_id, self.uri, name)
             tags = {**(tags or {}), "origin_run_id": run_id}
-            run_id = None
-        reopened = run_id is not None
-        if run_id is None:
-            run_id = client.create_run(self.experiment_id(client), run_name=name).info.run_id
+        run_id = existing.info.run_id if existing else \
+            client.create_run(self.experiment_id(client), run_name=name).info.run_id
         run = Run(run_id, client, tolerant=self.params.on_unavailable == "skip")
-        if params and reopened:
+        if params and existing:
             # MLflow refuses to change a logged param: log the new ones, warn about changed ones.
-            logged = client.get_run(run_id).data.params
+            logged = existing.data.params
             changed = sorted(k for k, v in params.items() if k in logged and logged[k] != str(v)[:6000])
             if changed:
                 log.warning("run %s: params changed since it was started, keeping the logged values of %s",
@@ -244,12 +243,12 @@ class Tracker:
             run.terminate(status)
 
 
-def write_run_file(directory: str | Path, run: Run | _NullRun, uri: str, name: str = RUN_FILE) -> None:
-    Path(directory, name).write_text(json.dumps({"run_id": run.run_id, "tracking_uri": uri}, indent=2) + "\n")
+def write_run_file(directory: str | Path, run: Run | _NullRun, uri: str) -> None:
+    Path(directory, RUN_FILE).write_text(json.dumps({"run_id": run.run_id, "tracking_uri": uri}, indent=2) + "\n")
 
 
-def read_run_id(directory: str | Path, name: str = RUN_FILE) -> str | None:
-    path = Path(directory, name)
+def read_run_id(directory: str | Path) -> str | None:
+    path = Path(directory, RUN_FILE)
     if not path.is_file():
         return None
     return json.loads(path.read_text()).get("run_id")

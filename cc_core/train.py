@@ -43,7 +43,6 @@ METHODS = ("cc", "sft")
 DEEPSPEED_DIRS = (Path("configs") / "deepspeed", Path(__file__).resolve().parent.parent / "configs" / "deepspeed")
 FINGERPRINT = "cc_fingerprint.json"
 COUNTERS = "cc_counters-rank{rank}.json"  # per-rank token / layer-choice counters saved with each checkpoint
-RUN_FILE_IN_CHECKPOINTS = "mlflow_run.json"  # the run a resumed training continues
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -401,12 +400,12 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     run_tags = {"method": method, "git_commit": _git(), "data_sha256": fingerprint["data_sha256"],
                 "base_model": params.model.base, "stage": "train"}
     # A resumed training continues the killed run, so MLflow shows one run with every step.
-    previous_run = read_run_id(work_dir, RUN_FILE_IN_CHECKPOINTS) if resume_from else None
+    previous_run = read_run_id(work_dir) if resume_from else None
     run_ctx = tracker.run(f"train-{method}", params=params.flat(), tags=run_tags, run_id=previous_run) \
         if is_main else _null_run()
     with run_ctx as run:
         if is_main and run.run_id:
-            write_run_file(work_dir, run, tracking_uri(params.tracking), RUN_FILE_IN_CHECKPOINTS)
+            write_run_file(work_dir, run, tracking_uri(params.tracking))
         run.log_metrics({f"data_{k}": v for k, v in asdict(stats).items()}, step=0)
         trainer = _make_trainer_class()(
             model=model, args=args, train_dataset=FeatureDataset(features),
@@ -427,7 +426,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
         _barrier()
         history = [h for h in trainer.state.log_history if "loss" in h]
         runtime = float(output.metrics.get("train_runtime", 0.0))
-        tokens, choices = _totals_over_ranks(trainer, args.device)
+        tokens, choices = _totals_over_ranks(trainer, model.num_layers if method == "cc" else 0, args.device)
         result = TrainResult(
             method=method, out_dir=str(out), steps=trainer.state.global_step,
             final_loss=history[-1]["loss"] if history else None, train_runtime_s=runtime,
@@ -471,16 +470,13 @@ def check_tokenizer_matches(tokenizer, model, base_dir: Path) -> None:
                     base_dir, len(tokenizer), rows)
 
 
-def _totals_over_ranks(trainer, device) -> tuple[int, Counter]:
+def _totals_over_ranks(trainer, num_layers: int, device) -> tuple[int, Counter]:
     """Trained tokens and layer choices summed over all processes (each rank counts its own batches)."""
     import torch.distributed as dist
 
-    layers = max(trainer.choice_counts, default=-1) + 1
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return trainer.tokens_seen, trainer.choice_counts
-    width = torch.tensor([layers], device=device)
-    dist.all_reduce(width, op=dist.ReduceOp.MAX)
-    counts = torch.zeros(int(width) + 1, dtype=torch.long, device=device)
+    counts = torch.zeros(num_layers + 1, dtype=torch.long, device=device)
     counts[0] = trainer.tokens_seen
     for layer, count in trainer.choice_counts.items():
         counts[layer + 1] = count

@@ -389,6 +389,6 @@ def _log_to_training_run(tracking, model_dir, summary: dict, metrics_dir: Path) 
     with Tracker(tracking).run("fit", run_id=run_id) as run:
         flat = {f"transform_{split}_{m}_{k}": v for split in ("fit", "heldout")
                 for m, values in summary[split].items() for k, v in values.items()}
-        run.log_metrics({k: v for k, v in flat.items() if v is not None})
+        run.log_metrics(flat)  # values without a held-out split are None: log_metrics leaves them out
         run.log_artifact(metrics_dir / "transform.json", "transform")
         run.log_artifact(metrics_dir / "transform_per_layer.json", "transform")

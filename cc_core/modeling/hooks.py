@@ -49,19 +49,19 @@ class _Chunks:
 
     def __init__(self, anchor: torch.Tensor) -> None:
         self.anchor = anchor.detach().to("cpu", torch.long)
-        self._cache: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]] = {}
+        self._cache: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor, bool] | None] = {}
 
     def locate(self, start: int, width: int, device: torch.device):
-        """(rows on device, local columns on device, row mask on device, every row hit) or None."""
+        """(rows on device, local columns on device, every row hit) or None."""
         key = (start, width, device)
         if key not in self._cache:
             local = self.anchor - start
             mask = (local >= 0) & (local < width)
             if not bool(mask.any()):
-                self._cache[key] = None  # type: ignore[assignment]
+                self._cache[key] = None
             else:
                 rows = torch.nonzero(mask).squeeze(1)
-                self._cache[key] = (rows.to(device), local[rows].to(device), mask.to(device), bool(mask.all()))
+                self._cache[key] = (rows.to(device), local[rows].to(device), bool(mask.all()))
         return self._cache[key]
 
 
@@ -90,7 +90,7 @@ class Capture:
         found = self.chunks.locate(start, hidden.shape[1], hidden.device)
         if found is None:
             return old
-        rows, local, mask, every = found
+        rows, local, every = found
         if every:  # the common case: one forward over whole prompts
             return hidden[rows, local]
         merged = old if old is not None else hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
@@ -203,7 +203,7 @@ def connected(model: nn.Module, anchor: torch.Tensor, vectors: torch.Tensor, inj
         found = chunks.locate(start[0], hidden.shape[1], hidden.device)
         if found is None:
             return None  # a decoding step after the prefill: untouched
-        rows, local, _, _ = found
+        rows, local, _ = found
         # out of place: autograd sees hidden + v at (row, anchor), gradients reach both
         hidden = hidden.index_put((rows, local), vectors[rows.to(vectors.device)].to(hidden.dtype),
                                   accumulate=True)
