@@ -26,7 +26,8 @@ from safetensors.torch import save_file
 
 from cc_core.config import CollectParams
 from cc_core.data.prepare import read_records
-from cc_core.io import InputError, atomic_dir, dir_sha256, write_json
+from cc_core.io import InputError, atomic_dir, write_json
+from cc_core.lineage import checkpoint_sha256
 from cc_core.prompts import encode_prompt, pad_sequences, pad_token_id
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def collect(params: CollectParams, model_dir: str | Path = "models/cc",
         raise InputError(f"{pairs_file}: no parallel pairs to collect (empty file; raise data.num_pairs)")
     model, tokenizer, cc = load_inference_model(model_dir)
     paths = cc.paths if cc is not None else arch_paths(model)
-    model_hash = dir_sha256(model_dir, "*.safetensors")
+    model_hash = checkpoint_sha256(model_dir)  # the activations' lineage: fit and eval check it
     started = time.perf_counter()
     shards: list[dict] = []
     with atomic_dir(out_dir) as tmp:

@@ -123,14 +123,27 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transform", default="transform", help="Transform Matrix for cc (default: transform/)")
     p.add_argument("--out", default="eval", help="predictions root (default: eval)")
     p.add_argument("--metrics-dir", default="metrics/eval", help="scores root (default: metrics/eval)")
+    p.add_argument("--seeds", type=int, default=None, metavar="K",
+                   help="with eval.decision_mode=gumbel: evaluate under K Gumbel seeds and report their spread "
+                        "(default: eval.seeds)")
+    p.add_argument("--protocol", choices=["lenient", "standard"], default=None,
+                   help="how generated text is scored: lenient (robust parsing, for deltas) | standard (the "
+                        "reference scripts, comparable with published numbers) (default: eval.protocol)")
+    p.add_argument("--choice-scoring", choices=["generate", "loglik"], default=None,
+                   help="XNLI/XStoryCloze/MMMLU: parse generated text, or score options by log-likelihood "
+                        "(default: eval.choice_scoring)")
 
 
 @stage("eval", "generate and score one benchmark for one method → eval/, metrics/eval/")(_eval_args)
 def _eval(args, params):
     from cc_core.evaluate import evaluate
 
+    if args.protocol:
+        params.eval.protocol = args.protocol
+    if args.seeds:
+        params.eval.seeds = args.seeds
     return evaluate(params, args.method, args.benchmark, args.langs, args.limit, args.model, args.transform,
-                    args.out, args.metrics_dir)
+                    args.out, args.metrics_dir, choice_scoring=args.choice_scoring)
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
@@ -140,6 +153,8 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictions", required=True, help='JSONL: {"id" or line order, "output"} per line')
     p.add_argument("--limit", type=int, default=None, help="score only the first N items")
     p.add_argument("--output", default=None, help="write the summary JSON here")
+    p.add_argument("--protocol", choices=["lenient", "standard"], default=None,
+                   help="lenient (robust parsing, for deltas) | standard (the reference scripts) (default: eval.protocol)")
 
 
 @stage("score", "score a predictions file from any inference engine against a benchmark's golds")(_score_args)
@@ -147,7 +162,7 @@ def _score(args, params):
     from cc_core.evaluate import score
 
     return score(args.benchmark, args.data_dir or params.eval.data_dir, args.lang, args.predictions, args.limit,
-                 args.output)
+                 args.output, args.protocol or params.eval.protocol)
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -222,11 +237,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from cc_core.modeling.checkpoint import NotACCCheckpointError
     from cc_core.prompts import ChatTemplateError
     from cc_core.tracking import TrackingUnavailableError
+    from cc_core.train import TrainingDivergedError
     from cc_core.transform import TransformShapeError
 
     return (ConfigError, ValueError, InputError, HubUnreachableError, ModelSourceError, ChatTemplateError,
             NotACCCheckpointError, UnsupportedArchitectureError, TrackingUnavailableError, TransformShapeError,
-            OSError)  # a file that is missing or unreadable: the message names it
+            TrainingDivergedError,
+            OSError)  # a file that is missing or unreadable (or a full disk): the message names it
 
 
 def main(argv: list[str] | None = None) -> int:

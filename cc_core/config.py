@@ -48,6 +48,8 @@ class DataParams(_Section):
     on_bad_record: Literal["error", "skip"] = "error"
     max_train_records: int | None = Field(None, ge=1)
     hub_columns: dict[str, str] = Field(default_factory=dict)
+    # heldout: pairs.jsonl is disjoint from train.jsonl | train: sampled from it (the reference, seed 666)
+    pairs_from: Literal["heldout", "train"] = "heldout"
 
     @field_validator("hub_columns")
     @classmethod
@@ -88,8 +90,10 @@ class TrainParams(_Section):
     inject_layer: int = Field(0, ge=0)
     decision_mode: Literal["gumbel", "soft", "argmax"] = "gumbel"
     gumbel_tau: float = Field(1.0, gt=0)
-    detach_english: bool = False
+    detach_english: bool = True  # the authors' effective computation (reentrant checkpointing): METHOD.md
     on_truncated: Literal["drop", "error"] = "drop"
+    nonfinite_patience: int = Field(0, ge=0)  # consecutive non-finite steps skipped before training stops
+    decision_maker_init: Literal["model", "linear"] = "model"  # normal(0, initializer_range) as the reference
 
 
 class CollectParams(_Section):
@@ -117,9 +121,18 @@ class EvalParams(_Section):
     limit: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(40, ge=1)
     batch_size: int = Field(8, ge=1)
-    max_prompt_len: int = Field(1024, ge=16)
+    max_prompt_len: int | None = Field(1024, ge=16)  # None: the model's context minus max_new_tokens
+    on_long_prompt: Literal["truncate", "error"] = "truncate"  # error: the paper never truncates
     cc_mode: Literal["transform", "none", "parallel"] = "transform"
     decision_mode: Literal["argmax", "gumbel", "soft"] = "argmax"
+    seed: int = 0  # Gumbel noise at inference (decision_mode: gumbel), drawn per prompt from (seed, prompt)
+    seeds: int = Field(1, ge=1)  # gumbel: evaluate under seeds seed..seed+K-1 and report their spread
+    # XNLI/XStoryCloze/MMMLU: parse the option from generated text, or score each option's
+    # log-likelihood as lm-evaluation-harness does (cc_core.loglik)
+    choice_scoring: Literal["generate", "loglik"] = "generate"
+    # How generated text is compared with the gold: lenient (cc_core.metrics) | standard (the
+    # reference scripts: SQuAD/MLQA, MKQA, rouge-score with XL-Sum's tokenisation; cc_core.metrics_standard)
+    protocol: Literal["lenient", "standard"] = "lenient"
 
     @field_validator("benchmarks")
     @classmethod
@@ -140,12 +153,13 @@ class ReportParams(_Section):
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
+    paper_reference: bool = False  # a column with the paper's published CC-Tuning scores (paper profile)
 
 
 class RegisterParams(_Section):
     model_name: str | None = None
     metric: str = "mean"
-    log_weights: bool = False
+    log_weights: bool = True  # copy the checkpoint into the artifact store: a version never changes
 
     @field_validator("metric")
     @classmethod
@@ -241,6 +255,9 @@ def parse_params(data: dict[str, Any] | None, source: str = "params", overrides:
     data = dict(data or {})
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections")
+    # The inherited "register" field's default resolves to ABCMeta.register (a bound method), not
+    # RegisterParams(): always pass the section so a params file without it gets the real defaults.
+    data.setdefault("register", {})
     for override in overrides or []:
         _apply_override(data, override, "--set")
     try:

@@ -11,6 +11,7 @@ Scores are on the paper's 0–100 scale (accuracy, token F1, ROUGE-L; EM as an e
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,15 @@ log = logging.getLogger(__name__)
 METHOD_DIRS = {"base": "models/base", "sft": "models/sft", "cc": "models/cc"}
 
 
-def score_item(spec: BenchmarkSpec, item: BenchmarkItem, output: str) -> ItemScore:
+def score_item(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str = "lenient") -> ItemScore:
+    """One item's score under ``protocol``: ``lenient`` (cc_core.metrics: option words, look-alike
+    letters, one spelling per number; good for CC-vs-SFT deltas) or ``standard`` (the field's reference
+    scripts, cc_core.metrics_standard: comparable with published numbers)."""
+    if protocol != "lenient":
+        from cc_core.metrics_standard import score_item as score_standard
+
+        return score_standard(spec.kind, protocol, output, item.gold, lang=item.lang, prompt=item.prompt,
+                              labels=spec.labels, benchmark=spec.name)
     if spec.kind == "choice":
         return score_choice(output, str(item.gold), item.lang, item.prompt, spec.labels)
     if spec.kind == "qa":
@@ -34,11 +43,12 @@ def score_item(spec: BenchmarkSpec, item: BenchmarkItem, output: str) -> ItemSco
     return score_summary(output, str(item.gold), item.lang)
 
 
-def summarize(spec: BenchmarkSpec, lang: str, scores: list[ItemScore], outputs: list[str]) -> dict[str, Any]:
-    """``{"benchmark", "lang", "n", "metric", "score", "unparsed", "empty", ["em"]}`` on the 0–100 scale."""
+def summarize(spec: BenchmarkSpec, lang: str, scores: list[ItemScore], outputs: list[str],
+              protocol: str = "lenient") -> dict[str, Any]:
+    """``{"benchmark", "lang", "n", "metric", "protocol", "score", "unparsed", "empty", ["em"]}``, 0–100 scale."""
     n = len(scores)
     summary: dict[str, Any] = {
-        "benchmark": spec.name, "lang": lang, "n": n, "metric": spec.metric,
+        "benchmark": spec.name, "lang": lang, "n": n, "metric": spec.metric, "protocol": protocol,
         "score": round(100 * sum(s.score for s in scores) / n, 4) if n else 0.0,
         "unparsed": sum(s.parsed is None for s in scores),
         "empty": sum(not o.strip() for o in outputs),
@@ -72,11 +82,15 @@ def read_predictions(path: str | Path, items: list[BenchmarkItem]) -> list[str]:
 
 
 def score(benchmark: str, data_dir: str | Path, lang: str, predictions: str | Path, limit: int | None = None,
-          output: str | Path | None = None) -> dict[str, Any]:
+          output: str | Path | None = None, protocol: str = "lenient") -> dict[str, Any]:
+    from cc_core.metrics_standard import check_protocol
+
+    protocol = check_protocol(protocol)
     spec = get_spec(benchmark)
     items = load_benchmark(spec.name, lang, data_dir, limit)
     outputs = read_predictions(predictions, items)
-    summary = summarize(spec, lang, [score_item(spec, i, o) for i, o in zip(items, outputs)], outputs)
+    summary = summarize(spec, lang, [score_item(spec, i, o, protocol) for i, o in zip(items, outputs)], outputs,
+                        protocol)
     if output:
         write_json(output, summary)
     return summary
@@ -101,7 +115,7 @@ def resolve_langs(spec: BenchmarkSpec, data_dir, explicit: list[str] | None, con
 
     if explicit:
         return [check_lang(spec, lang) for lang in explicit]
-    present = [lang for lang in available_langs(spec, data_dir) if lang != "en"]
+    present = available_langs(spec, data_dir)  # English too: the authors evaluate it (METHOD.md)
     if configured:
         chosen = [lang for lang in present if lang in configured]
         if not chosen:
@@ -118,7 +132,8 @@ def _generator(params: Params, method: str, model_dir: str | Path | None, transf
     mode = params.eval.cc_mode if method == "cc" else "none"
     return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode, device=device,
                                decision_mode=params.eval.decision_mode, max_new_tokens=params.eval.max_new_tokens,
-                               batch_size=params.eval.batch_size, max_prompt_len=params.eval.max_prompt_len)
+                               batch_size=params.eval.batch_size, max_prompt_len=params.eval.max_prompt_len,
+                               on_long_prompt=params.eval.on_long_prompt, seed=params.eval.seed)
 
 
 @dataclass
@@ -130,18 +145,27 @@ class LangResult:
     rows: list[dict[str, Any]]
 
 
-def run_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem]) -> dict[str, LangResult]:
-    """Generate for ``items`` (all languages in one length-sorted stream) and score them."""
+def run_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem],
+              choice_scoring: str = "generate", protocol: str = "lenient") -> dict[str, LangResult]:
+    """Generate for ``items`` (all languages in one length-sorted stream) and score them.
+    ``choice_scoring="loglik"`` scores the option benchmarks by log-likelihood instead (cc_core.loglik)."""
+    check = getattr(generator, "check_prompt_lengths", None)
+    if check is not None:  # eval.on_long_prompt=error: fail before generating anything
+        check([i.prompt for i in items], [i.id for i in items])
+    if spec.kind == "choice" and choice_scoring == "loglik":
+        return _stamp_lineage(generator, run_loglik_items(generator, spec, items))
     generations = generator.generate([i.prompt for i in items], [i.lang for i in items],
                                      [i.prompt_en for i in items])
     results: dict[str, LangResult] = {}
     for lang in dict.fromkeys(i.lang for i in items):
         picked = [(item, gen) for item, gen in zip(items, generations) if item.lang == lang]
         outputs = [gen.text for _, gen in picked]
-        scores = [score_item(spec, item, out) for (item, _), out in zip(picked, outputs)]
-        summary = summarize(spec, lang, scores, outputs)
+        scores = [score_item(spec, item, out, protocol) for (item, _), out in zip(picked, outputs)]
+        summary = summarize(spec, lang, scores, outputs, protocol)
         summary["prompts_truncated"] = sum(gen.prompt_truncated for _, gen in picked)
         summary["new_tokens"] = sum(gen.new_tokens for _, gen in picked)
+        if spec.kind == "choice":
+            summary["choice_scoring"] = "generate"
         rows = [{"id": item.id, "prompt": item.prompt, "output": out, "parsed": sc.parsed, "gold": item.gold,
                  "score": sc.score, **({"em": sc.extra["em"]} if "em" in sc.extra else {}),
                  "chosen_layer": gen.chosen_layer, "prompt_truncated": gen.prompt_truncated}
@@ -149,22 +173,123 @@ def run_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem]) -> dic
         results[lang] = LangResult(lang, summary, rows)
         log.info("%s %s: %s %.2f (n=%d, unparsed %d)", spec.name, lang, spec.metric, summary["score"],
                  summary["n"], summary["unparsed"])
+    return _stamp_lineage(generator, results)
+
+
+def run_items_seeds(generator, spec: BenchmarkSpec, items: list[BenchmarkItem], choice_scoring: str,
+                    protocol: str, seeds: int) -> dict[str, LangResult]:
+    """:func:`run_items` under ``seeds`` Gumbel seeds (eval.seed, +1, ...) when the Decision Maker samples
+    (decision_mode gumbel, as the reference): every score is the mean over seeds, with the per-seed
+    values and their standard deviation beside it. Other modes are deterministic: one run."""
+    if seeds <= 1 or getattr(generator, "decision_mode", "argmax") != "gumbel" or generator.mode == "none":
+        return run_items(generator, spec, items, choice_scoring, protocol)
+    first_seed, runs = generator.seed, []
+    try:
+        for k in range(seeds):
+            generator.seed = first_seed + k
+            runs.append(run_items(generator, spec, items, choice_scoring, protocol))
+    finally:
+        generator.seed = first_seed
+    merged: dict[str, LangResult] = {}
+    for lang, first in runs[0].items():
+        per_seed = [run[lang].summary["score"] for run in runs]
+        summary = {**first.summary, "score": round(sum(per_seed) / seeds, 4),
+                   "score_by_seed": {str(first_seed + k): v for k, v in enumerate(per_seed)},
+                   "seed_std": round(statistics.pstdev(per_seed), 4)}
+        rows = [{**row, "score": sum(run[lang].rows[i]["score"] for run in runs) / seeds,
+                 "score_by_seed": [run[lang].rows[i]["score"] for run in runs]}
+                for i, row in enumerate(first.rows)]
+        merged[lang] = LangResult(lang, summary, rows)
+    return merged
+
+
+def _stamp_lineage(generator, results: dict[str, LangResult]) -> dict[str, LangResult]:
+    """Every language's summary names the checkpoint (and Transform Matrix) that produced it, so
+    results gathered from several workers can be checked to come from the same model."""
+    for result in results.values():
+        result.summary.update(getattr(generator, "lineage", {}) or {})
+    return results
+
+
+LINEAGE_KEYS = ("checkpoint_sha256", "transform_sha256")
+
+
+def _lineage(benchmark: str, per_lang: dict[str, dict]) -> dict[str, str]:
+    """The one checkpoint (and matrix) behind all languages; results of different models never mix."""
+    lineage = {}
+    for key in LINEAGE_KEYS:
+        values = {v[key] for v in per_lang.values() if key in v}
+        if len(values) > 1:
+            raise InputError(f"{benchmark}: languages were evaluated with different {key.split('_')[0]}s "
+                             f"({', '.join(sorted(x[:12] for x in values))}): re-run the evaluation")
+        if values:
+            lineage[key] = values.pop()
+    return lineage
+
+
+def run_loglik_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem]) -> dict[str, LangResult]:
+    """Score every option of ``items`` by log-likelihood (cc_core.loglik); ``parsed`` = the acc choice."""
+    from cc_core.loglik import score_choice_items
+
+    scored = score_choice_items(generator, spec, items)
+    results: dict[str, LangResult] = {}
+    for lang in dict.fromkeys(i.lang for i in items):
+        picked = [(item, r) for item, r in zip(items, scored) if item.lang == lang]
+        gold = [str(item.gold).strip() for item, _ in picked]
+        scores = [ItemScore(float(r.chosen == g), r.chosen) for (_, r), g in zip(picked, gold)]
+        outputs = [r.continuations[r.labels.index(r.chosen)] for _, r in picked]
+        summary = summarize(spec, lang, scores, outputs)
+        n = len(picked)
+
+        def percent(hits) -> float:
+            return round(100 * sum(hits) / n, 4) if n else 0.0
+
+        summary["acc_norm"] = percent(r.chosen_norm == g for (_, r), g in zip(picked, gold))  # lm-eval acc_norm
+        summary["acc_bytes"] = percent(r.chosen_bytes == g for (_, r), g in zip(picked, gold))
+        summary["choice_scoring"] = "loglik"
+        summary["prompts_truncated"] = sum(r.prompt_truncated for _, r in picked)
+        rows = [{"id": item.id, "prompt": item.prompt, "output": out, "parsed": r.chosen, "gold": item.gold,
+                 "score": sc.score, "score_norm": float(r.chosen_norm == g), "parsed_norm": r.chosen_norm,
+                 "loglik": dict(zip(r.labels, r.logliks)), "option_tokens": dict(zip(r.labels, r.tokens)),
+                 "chosen_layer": r.chosen_layer, "prompt_truncated": r.prompt_truncated}
+                for (item, r), out, sc, g in zip(picked, outputs, scores, gold)]
+        results[lang] = LangResult(lang, summary, rows)
+        log.info("%s %s: loglik acc %.2f, acc_norm %.2f (n=%d)", spec.name, lang, summary["score"],
+                 summary["acc_norm"], n)
     return results
 
 
 def write_results(params: Params, method: str, benchmark: str, results: dict[str, LangResult], mode: str,
                   seconds: float, out_root: str | Path = "eval", metrics_root: str | Path = "metrics/eval",
-                  model_dir: str | Path | None = None, failed: dict[str, str] | None = None) -> EvalResult:
+                  model_dir: str | Path | None = None, failed: dict[str, str] | None = None,
+                  requested: list[str] | None = None) -> EvalResult:
     """Write ``eval/<method>/<benchmark>/<lang>.jsonl`` and ``metrics/eval/<method>/<benchmark>.json``
     (atomically) and log the scores to the method's MLflow run. ``failed``: languages that
-    could not be evaluated (e.g. a task that failed after its retries), recorded, not fatal."""
+    could not be evaluated (e.g. a task that failed after its retries), recorded, not fatal.
+    ``requested``: the languages asked for (default: the evaluated and failed ones); the metrics
+    file says when the average covers fewer, and the report flags it."""
     spec = get_spec(benchmark)
     per_lang = {lang: r.summary for lang, r in results.items()}
-    average = round(sum(v["score"] for v in per_lang.values()) / len(per_lang), 4) if per_lang else 0.0
+    average = _mean([v["score"] for v in per_lang.values()])
+    requested = list(requested or [*per_lang, *(failed or {})])
+    paper_langs = [lang for lang in spec.langs if lang in per_lang]
+    protocols = {v.get("protocol", "lenient") for v in per_lang.values()}
     report = {"benchmark": spec.name, "method": method, "metric": spec.metric, "mode": mode,
+              "protocol": protocols.pop() if len(protocols) == 1 else "mixed",
+              **_lineage(spec.name, per_lang),
               "average": average, "unparsed": sum(v["unparsed"] for v in per_lang.values()),
               "items": sum(v["n"] for v in per_lang.values()), "seconds": round(seconds, 2),
+              "langs_requested": requested, "langs_missing": [lang for lang in requested if lang not in per_lang],
+              # the paper's table averages its 10 languages, English included; and without English
+              "average_paper_langs": _mean([per_lang[lang]["score"] for lang in paper_langs]),
+              "paper_langs_evaluated": f"{len(paper_langs)}/{len(spec.langs)}",
+              "average_non_en": _mean([v["score"] for lang, v in per_lang.items() if lang != "en"]),
               "languages": per_lang, **({"failed_languages": failed} if failed else {})}
+    scoring = {v["choice_scoring"] for v in per_lang.values() if "choice_scoring" in v}
+    if scoring:  # option benchmarks: how the option was chosen (and loglik's length-normalised accuracy)
+        report["choice_scoring"] = scoring.pop() if len(scoring) == 1 else "mixed"
+        if all("acc_norm" in v for v in per_lang.values()):
+            report["acc_norm"] = round(sum(v["acc_norm"] for v in per_lang.values()) / len(per_lang), 4)
     with atomic_dir(Path(out_root) / method / spec.name) as tmp:
         for lang, result in results.items():
             write_jsonl(tmp / f"{lang}.jsonl", result.rows)
@@ -176,18 +301,21 @@ def write_results(params: Params, method: str, benchmark: str, results: dict[str
 
 
 def evaluate_language(params: Params, method: str, benchmark: str, lang: str, model_dir: str | Path | None = None,
-                      transform: str | Path = "transform", device: str = "cpu", generator=None) -> LangResult:
+                      transform: str | Path = "transform", device: str = "cpu", generator=None,
+                      choice_scoring: str | None = None) -> LangResult:
     """One benchmark × one language (the unit the Prefect flow fans out over)."""
     spec = get_spec(benchmark)
     generator = generator or _generator(params, method, model_dir, transform, device)
     items = load_benchmark(spec.name, lang, params.eval.data_dir, params.eval.limit)
-    return run_items(generator, spec, items)[lang]
+    return run_items_seeds(generator, spec, items, choice_scoring or params.eval.choice_scoring,
+                           params.eval.protocol, params.eval.seeds)[lang]
 
 
 def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | None = None, limit: int | None = None,
              model_dir: str | Path | None = None, transform: str | Path = "transform", out_root: str | Path = "eval",
-             metrics_root: str | Path = "metrics/eval", generator=None) -> EvalResult:
-    """Generate for every language of ``benchmark`` and score; outputs written atomically."""
+             metrics_root: str | Path = "metrics/eval", generator=None, choice_scoring: str | None = None) -> EvalResult:
+    """Generate for every language of ``benchmark`` and score; outputs written atomically.
+    ``choice_scoring`` (default ``eval.choice_scoring``): ``generate`` | ``loglik`` for XNLI/XStoryCloze/MMMLU."""
     if method not in METHOD_DIRS:
         raise ValueError(f"--method must be one of {', '.join(METHOD_DIRS)}, not {method!r}")
     spec = get_spec(benchmark)
@@ -197,9 +325,14 @@ def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | Non
     generator = generator or _generator(params, method, model_dir, transform)
     started = time.perf_counter()
     items = [item for lang in langs for item in load_benchmark(spec.name, lang, data_dir, limit)]
-    results = run_items(generator, spec, items)
+    results = run_items_seeds(generator, spec, items, choice_scoring or params.eval.choice_scoring,
+                              params.eval.protocol, params.eval.seeds)
     return write_results(params, method, spec.name, results, generator.mode, time.perf_counter() - started,
-                         out_root, metrics_root, model_dir)
+                         out_root, metrics_root, model_dir, requested=langs)
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def _log_to_run(params: Params, method: str, model_dir, report: dict) -> None:

@@ -18,6 +18,7 @@ Batches are left-padded, so every prompt's anchor is the last column.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ from cc_core.prompts import anchor_positions, encode_prompt, pad_sequences, pad_
 
 log = logging.getLogger(__name__)
 MODES = ("none", "transform", "parallel")
+
+
+class PromptTooLongError(ValueError):
+    """A prompt does not fit the model's context and truncation is not allowed (eval.on_long_prompt=error)."""
 
 
 @dataclass
@@ -41,8 +46,12 @@ class Generation:
 
 class Generator:
     def __init__(self, model, tokenizer, cc=None, transform=None, mode: str = "none", decision_mode: str = "argmax",
-                 max_new_tokens: int = 40, batch_size: int = 8, max_prompt_len: int = 1024,
-                 reuse_cache: bool = True) -> None:
+                 max_new_tokens: int = 40, batch_size: int = 8, max_prompt_len: int | None = 1024,
+                 reuse_cache: bool = True, seed: int = 0, on_long_prompt: str = "truncate") -> None:
+        """``max_prompt_len`` None: the model's context (minus ``max_new_tokens``). ``on_long_prompt``:
+        ``truncate`` (cut the user text from the left, counted) | ``error`` (the paper never truncates).
+        ``seed``: the Gumbel noise of ``decision_mode="gumbel"`` (the reference samples at inference);
+        each prompt draws its own noise from (seed, prompt), so results do not depend on batching."""
         if mode not in MODES:
             raise ValueError(f"unknown generation mode {mode!r}; valid: {', '.join(MODES)}")
         if mode != "none" and cc is None:
@@ -59,11 +68,18 @@ class Generator:
         self.batch_size = batch_size
         # The prompt and the generated tokens must fit the model's context together.
         context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        self.max_prompt_len = min(max_prompt_len, context - max_new_tokens) if context else max_prompt_len
+        room = context - max_new_tokens if context else None
+        limits = [x for x in (max_prompt_len, room) if x is not None]
+        self.max_prompt_len = min(limits) if limits else None
+        if on_long_prompt not in ("truncate", "error"):
+            raise ValueError(f"on_long_prompt={on_long_prompt!r}; valid: truncate, error")
+        self.on_long_prompt = on_long_prompt
+        self.seed = seed
         self.reuse_cache = reuse_cache
         self.pad_id = pad_token_id(tokenizer)
         self.eos_ids = _eos_ids(model, tokenizer)
         self._warned_crop = False
+        self.lineage: dict[str, str] = {}  # checkpoint (and Transform Matrix) hashes, set by from_dirs
         if transform is not None and cc is not None:
             from cc_core.transform import TransformShapeError
 
@@ -79,16 +95,28 @@ class Generator:
         from cc_core.activations import load_inference_model
         from cc_core.transform import load_transform
 
+        from cc_core.io import file_sha256
+        from cc_core.lineage import checkpoint_sha256, require_same_checkpoint
+
         dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+        checkpoint = checkpoint_sha256(model_dir)
+        matrix, lineage = None, {"checkpoint_sha256": checkpoint}
+        if mode == "transform":  # before the model loads: a mismatch is found in a second, not a minute
+            path = Path(transform or "transform")
+            path = path / "transform.safetensors" if path.is_dir() else path
+            matrix = load_transform(path)
+            require_same_checkpoint(path, matrix.meta.get("model_sha256"), checkpoint, model_dir,
+                                    "cctune collect && cctune fit (dvc repro fit)")
+            lineage["transform_sha256"] = file_sha256(path)
         model, tokenizer, cc = load_inference_model(model_dir, dtype=dtype)
         model.to(device)
         if cc is not None:
             cc.to(device)
-        matrix = None
-        if mode == "transform":
-            matrix = load_transform(transform or "transform", model.config.hidden_size,
-                                    model.config.num_hidden_layers)
-        return cls(model, tokenizer, cc, matrix, mode, **kwargs)
+        if matrix is not None:
+            matrix.check_model(path, model.config.hidden_size, model.config.num_hidden_layers)
+        generator = cls(model, tokenizer, cc, matrix, mode, **kwargs)
+        generator.lineage = lineage
+        return generator
 
     @property
     def device(self) -> torch.device:
@@ -113,6 +141,19 @@ class Generator:
         return results  # type: ignore[return-value]
 
     # --- internals -----------------------------------------------------------------------------------
+    def check_prompt_lengths(self, prompts: list[str], ids: list[str]) -> None:
+        """Under ``on_long_prompt="error"``: every prompt must fit whole; the first that does not is
+        an error naming its item id (checked before any generation, so nothing is half done)."""
+        if self.on_long_prompt != "error" or self.max_prompt_len is None:
+            return
+        for key, prompt in zip(ids, prompts):
+            length = len(encode_prompt(self.tokenizer, prompt).input_ids)
+            if length > self.max_prompt_len:
+                raise PromptTooLongError(
+                    f"{key}: the prompt has {length} tokens, over the limit of {self.max_prompt_len} (the model's "
+                    f"context minus eval.max_new_tokens, or eval.max_prompt_len) and eval.on_long_prompt=error "
+                    "forbids cutting it")
+
     def _encode(self, prompts: list[str]):
         encoded = [encode_prompt(self.tokenizer, p, self.max_prompt_len) for p in prompts]
         ids, mask = pad_sequences([e.input_ids for e in encoded], self.pad_id, "left")
@@ -142,7 +183,7 @@ class Generator:
         if self.mode == "none":
             logits, cache = self._forward(ids, mask)
         elif self.mode == "transform":
-            logits, cache, choice = self._transform_prefill(ids, mask, anchor, langs)
+            logits, cache, choice = self._transform_prefill(ids, mask, anchor, langs, prompts)
         else:
             logits, cache, choice = self._parallel_prefill(ids, mask, anchor,
                                                            english_prompts or [None] * len(prompts))
@@ -173,10 +214,27 @@ class Generator:
             for i, row in enumerate(rows)
         ]
 
-    def select(self, acts: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cc.decision_maker.select(acts, embeds, self.decision_mode)
+    def select(self, acts: torch.Tensor, embeds: torch.Tensor,
+               prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Decision Maker's choice, in float32 whatever the model's dtype (the matrix was fitted on
+        float32 activations; a bf16 product can flip the choice)."""
+        noise = self._gumbel_noise(prompts, acts.shape[1], acts.device) if self.decision_mode == "gumbel" else None
+        vectors, choice = self.cc.decision_maker.select(acts.float(), embeds.float(), self.decision_mode,
+                                                        noise=noise)
+        return vectors, choice
 
-    def _transform_prefill(self, ids, mask, anchor, langs):
+    def _gumbel_noise(self, prompts: list[str] | None, num_layers: int, device) -> torch.Tensor | None:
+        """Gumbel(0, 1) noise per prompt from (seed, prompt text): reproducible, batch-independent."""
+        if prompts is None:
+            return None
+        rows = []
+        for prompt in prompts:
+            digest = hashlib.sha256(f"{self.seed}\x00{prompt}".encode()).digest()
+            rng = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+            rows.append(-torch.empty(num_layers).exponential_(generator=rng).log())
+        return torch.stack(rows).to(device)
+
+    def _transform_prefill(self, ids, mask, anchor, langs, prompts=None):
         from cc_core.modeling.hooks import capturing, connected, decoder_body
 
         paths = self.cc.paths
@@ -184,7 +242,7 @@ class Generator:
             first = decoder_body(self.model)(input_ids=ids, attention_mask=mask, use_cache=self.reuse_cache,
                                              position_ids=self._positions(mask))
             acts, embeds = cap.vectors(), cap.embeds()
-        vectors, choice = self.select(self.transform.apply(acts, list(langs)), embeds)
+        vectors, choice = self.select(self.transform.apply(acts.float(), list(langs)), embeds, prompts)
         cache = None
         if self.reuse_cache:
             try:
@@ -212,7 +270,7 @@ class Generator:
             en_ids, en_mask, en_anchor, _ = self._encode([english_prompts[i] for i in have])
             acts = capture_ffn(self.model, en_ids, en_mask, en_anchor, paths=self.cc.paths)
             rows = torch.tensor(have, device=self.device)
-            v, c = self.select(acts, self.cc.anchor_embeds(ids[rows], anchor[rows]))
+            v, c = self.select(acts, self.cc.anchor_embeds(ids[rows], anchor[rows]), [english_prompts[i] for i in have])
             vectors[rows], choice[rows] = v.to(vectors.dtype), c.to(choice.dtype)
         # examples without an English parallel get a zero vector: the plain model
         with connected(self.model, anchor, vectors, self.cc.inject_layer, self.cc.paths):
@@ -238,4 +296,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
         ids.update(configured)
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
+    from cc_core.prompts import end_of_turn_ids
+
+    ids.update(end_of_turn_ids(tokenizer))  # the template's end of turn, what SFT taught the model to emit
     return sorted(ids)

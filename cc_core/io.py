@@ -28,9 +28,50 @@ def _umask() -> int:
     return mask
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temps(path: str | Path) -> list[Path]:
+    """Remove what killed writers of ``path`` left beside it (``.<name>.tmp-<pid>-*`` and
+    ``.<name>.old-<pid>``), so a rerun of a killed stage starts clean. Temps of a writer that is
+    still alive (a concurrent process) are kept; so are names this module did not make."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        for leftover in path.parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
+            pid_text = leftover.name[len(f".{path.name}.{kind}-"):].split("-", 1)[0]
+            if pid_text.isdigit() and (int(pid_text) == os.getpid() or _pid_alive(int(pid_text))):
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in name)
+
+
+def _tmp_prefix(path: Path) -> str:
+    # The writer's pid in the name tells a leftover of a killed run from a live concurrent writer.
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
 def _tmp_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    clean_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs are normal directories
     return tmp
 
@@ -65,7 +106,8 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temp file that replaces ``path`` only if the body finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    clean_stale_temps(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:

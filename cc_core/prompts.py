@@ -21,13 +21,38 @@ class ChatTemplateError(ValueError):
     """The tokenizer has no chat template and none was given in params (model.chat_template)."""
 
 
+# Named templates for ``model.chat_template``. ``llama3-lf`` is LLaMA-Factory's ``llama3`` template,
+# which the CC-Tuning authors trained and evaluated with: BOS, then user/assistant turns with
+# Llama-3's header tokens, no system turn unless one is given. Llama-3.1's own tokenizer template
+# differs: it always inserts a "Cutting Knowledge Date ... Today Date ..." system block.
+NAMED_TEMPLATES: dict[str, str] = {
+    "llama3-lf": (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] }}<|eot_id|>"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    ),
+}
+
+
+def _looks_like_name(value: str) -> bool:
+    return "/" not in value and "\\" not in value and "." not in value
+
+
 def set_chat_template(tokenizer, template: str | None) -> None:
-    """Install ``template`` (a Jinja string or a path to a .jinja file) or check that one exists."""
+    """Install ``template`` (a name from NAMED_TEMPLATES, a Jinja string, or a path to a .jinja file)
+    or check that the tokenizer has one."""
     if template:
-        # A template string has Jinja tags; anything else is a path (whatever its suffix).
-        if "{{" not in template and "{%" not in template:
+        # A template string has Jinja tags; a known name is a named template; anything else a path.
+        if template in NAMED_TEMPLATES:
+            template = NAMED_TEMPLATES[template]
+        elif "{{" not in template and "{%" not in template:
             path = Path(template).expanduser()
             if not path.is_file():
+                if _looks_like_name(template):
+                    raise ChatTemplateError(f"model.chat_template: unknown template name {template!r}; valid: "
+                                            f"{', '.join(NAMED_TEMPLATES)} (or a Jinja string, or a .jinja file)")
                 raise ChatTemplateError(f"model.chat_template: file not found: {path} "
                                         "(a template string must contain '{{' or '{%')")
             template = path.read_text(encoding="utf-8")
@@ -63,6 +88,26 @@ def render_response(tokenizer, instruction: str, response: str, prompt_text: str
     if full.startswith(prompt_text) and len(full) > len(prompt_text):
         return full[len(prompt_text):]
     return response + (tokenizer.eos_token or "")
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token(s) that end an assistant turn under the tokenizer's template (``<|eot_id|>``,
+    ``<|im_end|>``...): generation must stop there even when the model's EOS is another token
+    (Llama-3.1 base: EOS <|end_of_text|>, but the llama3 template ends turns with <|eot_id|>)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    marker = "\x00RESPONSE\x00"
+    try:
+        suffix = render_response(tokenizer, "x", marker)
+    except Exception:  # noqa: BLE001 - a template that cannot render a reply has no end-of-turn to learn
+        return []
+    if marker not in suffix:
+        return []
+    tail = suffix.split(marker, 1)[1]
+    ids = _ids(tokenizer, tail)[:1] if tail.strip() else []
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    added = {i for i in getattr(tokenizer, "added_tokens_decoder", {})}
+    return [i for i in ids if i in special or i in added]
 
 
 def _ids(tokenizer, text: str) -> list[int]:

@@ -3,31 +3,69 @@
     cctune register        # after eval; needs metrics/eval/cc/*.json
 
 The version is an MLflow pyfunc (cc_core/pyfunc_model.py) whose ``predict`` generates in
-``transform`` mode. Alias policy: the new version gets ``challenger``; ``champion`` moves to
-it only when its ``register.metric`` (mean over benchmarks, or one benchmark's average)
-beats the current champion's, and only when both were evaluated the same way (same
-``eval_settings_sha256`` tag: benchmarks, languages, limit, data, generation settings) and
-completely (no failed languages): a score from another evaluation is not comparable. MLflow
-keeps no alias history, so every move is appended to the registered model's
-``alias_history`` tag. Versions are never overwritten or deleted.
+``transform`` mode.
+
+Immutable versions. By default (``register.log_weights: true``) the checkpoint (weights,
+Decision Maker, tokenizer, chat template, ``cc_tuning.json``) and the Transform Matrix are
+copied into the MLflow artifact store: a version never changes after registration, whatever
+happens to the checkout. With ``log_weights: false`` (very large checkpoints on shared
+storage) the files are referenced by absolute path; the model config then records the sha256
+of every referenced file and loading verifies each one, refusing a changed or missing file.
+
+Servable anywhere. The ``cc_core`` package travels with the model (``code_paths``), and the
+requirements are exact pins of the serving-time libraries taken from constraints.txt, so
+``mlflow models serve -m models:/NAME@champion`` needs nothing but PyPI. The signature
+(``prompt`` string, optional ``lang`` string; param ``max_new_tokens``; string output) makes
+MLflow validate requests.
+
+Lineage. Registration refuses a Transform Matrix fitted for another checkpoint and any
+evaluation metrics file that does not name the checkpoint being registered
+(``cc_core.lineage``). Each version is tagged with git commit, dvc.lock / params / evaluation
+settings hashes, training run, checkpoint and transform hashes, per-benchmark averages.
+
+Alias policy: the new version gets ``challenger``; ``champion`` moves to it only when its
+``register.metric`` (mean over benchmarks, or one benchmark's average) is strictly greater
+than the current champion's (a tie keeps the champion; the value is stored exactly, as
+``repr(float)``, and compared in that representation), and only when both were evaluated the
+same way (same ``eval_settings_sha256`` tag: benchmarks, languages, limit, data, generation
+settings) and completely (no failed languages): a score from another evaluation is not
+comparable. MLflow keeps no alias history, so every move is appended to the registered
+model's ``alias_history`` tag. Versions are never overwritten or deleted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
+import math
+import os
+import re
+import shutil
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from cc_core.config import Params
-from cc_core.io import InputError, file_sha256, write_json
-from cc_core.tracking import Tracker, git_commit, read_run_id, tracking_uri
+from cc_core.io import InputError, file_sha256, read_json, write_json
+from cc_core.lineage import LineageError, checkpoint_sha256, require_same_checkpoint, short
+from cc_core.tracking import RUN_FILE, Tracker, git_commit, read_run_id, store_errors
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+PACKAGE_DIR = Path(__file__).resolve().parent
+PYFUNC_FILE = PACKAGE_DIR / "pyfunc_model.py"
+CONSTRAINTS_FILE = PACKAGE_DIR.parent / "constraints.txt"
+LOGGED_MODEL_NAME = "cc_tuning_model"
+TRANSFORM_FILE = "transform.safetensors"
+REQUIRED_BY = "cctune register"
+# What the pyfunc imports at serving time (cc_core travels as code): pinned from constraints.txt.
+# Training-only tools (deepspeed, prefect, dvc, datasets, accelerate) are deliberately absent.
+SERVING_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
+                    "numpy", "pandas", "pyyaml", "pydantic", "jinja2")
 
 
 class RegistryError(ValueError):
@@ -43,6 +81,8 @@ class RegisterResult:
     champion: str
     promoted: bool
     model_uri: str
+    storage: str = "artifacts"
+    checkpoint_sha256: str = ""
 
 
 def model_name(params: Params) -> str:
@@ -53,17 +93,39 @@ def model_name(params: Params) -> str:
     return f"cc-tuning-{safe}"
 
 
+# --- evaluation metrics ----------------------------------------------------------------------------
+
+def _rerun_eval(benchmark: str) -> str:
+    return f"cctune eval --method cc --benchmark {benchmark} (dvc repro eval_cc@{benchmark})"
+
+
+def _read_metrics(path: Path) -> dict:
+    """One metrics/eval/cc/<benchmark>.json, checked for what registration reads."""
+    data = read_json(path)  # a truncated or non-UTF-8 file: InputError naming the file and line
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path}: expected a JSON object (written by `cctune eval`); re-run: {_rerun_eval(path.stem)}")
+    average = data.get("average")
+    if isinstance(average, bool) or not isinstance(average, (int, float)) or not math.isfinite(average):
+        what = "no 'average' key" if "average" not in data else f"'average' is {average!r}, not a number"
+        raise RegistryError(f"{path}: {what} (not written by `cctune eval`, or by an older version); "
+                            f"re-run: {_rerun_eval(path.stem)}")
+    failed = data.get("failed_languages")
+    if failed is not None and not isinstance(failed, (list, dict)):
+        raise RegistryError(f"{path}: 'failed_languages' is {failed!r}, expected a list")
+    return data
+
+
 def eval_metrics(metrics_dir: Path, benchmarks: list[str] | None = None, method: str = "cc") -> dict[str, dict]:
     """``{benchmark: metrics json}`` of the benchmarks in ``eval.benchmarks`` (files left over from
     benchmarks no longer listed are ignored: DVC does not delete them)."""
     from cc_core.data.benchmarks import canonical_benchmark
 
-    folder = metrics_dir / "eval" / method
+    folder = Path(metrics_dir) / "eval" / method
     wanted = None if benchmarks is None else {canonical_benchmark(b) for b in benchmarks}
     found = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         if wanted is None or path.stem in wanted:
-            found[path.stem] = json.loads(path.read_text())
+            found[path.stem] = _read_metrics(path)
     return found
 
 
@@ -85,6 +147,135 @@ def pick_metric(averages: dict[str, float], metric: str) -> float:
     return averages[name]
 
 
+# --- lineage --------------------------------------------------------------------------------------
+
+def transform_model_sha256(transform_file: Path) -> str | None:
+    """The checkpoint the Transform Matrix was fitted for (its safetensors metadata; transform.json
+    next to it for files that carry none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(transform_file), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("cc_transform", "{}"))
+    except Exception as err:  # noqa: BLE001 - OSError, bad JSON, or safetensors' own SafetensorError
+        raise InputError(f"{transform_file}: not a readable Transform Matrix ({err})") from None
+    recorded = meta.get("model_sha256")
+    side = transform_file.with_name("transform.json")
+    if not recorded and side.is_file():
+        data = read_json(side)
+        recorded = data.get("model_sha256") if isinstance(data, dict) else None
+    return recorded
+
+
+def check_lineage(model_dir: Path, transform_file: Path, evaluated: dict[str, dict],
+                  metrics_dir: Path) -> tuple[str, str]:
+    """(checkpoint sha256, transform sha256) once the Transform Matrix and every metrics file are
+    shown to come from this checkpoint; otherwise a LineageError naming both hashes and what to re-run."""
+    checkpoint = checkpoint_sha256(model_dir)
+    transform = file_sha256(transform_file)
+    require_same_checkpoint(transform_file, transform_model_sha256(transform_file), checkpoint, model_dir,
+                            rerun="cctune collect && cctune fit (dvc repro fit), then cctune register")
+    for benchmark, data in evaluated.items():
+        path = metrics_dir / "eval" / "cc" / f"{benchmark}.json"
+        require_same_checkpoint(path, data.get("checkpoint_sha256"), checkpoint, model_dir,
+                                rerun=_rerun_eval(benchmark))
+        recorded = data.get("transform_sha256")
+        if recorded is not None and recorded != transform:
+            raise LineageError(f"{path}: evaluated with Transform Matrix {short(recorded)} but {transform_file} is "
+                               f"now {short(transform)}; re-run: {_rerun_eval(benchmark)}")
+    return checkpoint, transform
+
+
+# --- what a version carries -------------------------------------------------------------------------
+
+def checkpoint_files(model_dir: Path) -> list[str]:
+    """The files of a checkpoint a version needs (relative POSIX paths): every top-level file but the
+    MLflow run pointer and hidden files, and every ``*.safetensors`` below (what the checkpoint hash covers)."""
+    files = {p.name for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != RUN_FILE}
+    files |= {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*.safetensors") if p.is_file()}
+    return sorted(files)
+
+
+def transform_files(transform_dir: Path) -> list[str]:
+    return [name for name in (TRANSFORM_FILE, "transform.json") if (transform_dir / name).is_file()]
+
+
+def file_manifest(model_dir: Path, transform_dir: Path) -> dict[str, dict[str, str]]:
+    """``{"model": {relative path: sha256}, "transform": {...}}``: what loading verifies."""
+    return {"model": {rel: file_sha256(model_dir / rel) for rel in checkpoint_files(model_dir)},
+            "transform": {rel: file_sha256(transform_dir / rel) for rel in transform_files(transform_dir)}}
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # no second copy on disk while MLflow uploads
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _stage(model_dir: Path, transform_dir: Path, manifest: dict, into: Path) -> dict[str, str]:
+    """Exactly the manifest's files under ``into/model`` and ``into/transform`` (MLflow artifacts)."""
+    for group, root in (("model", model_dir), ("transform", transform_dir)):
+        for rel in manifest[group]:
+            _link_or_copy(root / rel, into / group / rel)
+    return {"model": str(into / "model"), "transform": str(into / "transform")}
+
+
+def _stage_code(into: Path) -> str:
+    """A copy of the cc_core package without bytecode caches (MLflow's ``code_paths``)."""
+    target = into / "code" / "cc_core"
+    shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+    return str(target)
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_constraints(path: Path = CONSTRAINTS_FILE) -> dict[str, tuple[str, str]]:
+    """``{normalised name: (name as written, version)}`` of the ``name==version`` lines of constraints.txt."""
+    pins = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "==" in line and not line.startswith("-"):
+                name, version = (part.strip() for part in line.split("==", 1))
+                pins[_normalise(name)] = (name, version)
+    return pins
+
+
+def serving_requirements(constraints: Path = CONSTRAINTS_FILE) -> list[str]:
+    """Exact pins of what the pyfunc needs at serving time: constraints.txt (the project's lock), or
+    for an installation without it the installed versions (without a local tag such as +cpu)."""
+    pins = read_constraints(constraints)
+    requirements = []
+    for package in SERVING_PACKAGES:
+        if package in pins:
+            name, version = pins[package]
+        else:
+            try:
+                name, version = package, importlib.metadata.version(package).split("+", 1)[0]
+            except importlib.metadata.PackageNotFoundError:
+                raise RegistryError(f"{constraints}: no pin for {package}, and it is not installed") from None
+        requirements.append(f"{name}=={version}")
+    return requirements
+
+
+def model_signature(max_new_tokens: int):
+    """Input: ``prompt`` (string, required), ``lang`` (string, optional); param ``max_new_tokens``
+    (int); output: one string per prompt."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "lang", required=False)]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", int(max_new_tokens))]))
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
 def _history(client, name: str) -> list[dict]:
     model = client.get_registered_model(name)
     return json.loads(model.tags.get("alias_history", "[]"))
@@ -92,23 +283,20 @@ def _history(client, name: str) -> list[dict]:
 
 def _record_alias(client, name: str, alias: str, version: str, previous: str | None, reason: str) -> None:
     history = _history(client, name)
-    history.append({"alias": alias, "version": version, "previous": previous, "reason": reason,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    history.append({"alias": alias, "version": str(version), "previous": None if previous is None else str(previous),
+                    "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     client.set_registered_model_alias(name, alias, version)
     client.set_registered_model_tag(name, "alias_history", json.dumps(history))
 
 
 def register(params: Params, model_dir: str | Path = "models/cc", transform_dir: str | Path = "transform",
              metrics_dir: str | Path = "metrics", lock_file: str | Path = "dvc.lock") -> RegisterResult:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     model_dir, transform_dir, metrics_dir = Path(model_dir), Path(transform_dir), Path(metrics_dir)
     evaluated = eval_metrics(metrics_dir, params.eval.benchmarks)
     if not evaluated:
         raise RegistryError(f"{metrics_dir / 'eval' / 'cc'}: no evaluation metrics for the cc model; "
                             "run `cctune eval --method cc --benchmark ...` first (register refuses unevaluated models)")
-    averages = {name: data["average"] for name, data in evaluated.items()}
+    averages = {name: float(data["average"]) for name, data in evaluated.items()}
     if params.register.metric == "mean":
         missing = [b for b in params.eval.benchmarks if b not in averages]  # names canonical since load
         if missing:
@@ -120,59 +308,106 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     from cc_core.modeling.checkpoint import read_cc_metadata
 
     read_cc_metadata(model_dir)  # a clear error if this is not a CC checkpoint
-    if not (transform_dir / "transform.safetensors").is_file():
+    transform_file = transform_dir / TRANSFORM_FILE
+    if not transform_file.is_file():
         raise InputError(f"{transform_dir}: no Transform Matrix; run `cctune fit` first")
-    tracker = Tracker(params.tracking.model_copy(update={"on_unavailable": "fail", "enabled": True}))
+    checkpoint, transform_sha = check_lineage(model_dir, transform_file, evaluated, metrics_dir)
+
+    tracker = Tracker(params.tracking, required_by=REQUIRED_BY)
+    uri = tracker.uri
     client = tracker._connect()
-    uri = tracking_uri(params.tracking)
     name = model_name(params)
-    run_id = read_run_id(model_dir)
+    training_run = read_run_id(model_dir)
+    storage = "artifacts" if params.register.log_weights else "reference"
+    manifest = file_manifest(model_dir, transform_dir)
     tags = {"git_commit": git_commit(), "params_sha256": params.section_hash(),
             "dvc_lock_sha256": file_sha256(lock_file) if Path(lock_file).is_file() else "none",
-            "register_metric": params.register.metric, "metric_value": f"{value:.6f}",
-            "eval_settings_sha256": settings_hash,
+            "register_metric": params.register.metric, **metric_tags(value),
+            "eval_settings_sha256": settings_hash, "checkpoint_sha256": checkpoint, "transform_sha256": transform_sha,
+            "training_run_id": training_run or "none", "storage": storage,
             **({"failed_languages": json.dumps(failed)} if failed else {}),
             **{f"avg_{k}": f"{v:.4f}" for k, v in averages.items()}}
-    if run_id is not None and Tracker.find_run(client, run_id) is None:
-        # trained against another tracking store: log the model in a new run here, tagged with the origin
-        log.warning("training run %s is not in %s: registering from a new run", run_id, uri)
-        tags["training_run_id"] = run_id
-        run_id = None
-    config = {"model_dir": str(model_dir.resolve()), "transform": str((transform_dir / "transform.safetensors").resolve()),
-              "mode": "transform", "decision_mode": params.eval.decision_mode,
-              "max_new_tokens": params.eval.max_new_tokens, "batch_size": params.eval.batch_size}
-    artifacts = None
-    if params.register.log_weights:  # copy the weights into the artifact store instead of referencing them
-        artifacts = {"model": str(model_dir.resolve()), "transform": config["transform"]}
-    mlflow.set_tracking_uri(uri)
-    experiment = tracker.experiment_id(client)
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment,
-                          run_name=None if run_id else "register"):
-        info = mlflow.pyfunc.log_model(
-            name="cc_tuning_model", python_model=str(PYFUNC_FILE), model_config=config, artifacts=artifacts,
-            pip_requirements=[f"cc-tuning=={_version()}"], tags={"checkpoint_sha256": _weights_hash(model_dir)})
+    config = {"mode": "transform", "decision_mode": params.eval.decision_mode,
+              "max_new_tokens": params.eval.max_new_tokens, "batch_size": params.eval.batch_size,
+              "storage": storage, "registered_model": name, "tracking_uri": uri, "git_commit": tags["git_commit"],
+              "checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "files": manifest,
+              "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if storage == "reference":
+        config.update(model_dir=str(model_dir.resolve()), transform_dir=str(transform_dir.resolve()))
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:  # next to the checkpoint: its files are hard-linked, not copied, into the staging folder
+        staging = Path(tempfile.mkdtemp(prefix=".register-", dir=model_dir.resolve().parent))
+    except OSError:
+        staging = Path(tempfile.mkdtemp(prefix="cc-register-"))
     try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="CC-Tuning checkpoints (pyfunc, transform mode)")
-    # model_id: MLflow 3 servers resolve a "models:/m-..." source through the logged model's id
-    version = client.create_model_version(name, info.model_uri, run_id=info.run_id, tags=tags,
-                                          model_id=info.model_id).version
-    _record_alias(client, name, CHALLENGER, version, _alias_version(client, name, CHALLENGER), "new version")
-    champion = _alias_version(client, name, CHAMPION)
-    promoted, reason = _should_promote(client, name, champion, value, params.register.metric, settings_hash, failed)
-    if promoted:
-        _record_alias(client, name, CHAMPION, version, champion, reason)
-        champion = version
-    else:
-        log.info("champion stays at version %s: %s", champion, reason)
-    log.info("registered %s version %s (%s=%.4f); champion: version %s", name, version,
-             params.register.metric, value, champion)
+        with store_errors(uri, required_by=REQUIRED_BY):
+            run_id = training_run
+            if run_id is not None and Tracker.find_run(client, run_id) is None:
+                # trained against another tracking store: log the model in a new run here
+                log.warning("training run %s is not in %s: registering from a new run", run_id, uri)
+                run_id = None
+            artifacts = _stage(model_dir, transform_dir, manifest, staging) if storage == "artifacts" else None
+            code = _stage_code(staging)
+            mlflow.set_tracking_uri(uri)
+            experiment = tracker.experiment_id(client)
+            with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment,
+                                  run_name=None if run_id else "register") as run:
+                logged = mlflow.initialize_logged_model(
+                    name=LOGGED_MODEL_NAME, source_run_id=run.info.run_id,
+                    experiment_id=run.info.experiment_id)  # its id goes into the config: load errors name it
+                config.update(run_id=run.info.run_id, logged_model_id=logged.model_id)
+                with warnings.catch_warnings():
+                    # No input example on purpose: MLflow would load the model (the whole checkpoint) to check it.
+                    warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+                    info = mlflow.pyfunc.log_model(
+                        name=LOGGED_MODEL_NAME, model_id=logged.model_id, python_model=str(PYFUNC_FILE),
+                        code_paths=[code], model_config=config, artifacts=artifacts,
+                        signature=model_signature(params.eval.max_new_tokens),
+                        pip_requirements=serving_requirements(),
+                        tags={"checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "storage": storage})
+            try:
+                client.get_registered_model(name)
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                client.create_registered_model(name, description="CC-Tuning checkpoints (pyfunc, transform mode)")
+            tags["logged_model_id"] = info.model_id
+            # model_id: MLflow 3 servers resolve a "models:/m-..." source through the logged model's id
+            version = client.create_model_version(name, info.model_uri, run_id=info.run_id, tags=tags,
+                                                  model_id=info.model_id).version
+            _record_alias(client, name, CHALLENGER, version, _alias_version(client, name, CHALLENGER), "new version")
+            champion = _alias_version(client, name, CHAMPION)
+            promoted, reason = _should_promote(client, name, champion, value, params.register.metric,
+                                               settings_hash, failed)
+            if promoted:
+                _record_alias(client, name, CHAMPION, version, champion, reason)
+                champion = version
+            else:
+                log.info("champion stays at version %s: %s", champion, reason)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("registered %s version %s (%s=%.4f, weights: %s); champion: version %s", name, version,
+             params.register.metric, value, "in the artifact store" if storage == "artifacts" else "by reference",
+             champion)
     result = RegisterResult(name, str(version), params.register.metric, value, str(champion), promoted,
-                            f"models:/{name}/{version}")
+                            f"models:/{name}/{version}", storage, checkpoint)
     write_json(metrics_dir / "register.json", {"model_name": name, "version": result.version, "metric": result.metric,
                                                "value": value, "champion": result.champion, "promoted": promoted})
     return result
+
+
+def metric_tags(value: float) -> dict[str, str]:
+    """The version's score, stored exactly (``repr`` round-trips a float) so that it compares equal to itself."""
+    return {"metric_value": repr(float(value)), "metric_value_format": "repr"}
+
+
+def _compared(a: float, b: float) -> tuple[str, str]:
+    """Both values as text, with enough digits to tell them apart."""
+    short_a, short_b = f"{a:.4f}", f"{b:.4f}"
+    return (short_a, short_b) if short_a != short_b or a == b else (repr(a), repr(b))
 
 
 def _should_promote(client, name: str, champion: str | None, value: float, metric: str, settings_hash: str,
@@ -186,10 +421,20 @@ def _should_promote(client, name: str, champion: str | None, value: float, metri
     if tags.get("register_metric", metric) != metric or tags.get("eval_settings_sha256", settings_hash) != settings_hash:
         return False, (f"not comparable with version {champion}: evaluated with other eval settings or metric "
                        "(move the alias by hand if intended)")
-    champion_value = float(tags.get("metric_value", "-inf"))
+    stored = tags.get("metric_value")
+    if stored is None:
+        champion_value = -math.inf
+    else:
+        champion_value = float(stored)
+        if tags.get("metric_value_format") != "repr":
+            # written by an older version as f"{v:.6f}": compare the new value in that same representation
+            value = float(f"{value:.6f}")
+    new, old = _compared(value, champion_value)
     if value > champion_value:
-        return True, f"{value:.4f} > {champion_value:.4f}"
-    return False, f"{value:.4f} does not beat {champion_value:.4f}"
+        return True, f"{new} > {old}"
+    if value == champion_value:
+        return False, f"{new} ties {old} (version {champion}): a tie keeps the champion"
+    return False, f"{new} does not beat {old}"
 
 
 def _alias_version(client, name: str, alias: str) -> str | None:
@@ -197,18 +442,7 @@ def _alias_version(client, name: str, alias: str) -> str | None:
 
     try:
         return client.get_model_version_by_alias(name, alias).version
-    except MlflowException:
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
         return None
-
-
-def _version() -> str:
-    import importlib.metadata
-
-    return importlib.metadata.version("cc-tuning")
-
-
-def _weights_hash(model_dir: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(model_dir.glob("*.safetensors")):
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()

@@ -19,10 +19,24 @@ from typing import Any
 
 from cc_core.config import Params
 from cc_core.data.benchmarks import BENCHMARKS
-from cc_core.io import atomic_dir, atomic_file, iter_jsonl, write_json
+from cc_core.io import atomic_dir, atomic_file, iter_jsonl, read_json, write_json
 
 log = logging.getLogger(__name__)
 METHODS = ("base", "sft", "cc")
+# CC-Tuning's published scores (Ye et al., ACL 2025; one setting, as listed publicly, most likely
+# Llama-3.1-8B): the paper's 10 languages of each benchmark, English included.
+PAPER_SCORES = {"XNLI": 53.06, "XStoryCloze": 80.93, "MMMLU": 49.65, "XQuAD": 64.26, "MKQA": 15.94, "XLSum": 13.05}
+
+
+def incomplete(data: dict) -> str | None:
+    """Why a benchmark's average covers fewer languages than asked (None when it covers them all)."""
+    missing = list(data.get("langs_missing") or [])
+    failed = data.get("failed_languages") or {}
+    missing += [lang for lang in failed if lang not in missing]
+    if not missing:
+        return None
+    asked = data.get("langs_requested") or [*data.get("languages", {}), *missing]
+    return f"averaged over {len(asked) - len(missing)} of {len(asked)} languages (missing: {', '.join(missing)})"
 
 
 def load_scores(metrics_root: Path, benchmarks: list[str] | None = None) -> dict[str, dict[str, dict]]:
@@ -36,7 +50,7 @@ def load_scores(metrics_root: Path, benchmarks: list[str] | None = None) -> dict
         for name in (b for b in BENCHMARKS if b in wanted):
             path = metrics_root / method / f"{name}.json"
             if path.is_file():
-                found.setdefault(method, {})[name] = json.loads(path.read_text())
+                found.setdefault(method, {})[name] = read_json(path)  # a damaged file is named in the error
     return found
 
 
@@ -79,16 +93,50 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def _markdown(scores, deltas, benchmarks, methods, confidence) -> str:
+def _markdown(scores, deltas, benchmarks, methods, confidence, paper: bool = False) -> str:
     lines = ["# CC-Tuning evaluation summary", "",
              "Scores on the paper's 0–100 scale (accuracy for XNLI/XStoryCloze/MMMLU, token F1 for XQuAD/MKQA, "
              "ROUGE-L for XLSum), averaged over languages.", ""]
+    protocols = sorted({scores[m][b].get("protocol", "lenient") for m in methods for b in benchmarks if b in scores[m]})
+    lines += [f"Scoring protocol: {', '.join(protocols)} (lenient = robust option and number parsing, for "
+              "CC-vs-SFT deltas; standard = the reference scripts, comparable with published numbers).", ""]
+    # how the option benchmarks chose their answer: parsed from generated text, or by log-likelihood
+    scoring = sorted({scores[m][b].get("choice_scoring", "generate") for m in methods for b in benchmarks
+                      if b in scores[m] and BENCHMARKS[b].kind == "choice"})
+    if scoring:
+        lines += [f"Choice scoring (XNLI/XStoryCloze/MMMLU): {', '.join(scoring)} "
+                  "(generate = option parsed from the generated answer; loglik = highest summed "
+                  "log-likelihood, as lm-evaluation-harness's acc).", ""]
     lines += ["| method | " + " | ".join(benchmarks) + " | mean |", "|---" * (len(benchmarks) + 2) + "|"]
+    notes: list[str] = []
     for method in methods:
         values = [scores[method].get(b, {}).get("average") for b in benchmarks]
         present = [v for v in values if v is not None]
         mean = sum(present) / len(present) if present else None
-        lines.append(f"| {method} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(mean)} |")
+        cells = []
+        for bench, value in zip(benchmarks, values):
+            why = incomplete(scores[method].get(bench, {}))
+            cells.append(_fmt(value) + (" †" if why else ""))
+            if why:
+                notes.append(f"† {method} {bench}: {why}")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {_fmt(mean)} |")
+    if notes:
+        lines += ["", "**Incomplete averages** (not comparable with complete ones):", ""]
+        lines += [f"- {note}" for note in notes]
+    lines += ["", "## Averages as the paper reports them", "",
+              "The paper's language set of each benchmark (its 10 languages, English included) and the "
+              "non-English languages alone, over the languages evaluated here.", "",
+              "| benchmark | method | paper-language average | languages | non-English average |"
+              + (" paper (CC-Tuning) |" if paper else ""),
+              "|---|---|---|---|---|" + ("---|" if paper else "")]
+    for bench in benchmarks:
+        for method in methods:
+            data = scores[method].get(bench)
+            if not data:
+                continue
+            published = f" {PAPER_SCORES[bench]:.2f} |" if paper and method == "cc" else (" |" if paper else "")
+            lines.append(f"| {bench} | {method} | {_fmt(data.get('average_paper_langs'))} | "
+                         f"{data.get('paper_langs_evaluated', '–')} | {_fmt(data.get('average_non_en'))} |" + published)
     for pair, table in deltas.items():
         lines += ["", f"## {pair} (paired bootstrap, {int(confidence * 100)}% interval over items)", "",
                   "| benchmark | delta | interval | items | beyond noise |", "|---|---|---|---|---|"]
@@ -191,33 +239,41 @@ def report(params: Params, metrics_dir: str | Path = "metrics", eval_root: str |
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     # Score rows per method, then delta rows ("cc - sft") with their bootstrap interval.
-    writer.writerow(["method", "benchmark", "lang", "metric", "score", "n", "unparsed", "low", "high", "significant"])
+    writer.writerow(["method", "benchmark", "lang", "metric", "score", "n", "unparsed", "low", "high", "significant",
+                     "protocol", "note"])
     for method in methods:
         for bench in benchmarks:
             data = scores[method].get(bench)
             if not data:
                 continue
+            protocol = data.get("protocol", "lenient")
             for lang, v in data["languages"].items():
-                writer.writerow([method, bench, lang, data["metric"], v["score"], v["n"], v["unparsed"], "", "", ""])
+                writer.writerow([method, bench, lang, data["metric"], v["score"], v["n"], v["unparsed"], "", "", "",
+                                 protocol, ""])
             writer.writerow([method, bench, "avg", data["metric"], data["average"], data["items"], data["unparsed"],
-                             "", "", ""])
+                             "", "", "", protocol, incomplete(data) or ""])
+            for key in ("average_paper_langs", "average_non_en"):
+                writer.writerow([method, bench, key, data["metric"], data.get(key), "", "", "", "", "", protocol, ""])
     for pair, table in deltas.items():
         for bench, d in table.items():
             metric = next(scores[m][bench]["metric"] for m in methods if bench in scores[m])
             for lang, dl in d["languages"].items():
                 writer.writerow([pair, bench, lang, f"delta {metric}", dl["delta"], dl["n"], "", dl["low"], dl["high"],
-                                 dl["significant"]])
+                                 dl["significant"], "", ""])
             writer.writerow([pair, bench, "avg", f"delta {metric}", d["delta"], d["n"], "", d["low"], d["high"],
-                             d["significant"]])
+                             d["significant"], "", ""])
     plots_dir = out_dir / "plots"
     with atomic_dir(plots_dir) as tmp:
         _plots(tmp, scores, benchmarks, methods, metrics_dir)
     with atomic_file(out_dir / "summary.csv") as handle:
         handle.write(buffer.getvalue())
     with atomic_file(out_dir / "summary.md") as handle:
-        handle.write(_markdown(scores, deltas, benchmarks, methods, rp.confidence))
+        handle.write(_markdown(scores, deltas, benchmarks, methods, rp.confidence, rp.paper_reference))
     means = {m: {b: scores[m][b]["average"] for b in scores[m]} for m in methods}
-    write_json(metrics_dir / "report.json", {"averages": means, "deltas": deltas})
+    flagged = {f"{m}/{b}": why for m in methods for b in scores[m] if (why := incomplete(scores[m][b]))}
+    write_json(metrics_dir / "report.json", {"averages": means, "deltas": deltas, "incomplete": flagged,
+                                              "protocols": sorted({scores[m][b].get("protocol", "lenient")
+                                                                   for m in methods for b in scores[m]})})
     _log_report(params, out_dir)
     return ReportResult(str(out_dir), methods, benchmarks, deltas)
 

@@ -1,9 +1,12 @@
 """MLflow tracking: one run per training, metrics from later stages into that run.
 
 Default store: ``sqlite:///mlflow.db`` plus the ``mlartifacts/`` folder (see params
-``tracking.*``; ``MLFLOW_TRACKING_URI`` overrides). When a server URI is down,
-``tracking.on_unavailable`` decides: ``skip`` (run anyway, say so) or ``fail``. With ``skip``,
-a server that goes down in the middle of a run only ends the tracking, not the run.
+``tracking.*``; ``MLFLOW_TRACKING_URI`` overrides). When the store cannot be used (a server
+that is down, a SQLite file locked by another writer for longer than ``LOCK_WAIT_S``, any
+failure while creating the client, finding or creating the experiment, or creating/reopening
+the run), ``tracking.on_unavailable`` decides: ``skip`` (run anyway, one warning naming the
+store and why) or ``fail`` (a one-line :class:`TrackingUnavailableError` naming the store).
+With ``skip``, a store that goes away in the middle of a run only ends the tracking, not the run.
 
     with Tracker(params.tracking).run("train-cc", params=params.flat()) as run:
         run.log_metrics({"loss": 1.2}, step=1)
@@ -15,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,10 +31,84 @@ from cc_core.config import TrackingParams
 
 log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
+LOCK_WAIT_S = 3.0  # how long a SQLite store locked by another writer is waited for
 
 
 class TrackingUnavailableError(RuntimeError):
     pass
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The file of a ``sqlite:///relative.db`` / ``sqlite:////abs.db`` URI (None: not SQLite, or in memory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return path or None
+
+
+def sqlite_busy(uri: str, wait: float = LOCK_WAIT_S) -> str | None:
+    """Why a SQLite store cannot take a write now (e.g. ``database is locked`` after ``wait`` s), or None.
+
+    MLflow itself waits about 12 s (SQLite's 5 s busy timeout, then engine retries) and then
+    raises a raw ``OperationalError``; this probe takes a write lock and releases it at once."""
+    path = sqlite_path(uri)
+    if path is None or not Path(path).is_file():
+        return None  # nothing to lock yet: MLflow creates the file
+    try:
+        con = sqlite3.connect(path, timeout=wait, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        reason = str(err)
+        return f"{reason} (another process holds it; waited {wait:g} s)" if "locked" in reason else reason
+    return None
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = text.removeprefix("(sqlite3.OperationalError) ")
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+def unavailable_error(uri: str, reason: str, policy: str = "fail",
+                      required_by: str | None = None) -> TrackingUnavailableError:
+    why = f"{required_by} needs it" if required_by else f"tracking.on_unavailable={policy}"
+    return TrackingUnavailableError(f"MLflow tracking store {uri} is unavailable: {reason} ({why})")
+
+
+@contextlib.contextmanager
+def store_errors(uri: str, policy: str = "fail", required_by: str | None = None) -> Iterator[None]:
+    """Turn a failure of the tracking store (locked SQLite file, server gone, ...) inside the body
+    into a one-line :class:`TrackingUnavailableError` naming the store."""
+    try:
+        yield
+    except TrackingUnavailableError:
+        raise
+    except Exception as err:  # noqa: BLE001 - which exception a store raises depends on the store
+        if not _is_store_failure(err):
+            raise
+        raise unavailable_error(uri, _reason(err), policy, required_by) from err
+
+
+def _is_store_failure(err: BaseException) -> bool:
+    """Errors of the store itself (database locked or unreachable, connection refused), as opposed
+    to a request the store refused on its merits (an unknown model name, a bad value)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        module = type(err).__module__
+        if module.startswith(("sqlalchemy", "sqlite3", "requests", "urllib3")) or isinstance(err, (sqlite3.Error,
+                                                                                                   ConnectionError)):
+            return True
+        text = str(err)
+        if any(marker in text for marker in ("database is locked", "OperationalError", "unable to open database",
+                                              "Max retries exceeded", "Connection refused")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def tracking_uri(params: TrackingParams) -> str:
@@ -121,7 +199,7 @@ class Run:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, "null" if v is None else str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, param_text(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self._call("log_params", self.client.log_batch, self.run_id, params=items[start:start + 100])
 
@@ -142,14 +220,25 @@ class Run:
         self._call("set_terminated", self.client.set_terminated, self.run_id, status=status)
 
 
+def param_text(value: Any) -> str:
+    """How a param value is stored in MLflow (and so how a logged value is compared with a new one)."""
+    return "null" if value is None else str(value)[:6000]
+
+
 def _metric_key(key: str) -> str:
     # MLflow allows alphanumerics, _ - . space / only.
     return "".join(ch if ch.isalnum() or ch in "_-. /" else "_" for ch in key)
 
 
 class Tracker:
-    def __init__(self, params: TrackingParams) -> None:
+    """``required_by`` (e.g. ``"cctune register"``): the store is needed, whatever
+    ``tracking.on_unavailable`` says; an unusable store is a one-line error naming it."""
+
+    def __init__(self, params: TrackingParams, required_by: str | None = None) -> None:
+        if required_by:
+            params = params.model_copy(update={"on_unavailable": "fail", "enabled": True})
         self.params = params
+        self.required_by = required_by
         self.uri = tracking_uri(params)
         self._client = None
         self._checked = False
@@ -166,14 +255,22 @@ class Tracker:
         self._client = self._make_client()
         return self._client
 
+    def _unavailable(self, reason: str) -> None:
+        """``fail``: raise a one-line error naming the store; ``skip``: warn (the caller goes on untracked)."""
+        if self.params.on_unavailable == "fail":
+            raise unavailable_error(self.uri, reason, self.params.on_unavailable, self.required_by)
+        log.warning("MLflow tracking store %s is unavailable: %s; tracking was skipped for this run "
+                    "(tracking.on_unavailable=skip)", self.uri, reason)
+
     def _make_client(self):
         if not self.params.enabled:
             return None
         if not _server_up(self.uri):
-            message = f"MLflow tracking server {self.uri} is unreachable"
-            if self.params.on_unavailable == "fail":
-                raise TrackingUnavailableError(message + " (tracking.on_unavailable=fail)")
-            log.warning("%s: tracking was skipped for this run (tracking.on_unavailable=skip)", message)
+            self._unavailable("the server is unreachable (no answer on /health)")
+            return None
+        busy = sqlite_busy(self.uri)
+        if busy:
+            self._unavailable(busy)
             return None
         if self.params.on_unavailable == "skip" and urlparse(self.uri).scheme in ("http", "https"):
             # MLflow retries a failed request for minutes by default; a run that goes on untracked
@@ -183,17 +280,23 @@ class Tracker:
         import mlflow
 
         # A client bound to this URI, not mlflow's process-global fluent state (which also
-        # exports MLFLOW_TRACKING_URI to every child process).
-        return mlflow.MlflowClient(self.uri)
+        # exports MLFLOW_TRACKING_URI to every child process). A SQL store is opened here.
+        try:
+            return mlflow.MlflowClient(self.uri)
+        except Exception as err:  # noqa: BLE001 - any failure to open the store, by policy
+            self._unavailable(_reason(err))
+            return None
 
     @staticmethod
     def find_run(client, run_id: str):
-        """The run with this id in the client's store, or None."""
+        """The run with this id in the client's store, or None (a store that fails is an error, not None)."""
         from mlflow.exceptions import MlflowException
 
         try:
             return client.get_run(run_id)
-        except MlflowException:
+        except MlflowException as err:
+            if _is_store_failure(err):
+                raise
             return None
 
     def experiment_id(self, client) -> str:
@@ -215,18 +318,26 @@ class Tracker:
         if client is None:
             yield _NullRun()
             return
-        existing = self.find_run(client, run_id) if run_id is not None else None
-        if run_id is not None and existing is None:
-            # e.g. a model pulled with `dvc pull` whose run lives in another tracking store
-            log.warning("run %s is not in %s: logging to a new run %r instead", run_id, self.uri, name)
-            tags = {**(tags or {}), "origin_run_id": run_id}
-        run_id = existing.info.run_id if existing else \
-            client.create_run(self.experiment_id(client), run_name=name).info.run_id
+        try:
+            existing = self.find_run(client, run_id) if run_id is not None else None
+            if run_id is not None and existing is None:
+                # e.g. a model pulled with `dvc pull` whose run lives in another tracking store
+                log.warning("run %s is not in %s: logging to a new run %r instead", run_id, self.uri, name)
+                tags = {**(tags or {}), "origin_run_id": run_id}
+            run_id = existing.info.run_id if existing else \
+                client.create_run(self.experiment_id(client), run_name=name).info.run_id
+        except TrackingUnavailableError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the store failed before the run began: policy decides
+            self._unavailable(_reason(err))
+            yield _NullRun()
+            return
         run = Run(run_id, client, tolerant=self.params.on_unavailable == "skip")
         if params and existing:
             # MLflow refuses to change a logged param: log the new ones, warn about changed ones.
+            # Compared as stored (None is logged as "null"), or every resume reports a change.
             logged = existing.data.params
-            changed = sorted(k for k, v in params.items() if k in logged and logged[k] != str(v)[:6000])
+            changed = sorted(k for k, v in params.items() if k in logged and logged[k] != param_text(v))
             if changed:
                 log.warning("run %s: params changed since it was started, keeping the logged values of %s",
                             run_id, ", ".join(changed))
@@ -244,7 +355,9 @@ class Tracker:
 
 
 def write_run_file(directory: str | Path, run: Run | _NullRun, uri: str) -> None:
-    Path(directory, RUN_FILE).write_text(json.dumps({"run_id": run.run_id, "tracking_uri": uri}, indent=2) + "\n")
+    from cc_core.io import write_json  # atomic: a kill mid-write must not leave a torn run file
+
+    write_json(Path(directory, RUN_FILE), {"run_id": run.run_id, "tracking_uri": uri})
 
 
 def read_run_id(directory: str | Path) -> str | None:

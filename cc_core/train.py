@@ -16,6 +16,8 @@ MLflow run and its token and layer-choice counters.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -43,6 +45,17 @@ METHODS = ("cc", "sft")
 DEEPSPEED_DIRS = (Path("configs") / "deepspeed", Path(__file__).resolve().parent.parent / "configs" / "deepspeed")
 FINGERPRINT = "cc_fingerprint.json"
 COUNTERS = "cc_counters-rank{rank}.json"  # per-rank token / layer-choice counters saved with each checkpoint
+# Written into checkpoint-N/ after every rank has saved everything: a checkpoint without it was cut
+# short (a kill or a full disk during the save) and is never resumed from.
+COMPLETE = "cc_checkpoint_complete.json"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradient norm stopped being finite (more than train.nonfinite_patience steps)."""
+
+
+class CheckpointWriteError(OSError):
+    """Saving a checkpoint or the final model failed (typically a full disk); names the path."""
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -166,11 +179,51 @@ def _make_trainer_class():
     class CCTrainer(Trainer):
         """Trainer whose loss is the CC two-pass step (or plain SFT); counts tokens and layer choices."""
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, nonfinite_patience: int = 0, save_total_limit: int | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.tokens_seen = 0  # non-English (trained) tokens
             self.english_tokens_seen = 0
+            self.tokens_restored = 0  # part of tokens_seen that a resumed run inherited (not trained now)
             self.choice_counts: Counter[int] = Counter()
+            self.nonfinite_patience = nonfinite_patience
+            self.keep_checkpoints = save_total_limit  # rotation is ours: only complete checkpoints count
+            self.saving_to: Path | None = None
+            self._step_nonfinite: torch.Tensor | None = None  # on the device: no sync per micro-batch
+            self._grad_norm: float | torch.Tensor | None = None
+            self._nonfinite_streak = 0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            bad = ~torch.isfinite(loss.detach())
+            self._step_nonfinite = bad if self._step_nonfinite is None else self._step_nonfinite | bad
+            return loss
+
+        def _clip_grad_norm(self, model):
+            self._grad_norm = super()._clip_grad_norm(model)  # pre-clip norm (after the step under DeepSpeed)
+            return self._grad_norm
+
+        def check_finite(self, model) -> None:
+            """Before each optimizer step: a non-finite loss or gradient norm skips the update (its
+            gradients dropped) while the streak is within train.nonfinite_patience, then stops training."""
+            loss_bad = bool(self._step_nonfinite) if self._step_nonfinite is not None else False
+            norm = self._grad_norm
+            norm = float(norm) if norm is not None else None
+            self._step_nonfinite, self._grad_norm = None, None
+            if not loss_bad and (norm is None or math.isfinite(norm)):
+                self._nonfinite_streak = 0
+                return
+            self._nonfinite_streak += 1
+            step = self.state.global_step + 1
+            what = "loss" if loss_bad else f"gradient norm ({norm})"
+            if self._nonfinite_streak > self.nonfinite_patience:
+                raise TrainingDivergedError(
+                    f"training diverged: non-finite {what} at step {step} ({self._nonfinite_streak} step(s) in a row, "
+                    f"train.nonfinite_patience={self.nonfinite_patience}); nothing of this run after its last "
+                    "checkpoint was kept. Lower train.learning_rate or raise train.max_grad_norm's strictness")
+            log.warning("step %d: non-finite %s, update skipped (%d of train.nonfinite_patience=%d)", step, what,
+                        self._nonfinite_streak, self.nonfinite_patience)
+            for param in model.parameters():
+                param.grad = None  # torch optimizers skip parameters without a gradient: no update, no moments
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             self.tokens_seen += int(inputs["attention_mask"].sum())
@@ -187,14 +240,27 @@ def _make_trainer_class():
             # Counters first, so a checkpoint that has its trainer_state.json also has them.
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            run_dir = Path(self._get_output_dir(trial=trial))
+            folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.saving_to = folder
             folder.mkdir(parents=True, exist_ok=True)
+            (folder / COMPLETE).unlink(missing_ok=True)  # re-saving a step: incomplete until done again
             write_json(folder / COUNTERS.format(rank=rank()), self.counters())
-            return super()._save_checkpoint(model, trial)
+            super()._save_checkpoint(model, trial)  # args.save_total_limit is None: no rotation in there
+            _barrier()  # every rank's shards and optimizer states are on disk
+            if self.args.should_save:
+                write_json(folder / COMPLETE, {"step": self.state.global_step})
+                rotate_checkpoints(run_dir, self.keep_checkpoints)
+            self.saving_to = None
 
         def counters(self) -> dict[str, Any]:
             return {"tokens_seen": self.tokens_seen, "english_tokens_seen": self.english_tokens_seen,
                     "choice_counts": {str(k): v for k, v in sorted(self.choice_counts.items())}}
+
+        def tokens_this_run(self) -> int:
+            """Tokens trained by this process since it started (a resumed run's rate must not count the
+            restored tokens against the resumed part's runtime)."""
+            return self.tokens_seen - self.tokens_restored
 
         def restore_counters(self, checkpoint: Path) -> None:
             path = checkpoint / COUNTERS.format(rank=rank())
@@ -204,6 +270,7 @@ def _make_trainer_class():
                 return
             saved = read_json(path)
             self.tokens_seen, self.english_tokens_seen = saved["tokens_seen"], saved["english_tokens_seen"]
+            self.tokens_restored = self.tokens_seen
             self.choice_counts = Counter({int(k): v for k, v in saved["choice_counts"].items()})
 
         def _save(self, output_dir=None, state_dict=None):
@@ -255,11 +322,16 @@ def _make_log_callback(run, trainer_ref: dict):
     from transformers import TrainerCallback
 
     class TrackingCallback(TrainerCallback):
-        """Forwards the Trainer's logs (loss, lr, grad norm) plus tokens/s to MLflow and the log."""
+        """Forwards the Trainer's logs (loss, lr, grad norm) plus tokens/s to MLflow and the log;
+        stops a diverged run before its update is applied."""
 
         def __init__(self):
             self.last_time = None
             self.last_tokens = 0
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            trainer = trainer_ref["trainer"]
+            trainer.check_finite(trainer.model)
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.last_time = time.perf_counter()
@@ -297,6 +369,9 @@ class TrainResult:
     encode: dict[str, int] = field(default_factory=dict)
     layer_choice_counts: dict[str, int] = field(default_factory=dict)
     checkpoint_sha256: str = ""
+    tokens_this_run: int = 0  # trained by this process (after a resume: since the resume); tokens_per_s's numerator
+    tokens_total: int = 0  # trained over the whole training, resumed parts included
+    resumed_from_step: int | None = None
 
 
 def _fingerprint(params: Params, method: str, data_file: Path, base_dir: Path) -> dict[str, Any]:
@@ -328,9 +403,10 @@ def _training_arguments(tp: TrainParams, work_dir: Path, deepspeed_config: dict 
         activation_checkpointing=tp.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if tp.gradient_checkpointing else None,
         logging_steps=tp.logging_steps,
+        logging_nan_inf_filter=False,  # log a NaN loss as NaN (the default logs an average of earlier steps)
         save_strategy="steps",
         save_steps=tp.save_steps,
-        save_total_limit=tp.save_total_limit,
+        save_total_limit=None,  # CCTrainer rotates, counting only complete checkpoints (tp.save_total_limit)
         seed=tp.seed,
         data_seed=tp.seed,
         deepspeed=deepspeed_config,
@@ -359,6 +435,10 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     is_main = rank() == 0
 
     ds_config = resolve_deepspeed(tp.deepspeed)
+    if ds_config is not None and tp.nonfinite_patience:
+        # DeepSpeed applies the update inside backward(): a bad step cannot be skipped after the fact.
+        raise InputError(f"train.nonfinite_patience={tp.nonfinite_patience} needs train.deepspeed=null: under "
+                         "DeepSpeed a non-finite step cannot be skipped (set train.nonfinite_patience=0)")
     if ds_config is not None:
         init_distributed_for_deepspeed()
     records = read_records(data_file)
@@ -386,10 +466,12 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     if method == "cc":
         model = CCTuningModel(model, inject_layer=tp.inject_layer, decision_mode=tp.decision_mode,
                               gumbel_tau=tp.gumbel_tau, detach_english=tp.detach_english,
-                              arch_map=params.model.arch_map)
+                              arch_map=params.model.arch_map, decision_maker_init=tp.decision_maker_init)
 
-    # Only now, with the input checked, may a fresh start discard the old checkpoints.
+    # Only now, with the input checked, may a fresh start discard the old checkpoints (and close the
+    # killed run that made them, which MLflow would otherwise show RUNNING forever).
     if is_main and resume_from is None and work_dir.exists():
+        _end_stale_run(tracker, read_run_id(work_dir))
         shutil.rmtree(work_dir)
     _barrier()
     if is_main:
@@ -411,26 +493,30 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
             model=model, args=args, train_dataset=FeatureDataset(features),
             data_collator=CCCollator(pad_token_id(tokenizer)), processing_class=tokenizer,
             callbacks=[_make_log_callback(run, trainer_ref)],
+            nonfinite_patience=tp.nonfinite_patience, save_total_limit=tp.save_total_limit,
         )
         trainer_ref["trainer"] = trainer
         if resume_from:
-            log.info("resuming from %s", resume_from)
             trainer.restore_counters(resume_from)
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with _disk_errors(lambda: trainer.saving_to or work_dir):
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         (model.model if method == "cc" else model).config.use_cache = True  # the saved model generates with a cache
         partial = out.parent / f".{out.name}.partial"
         if is_main and partial.exists():
             shutil.rmtree(partial)
         _barrier()
-        trainer.save_model(str(partial))  # every rank: ZeRO-3 gathers the full weights collectively
+        with _disk_errors(lambda: partial):
+            trainer.save_model(str(partial))  # every rank: ZeRO-3 gathers the full weights collectively
         _barrier()
         history = [h for h in trainer.state.log_history if "loss" in h]
-        runtime = float(output.metrics.get("train_runtime", 0.0))
-        tokens, choices = _totals_over_ranks(trainer, model.num_layers if method == "cc" else 0, args.device)
+        runtime = float(output.metrics.get("train_runtime", 0.0))  # this process's part of the run
+        tokens, tokens_total, choices = _totals_over_ranks(trainer, model.num_layers if method == "cc" else 0,
+                                                           args.device)
         result = TrainResult(
             method=method, out_dir=str(out), steps=trainer.state.global_step,
             final_loss=history[-1]["loss"] if history else None, train_runtime_s=runtime,
-            tokens_per_s=tokens / runtime if runtime else 0.0,
+            tokens_per_s=tokens / runtime if runtime else 0.0, tokens_this_run=tokens, tokens_total=tokens_total,
+            resumed_from_step=_step_of(resume_from),
             run_id=run.run_id, encode=asdict(stats),
             layer_choice_counts={f"layer_{k:02d}": v for k, v in sorted(choices.items())},
         )
@@ -470,24 +556,27 @@ def check_tokenizer_matches(tokenizer, model, base_dir: Path) -> None:
                     base_dir, len(tokenizer), rows)
 
 
-def _totals_over_ranks(trainer, num_layers: int, device) -> tuple[int, Counter]:
-    """Trained tokens and layer choices summed over all processes (each rank counts its own batches)."""
+def _totals_over_ranks(trainer, num_layers: int, device) -> tuple[int, int, Counter]:
+    """(tokens trained by this process's run, tokens of the whole training, layer choices of the whole
+    training), summed over all ranks. A resumed run's rate divides only the first by its own runtime."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return trainer.tokens_seen, trainer.choice_counts
-    counts = torch.zeros(num_layers + 1, dtype=torch.long, device=device)
-    counts[0] = trainer.tokens_seen
+        return trainer.tokens_this_run(), trainer.tokens_seen, trainer.choice_counts
+    counts = torch.zeros(num_layers + 2, dtype=torch.long, device=device)
+    counts[0], counts[1] = trainer.tokens_this_run(), trainer.tokens_seen
     for layer, count in trainer.choice_counts.items():
-        counts[layer + 1] = count
+        counts[layer + 2] = count
     dist.all_reduce(counts)
-    return int(counts[0]), Counter({i: int(c) for i, c in enumerate(counts[1:].tolist()) if c})
+    return int(counts[0]), int(counts[1]), Counter({i: int(c) for i, c in enumerate(counts[2:].tolist()) if c})
 
 
 def _write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: Path, method: str) -> None:
     metrics = {"method": method, "steps": result.steps, "final_loss": result.final_loss,
                "first_loss": history[0]["loss"] if history else None,
                "train_runtime_s": round(result.train_runtime_s, 3), "tokens_per_s": round(result.tokens_per_s, 2),
+               "tokens_this_run": result.tokens_this_run, "tokens_total": result.tokens_total,
+               "resumed_from_step": result.resumed_from_step, "checkpoint_sha256": result.checkpoint_sha256,
                "examples": result.encode.get("kept", 0), "dropped_truncated": result.encode.get("dropped_truncated", 0),
                "layer_choice_counts": result.layer_choice_counts}
     write_json(metrics_dir / f"train_{method}.json", metrics)
@@ -495,19 +584,92 @@ def _write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: 
                [{"step": h["step"], "loss": h["loss"]} for h in history])  # a DVC plot
 
 
-def _resume_point(work_dir: Path, fingerprint: dict[str, str]) -> Path | None:
-    """The last Trainer checkpoint, if it was made with the same params, data and base model."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _step_of(checkpoint: Path | None) -> int | None:
+    return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else None
 
+
+def _checkpoints(work_dir: Path) -> list[tuple[int, Path, bool]]:
+    """(step, folder, complete) of every ``checkpoint-N`` folder, oldest first."""
+    found = []
+    for folder in work_dir.glob("checkpoint-*") if work_dir.is_dir() else []:
+        step = folder.name.rsplit("-", 1)[-1]
+        if folder.is_dir() and step.isdigit():
+            found.append((int(step), folder, (folder / COMPLETE).is_file()))
+    return sorted(found)
+
+
+def rotate_checkpoints(work_dir: Path, keep: int | None) -> None:
+    """Keep the newest ``keep`` complete checkpoints; an incomplete one older than the newest complete
+    one is a leftover and goes too. Never deletes the only complete checkpoint for a newer incomplete one."""
+    checkpoints = _checkpoints(work_dir)
+    complete = [c for c in checkpoints if c[2]]
+    if not complete:
+        return
+    newest = complete[-1][0]
+    doomed = complete[:-keep] if keep else []
+    doomed += [c for c in checkpoints if not c[2] and c[0] < newest]
+    for _, folder, _ in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _resume_point(work_dir: Path, fingerprint: dict[str, str]) -> Path | None:
+    """The newest complete Trainer checkpoint, if it was made with the same params, data and base model.
+    Incomplete checkpoints (cut short by a kill or a full disk) are named, skipped and removed."""
     if not work_dir.is_dir():
         log.info("no checkpoint to resume from in %s: starting fresh", work_dir)
         return None
     saved = work_dir / FINGERPRINT
-    if saved.is_file() and json.loads(saved.read_text()) != fingerprint:
+    try:
+        same = json.loads(saved.read_text()) == fingerprint if saved.is_file() else True
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        same = False
+    if not same:
         log.warning("checkpoints in %s were made with other params/data: starting fresh", work_dir)
         return None
-    last = get_last_checkpoint(str(work_dir))
-    return Path(last) if last else None
+    checkpoints = _checkpoints(work_dir)
+    complete = [folder for _, folder, done in checkpoints if done]
+    for _, folder, done in checkpoints:
+        if not done:
+            log.warning("skipping incomplete checkpoint %s (its save was cut short); removing it", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    if not complete:
+        log.info("no complete checkpoint in %s: starting fresh", work_dir)
+        return None
+    log.info("resuming from %s, the newest complete checkpoint", complete[-1])
+    return complete[-1]
+
+
+def _end_stale_run(tracker, run_id: str | None) -> None:
+    """Mark the MLflow run of a killed training KILLED when a fresh start abandons its checkpoints."""
+    if not run_id:
+        return
+    client = tracker._connect()
+    if client is None:
+        return
+    found = tracker.find_run(client, run_id)
+    if found is not None and found.info.status == "RUNNING":
+        try:
+            client.set_terminated(run_id, status="KILLED")
+            log.info("MLflow run %s of the abandoned checkpoints marked KILLED", run_id)
+        except Exception as err:  # noqa: BLE001 - tracking must not stop training (on_unavailable=skip)
+            log.warning("could not mark MLflow run %s KILLED: %s", run_id, err)
+
+
+_DISK_FULL_SIGNS = ("No space left", "inline_container", "file write failed", "Disk quota exceeded")
+
+
+@contextlib.contextmanager
+def _disk_errors(where):
+    """A failed write (full disk: ENOSPC, or torch's ``[enforce fail at inline_container.cc]``) becomes one
+    line naming the folder being written; the incomplete checkpoint is skipped by the next resume."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        text = str(err)
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(s in text for s in _DISK_FULL_SIGNS):
+            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+            raise CheckpointWriteError(f"{where()}: writing failed (disk full?): {first[:200]}") from None
+        raise
 
 
 def _barrier() -> None:

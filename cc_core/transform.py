@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cc_core.config import FitParams
-from cc_core.io import InputError, atomic_dir, dir_sha256, read_json, write_json
+from cc_core.io import InputError, atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 TRANSFORM_FILE = "transform.safetensors"
@@ -156,6 +156,16 @@ class TransformMatrix:
     def hidden_size(self) -> int:
         return self.matrix.shape[-1]
 
+    def check_model(self, where, hidden_size: int | None = None, num_layers: int | None = None) -> None:
+        """A matrix that cannot fit the model (another d, another layer count) is a clear error."""
+        matrix = self.matrix
+        if hidden_size is not None and tuple(matrix.shape[-2:]) != (hidden_size, hidden_size):
+            raise TransformShapeError(f"{where}: the matrix is {matrix.shape[-2]}×{matrix.shape[-1]} but the model's "
+                                      f"hidden size is {hidden_size}: it was fitted for another model")
+        if num_layers is not None and matrix.dim() == 3 and matrix.shape[0] != num_layers:
+            raise TransformShapeError(f"{where}: {matrix.shape[0]} per-layer matrices but the model has "
+                                      f"{num_layers} layers")
+
     def _params_for(self, lang: str | None):
         if lang is not None and lang in self.per_language:
             return self.per_language[lang]
@@ -200,14 +210,11 @@ def load_transform(path: str | Path, hidden_size: int | None = None, num_layers:
     if "matrix" not in tensors:
         raise InputError(f"{path}: not a Transform Matrix file (no 'matrix' tensor)")
     matrix = tensors["matrix"]
-    if hidden_size is not None and tuple(matrix.shape[-2:]) != (hidden_size, hidden_size):
-        raise TransformShapeError(f"{path}: the matrix is {matrix.shape[-2]}×{matrix.shape[-1]} but the model's "
-                                  f"hidden size is {hidden_size}: it was fitted for another model")
-    if num_layers is not None and matrix.dim() == 3 and matrix.shape[0] != num_layers:
-        raise TransformShapeError(f"{path}: {matrix.shape[0]} per-layer matrices but the model has {num_layers} layers")
     per_language = {key.split(".", 1)[1]: (tensor, tensors.get(f"bias.{key.split('.', 1)[1]}"))
                     for key, tensor in tensors.items() if key.startswith("matrix.")}
-    return TransformMatrix(matrix, tensors.get("bias"), per_language, meta)
+    transform = TransformMatrix(matrix, tensors.get("bias"), per_language, meta)
+    transform.check_model(path, hidden_size, num_layers)
+    return transform
 
 
 # --- fit quality ---------------------------------------------------------------------------------------
@@ -360,7 +367,9 @@ def fit(params: FitParams, activations_dir: str | Path = "activations", out_dir:
     if model_dir and not Path(model_dir).is_dir():
         raise InputError(f"{model_dir}: no such model directory (the CC checkpoint the activations were "
                          "collected from; it is checked against their model hash)")
-    expected = dir_sha256(model_dir, "*.safetensors") if model_dir else None
+    from cc_core.lineage import checkpoint_sha256
+
+    expected = checkpoint_sha256(model_dir) if model_dir else None
     read_index(activations_dir, expected)
     transform, report = fit_transform(params, activations_dir)
     summary = report["summary"]

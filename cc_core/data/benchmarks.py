@@ -150,8 +150,9 @@ def load_authors_layout(spec: BenchmarkSpec, root: Path, lang: str, limit: int |
     return items[:limit] if limit else items
 
 
-# Prompt templates for the hub loader: the authors' English wording; the other languages'
-# wording is in cc_core/data/hub_templates.py.
+# Prompt templates for the hub loader: the authors' English prompts, byte for byte (checked against
+# every prompt of ../shared/benchmarks by tests/unit/test_hub_prompts_match_authors.py); the other
+# languages' wording is in cc_core/data/hub_templates.py.
 HUB_TEMPLATES: dict[str, str] = {
     "XNLI": ("Premise: {premise}\nHypothesis: {hypothesis}\n\nWhat do you think is the relationship between "
              "the premise and the hypothesis?\n\n(1) Entail \n(2) Neutral\n(3) Contradict\n\n"
@@ -160,8 +161,8 @@ HUB_TEMPLATES: dict[str, str] = {
                     "ending of the given story.\nYour answer:"),
     "MMMLU": ("Please answer the following multiple choice question.\n\n{question}\n(A) {A}\n(B) {B}\n(C) {C}\n"
               "(D) {D}\n\nIf you have to choose one of these options, your answer would be:"),
-    "XQuAD": ("Please answer these questions only based on the given context.\n\nContext: {context}\n\n"
-              "Question: {question}\n\nAnswer:"),
+    "XQuAD": ("Please answer these questions only based on the given context.\n\nContext: {context}\n"
+              "Question: {question}\n\nYour answer:"),
     "MKQA": "Please answer the following question.\n\n{question}\n\nYour answer:",
     "XLSum": "Please summarize the following content into one sentence.\n{title}\n{text}",
 }
@@ -188,7 +189,8 @@ def _hub_rows(spec: BenchmarkSpec, lang: str) -> list[tuple[str, Any]]:
         return [(template.format(premise=r["premise"], hypothesis=r["hypothesis"]), str(r["label"] + 1)) for r in rows]
     if spec.name == "XStoryCloze":
         rows = datasets.load_dataset(spec.hub_id, lang, split="eval", revision=PARQUET_REVISION)
-        return [(template.format(story=" ".join(r[f"input_sentence_{i}"] for i in range(1, 5)),
+        # The authors join the four sentences with nothing between them ("...in 2011.I was..."): byte-equal prompts.
+        return [(template.format(story="".join(r[f"input_sentence_{i}"] for i in range(1, 5)),
                                  ending1=r["sentence_quiz1"], ending2=r["sentence_quiz2"]),
                  str(r["answer_right_ending"])) for r in rows]
     if spec.name == "MMMLU":

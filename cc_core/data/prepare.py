@@ -51,6 +51,16 @@ def split_records(records: list[Record], num_pairs: int, seed: int) -> tuple[lis
     return train, pairs
 
 
+def sample_pairs_from_train(records: list[Record], num_pairs: int, seed: int) -> tuple[list[Record], list[Record]]:
+    """The reference's Transform pairs: a seeded sample *of the training set* (they stay in it)."""
+    rng = random.Random(seed)
+    ordered = sorted(records, key=lambda r: r.id)
+    pairs = rng.sample(ordered, min(num_pairs, len(ordered)))
+    train = list(ordered)
+    rng.shuffle(train)
+    return train, pairs
+
+
 def prepare(params: DataParams, out_dir: str | Path = "data/prepared") -> PrepareResult:
     report = load_source(params.source, params.languages, params.on_bad_record, params.hub_columns)
     if report.skipped:
@@ -58,7 +68,10 @@ def prepare(params: DataParams, out_dir: str | Path = "data/prepared") -> Prepar
                     report.skipped, "; ".join(report.problems[:3]))
     if not report.records:
         raise InputError(f"{params.source}: no usable records (languages filter: {params.languages or 'all'})")
-    train, pairs = split_records(report.records, params.num_pairs, params.seed)
+    if params.pairs_from == "train":
+        train, pairs = sample_pairs_from_train(report.records, params.num_pairs, params.seed)
+    else:
+        train, pairs = split_records(report.records, params.num_pairs, params.seed)
     if params.max_train_records:
         train = train[: params.max_train_records]
     if not train:

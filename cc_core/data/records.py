@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 BUNDLED_SFT_DIR = Path(__file__).parent / "bundled" / "sft"
 FIELDS = ("id", "lang", "instruction", "output", "instruction_en")
+# ISO 639 "undetermined": the reference format's records need no language (the authors' Aya file has
+# none, and Aya spans languages beyond the 22 evaluated). The method does not need it; per-language
+# statistics, pair balancing and fit.per_language treat "und" as one more language.
+UNDETERMINED = "und"
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ def validate_record(raw: Any, where: str) -> Record:
         if not value.strip():
             raise InputError(f"{where}: field {key!r} is empty")
     lang = raw["lang"].strip().lower()
-    if lang not in LANGUAGES:
+    if lang not in LANGUAGES and lang != UNDETERMINED:
         raise InputError(f"{where}: unknown language code {raw['lang']!r}; valid: {' '.join(NON_ENGLISH)}")
     if lang == "en":
         raise InputError(f"{where}: lang 'en': records must be non-English (the English side is instruction_en)")
@@ -133,12 +137,8 @@ def _reference_items(path: Path) -> Iterator[tuple[str, Any]]:
         if isinstance(raw, dict):
             raw = dict(raw)
             if "lang" not in raw:
-                if stem_lang not in LANGUAGES:
-                    raise InputError(
-                        f"{where}: no 'lang' field and the file name {path.name!r} does not end in a "
-                        "language code (e.g. aya_de.json)"
-                    )
-                raw["lang"] = stem_lang
+                # a language from the file name (aya_de.json), else undetermined (the authors' file)
+                raw["lang"] = stem_lang if stem_lang in LANGUAGES else UNDETERMINED
             raw.setdefault("id", f"{path.stem}-{index:06d}")
         yield where, raw
 

@@ -206,6 +206,20 @@ def load_model_dir(path: str | Path, dtype=torch.float32, trust_remote_code: boo
         raise ModelSourceError(f"{path}: no model here (run the stage that writes it first)")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    check_finite_weights(model, path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint holds NaN or inf weights (a diverged training): no stage may use it."""
+
+
+@torch.no_grad()
+def check_finite_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Refuse a model with any NaN/inf parameter, naming the first one (one pass over the weights)."""
+    for name, param in model.named_parameters():
+        if param.device.type != "meta" and param.numel() and not bool(torch.isfinite(param).all()):
+            raise NonFiniteWeightsError(f"{path}: weight {name!r} contains NaN or inf (a diverged training?); "
+                                        "retrain this model before using it")

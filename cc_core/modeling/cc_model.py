@@ -41,15 +41,21 @@ class CCTuningModel(nn.Module):
     accepts_loss_kwargs = True
 
     def __init__(self, model: nn.Module, decision_maker: DecisionMaker | None = None, inject_layer: int = 0,
-                 decision_mode: str = "gumbel", gumbel_tau: float = 1.0, detach_english: bool = False,
-                 arch_map: ArchMap | dict | None = None) -> None:
+                 decision_mode: str = "gumbel", gumbel_tau: float = 1.0, detach_english: bool = True,
+                 arch_map: ArchMap | dict | None = None, decision_maker_init: str = "model") -> None:
+        """``decision_maker_init`` (a new Decision Maker only): ``model`` = normal(0, the model's
+        ``initializer_range``), the reference's effective init; ``linear`` = ``nn.Linear``'s default."""
         super().__init__()
         self.model = model
         self.paths = arch_paths(model, arch_map)
         num_layers = len(decoder_layers(model, self.paths))
-        hidden = model.config.get_text_config().hidden_size
+        text_config = model.config.get_text_config()
+        hidden = text_config.hidden_size
         if decision_maker is None:
-            decision_maker = DecisionMaker(hidden, num_layers, gumbel_tau)
+            if decision_maker_init not in ("model", "linear"):
+                raise ValueError(f"decision_maker_init={decision_maker_init!r}; valid: model, linear")
+            std = getattr(text_config, "initializer_range", 0.02) if decision_maker_init == "model" else None
+            decision_maker = DecisionMaker(hidden, num_layers, gumbel_tau, init_std=std)
             decision_maker.to(device=model.device, dtype=next(model.parameters()).dtype)
         self.decision_maker = decision_maker
         self.inject_layer = inject_layer
@@ -71,7 +77,8 @@ class CCTuningModel(nn.Module):
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
         """Gradient checkpointing of the base model (the Trainer calls this).
 
-        Non-reentrant, so gradients reach the captured English activations.
+        Non-reentrant by default, so gradients reach the captured English activations when
+        ``detach_english`` is off (reentrant checkpointing would silently detach them).
         """
         ckpt_kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
         self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
@@ -80,8 +87,16 @@ class CCTuningModel(nn.Module):
 
     def english_activations(self, en_input_ids: torch.Tensor, en_attention_mask: torch.Tensor,
                             en_anchor: torch.Tensor) -> torch.Tensor:
-        acts = capture_ffn(self.model, en_input_ids, en_attention_mask, en_anchor, paths=self.paths)
-        return acts.detach() if self.detach_english else acts
+        """FFN outputs at the English anchor, ``[B, L, d]``.
+
+        ``detach_english`` (default) is the authors' effective computation: under their reentrant
+        gradient checkpointing the English pass ran without autograd. Running it under ``no_grad``
+        gives the same loss and gradients, and skips the English pass's graph and its backward.
+        """
+        if self.detach_english:
+            with torch.no_grad():
+                return capture_ffn(self.model, en_input_ids, en_attention_mask, en_anchor, paths=self.paths)
+        return capture_ffn(self.model, en_input_ids, en_attention_mask, en_anchor, paths=self.paths)
 
     def anchor_embeds(self, input_ids: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         """The hidden state entering layer 0 at the anchor (embedding, scaled where the model scales it)."""

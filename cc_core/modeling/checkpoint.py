@@ -102,7 +102,11 @@ def load_cc_checkpoint(path: str | Path, dtype=torch.float32, device: str | torc
     base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     decision = DecisionMaker(meta["hidden_size"], meta["num_layers"], meta["gumbel_tau"])
     decision.load_state_dict(load_file(str(Path(path) / DM_WEIGHTS)))
-    decision.to(device=device, dtype=dtype)
+    decision.to(device=device, dtype=torch.float32)  # float32 whatever the model's dtype (METHOD.md, Inference)
+    from cc_core.modeling.base import check_finite_weights
+
+    check_finite_weights(base, path)
+    check_finite_weights(decision, Path(path) / DM_WEIGHTS)
     model = CCTuningModel(base, decision, meta["inject_layer"], meta["decision_mode_train"], meta["gumbel_tau"],
                           meta["detach_english"], arch_map=meta["arch_map"])
     tokenizer = AutoTokenizer.from_pretrained(path)

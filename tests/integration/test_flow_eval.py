@@ -1,5 +1,6 @@
-"""The Prefect evaluation fan-out: a language that keeps failing is retried, then reported,
-and the other languages' results are still written (Prefect's local test harness)."""
+"""The Prefect evaluation fan-out (in-process backend): a language that keeps failing is retried,
+then reported, and the other languages' results are still written; bad data is not retried; a
+benchmark whose every language failed loses its previous outputs (Prefect's local test harness)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def test_failing_language_is_retried_then_reported(tmp_path, monkeypatch):
         calls[lang] = calls.get(lang, 0) + 1
         if lang == "hi":
             raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+        if benchmark == "XLSum":
+            raise evaluate.InputError(f"bench/{benchmark}/split_sample/{lang}.json:1: malformed JSON (simulated)")
         summary = {"benchmark": benchmark, "lang": lang, "n": 1, "metric": "accuracy", "score": 100.0,
                    "unparsed": 0, "empty": 0}
         return evaluate.LangResult(lang, summary, [{"id": f"{benchmark}-{lang}-0", "score": 1.0}])
@@ -42,14 +45,24 @@ def test_failing_language_is_retried_then_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(flow_module.eval_language_task, "retry_delay_seconds", 0)
     pipeline = flow_module.PipelineParameters(project_dir=str(tmp_path), overrides=["tracking.enabled=false"],
                                               methods=["base"])
-    plan = [("base", "XNLI", lang) for lang in ("ar", "hi", "zh")] + [("base", "XLSum", "ru")]
+    (tmp_path / "eval/base/XLSum").mkdir(parents=True)  # a previous run's outputs of a benchmark that now fails
+    (tmp_path / "eval/base/XLSum/ar.jsonl").write_text("{}\n")
+    (tmp_path / "metrics/eval/base").mkdir(parents=True)
+    (tmp_path / "metrics/eval/base/XLSum.json").write_text("{}\n")
+    plan = [("base", "XNLI", lang) for lang in ("ar", "hi", "zh")] + [("base", "XLSum", "ru"),
+                                                                       ("base", "XStoryCloze", "sw")]
     with prefect_test_harness():
         results = flow_module.evaluate_all(pipeline, plan)
-    assert calls == {"ar": 1, "hi": 3, "zh": 1, "ru": 1}  # 1 try + 2 retries for the failing one
+    assert calls == {"ar": 1, "hi": 3, "zh": 1, "ru": 1, "sw": 1}  # 1 try + 2 retries; bad data: no retry
     assert loads == [("base", "cpu")]  # the device kept its model: loaded once, not once per task
     xnli = json.loads((tmp_path / "metrics/eval/base/XNLI.json").read_text())
     assert set(xnli["languages"]) == {"ar", "zh"} and "hi" in xnli["failed_languages"]
     assert "illegal memory access" in xnli["failed_languages"]["hi"]
     assert (tmp_path / "eval/base/XNLI/zh.jsonl").is_file() and not (tmp_path / "eval/base/XNLI/hi.jsonl").exists()
-    assert json.loads((tmp_path / "metrics/eval/base/XLSum.json").read_text())["languages"]["ru"]["score"] == 100.0
-    assert set(results) == {"base/XNLI", "base/XLSum"}
+    assert json.loads((tmp_path / "metrics/eval/base/XStoryCloze.json").read_text())["languages"]["sw"]["score"] == 100.0
+    # every language of XLSum failed: its previous outputs are gone, not left looking current
+    assert not (tmp_path / "metrics/eval/base/XLSum.json").exists() and not (tmp_path / "eval/base/XLSum").exists()
+    assert set(results["benchmarks"]) == {"base/XNLI", "base/XStoryCloze"} and results["removed"] == ["base/XLSum"]
+    assert set(results["failed"]) == {"base/XNLI/hi", "base/XLSum/ru"}
+    assert results["complete"] == ["eval@base-XStoryCloze"]  # only these may be recorded in dvc.lock
+    assert results["incomplete"] == ["eval@base-XNLI", "eval@base-XLSum"]

@@ -245,6 +245,7 @@ def test_mlflow_server_registry_round_trip(project, tmp_path):
         assert [(h["alias"], h["version"]) for h in result["history"]] == [
             ("challenger", "1"), ("champion", "1"), ("challenger", "2"), ("challenger", "3"), ("champion", "3")]
         assert result["tags"]["git_commit"] and result["tags"]["avg_XNLI"] == "90.0000"
+        assert result["tags"]["storage"] == "artifacts" and len(result["tags"]["checkpoint_sha256"]) == 64
         assert isinstance(result["prediction"], list) and len(result["prediction"]) == 2
         # a model without evaluation metrics is refused
         empty = tmp_path / "no-metrics"
@@ -257,13 +258,15 @@ def test_mlflow_server_registry_round_trip(project, tmp_path):
 
 _REGISTRY_SCRIPT = """
 import json, mlflow
+import pandas as pd
 mlflow.set_tracking_uri("URI")
 client = mlflow.MlflowClient()
 versions = sorted(v.version for v in client.search_model_versions("name='cc-test'"))
 model = client.get_registered_model("cc-test")
 latest = client.get_model_version("cc-test", "3")
 loaded = mlflow.pyfunc.load_model("models:/cc-test@champion")   # a fresh process
-prediction = loaded.predict(["Quelle est la capitale du Kenya ?", "Was ist 2+2?"])
+prediction = loaded.predict(pd.DataFrame({"prompt": ["Quelle est la capitale du Kenya ?", "Was ist 2+2?"],
+                                          "lang": ["fr", "de"]}))
 print(json.dumps({"versions": versions, "aliases": dict(model.aliases), "history": json.loads(model.tags["alias_history"]),
                   "tags": dict(latest.tags), "prediction": list(prediction)}))
 """

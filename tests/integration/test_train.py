@@ -168,13 +168,14 @@ def test_resume_after_kill_reaches_same_final_loss(workspace):
     reference = _cli(workspace, "train", "--method", "cc", "--out", "models/cc-ref", **settings)
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = json.loads((workspace / "metrics/train_cc.json").read_text())["final_loss"]
+    reference_tokens = json.loads((workspace / "metrics/train_cc.json").read_text())["tokens_total"]
 
     cmd = [sys.executable, "-m", "cc_core.cli", "train", "--method", "cc", "--out", "models/cc-resume"]
     for item in _overrides(workspace, **settings):
         cmd += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=workspace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = workspace / "models/.cc-resume-checkpoints/checkpoint-4/trainer_state.json"
+    checkpoint = workspace / "models/.cc-resume-checkpoints/checkpoint-4/cc_checkpoint_complete.json"
     deadline = time.time() + 300
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -190,6 +191,11 @@ def test_resume_after_kill_reaches_same_final_loss(workspace):
     final = json.loads((workspace / "metrics/train_cc.json").read_text())
     assert final["steps"] == 8
     assert final["final_loss"] == pytest.approx(expected, rel=1e-4)
+    # throughput counts the resumed part's tokens over the resumed part's runtime (it divided all 8
+    # steps' tokens by the last 4 steps' time), and the whole run's tokens match the uninterrupted run
+    assert final["resumed_from_step"] == 4
+    assert final["tokens_total"] == reference_tokens and 0 < final["tokens_this_run"] < final["tokens_total"]
+    assert final["tokens_per_s"] == pytest.approx(final["tokens_this_run"] / final["train_runtime_s"], rel=0.01)
     # the counters came back with the checkpoint: every example of all 8 steps is in the histogram
     assert sum(final["layer_choice_counts"].values()) == 8 * 2
     # one MLflow run holds the whole training, steps before and after the kill
@@ -252,3 +258,115 @@ def test_tokenizer_model_mismatch(workspace, tmp_path):
     _params_file(workspace)
     proc = _cli(workspace, "train", "--method", "sft", "--base", str(small), "--out", "models/bad")
     assert proc.returncode == 2 and "tokenizer and model do not match" in proc.stderr
+
+
+# --- faults that must not pass silently --------------------------------------------------------------------
+
+def test_diverged_training_stops_with_a_clear_error(workspace):
+    _params_file(workspace)
+    proc = _cli(workspace, "train", "--method", "sft", "--out", "models/diverged",
+                **{"train.learning_rate": 1e15, "train.max_steps": 6})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cctune train: error: training diverged: non-finite"), last
+    assert "train.nonfinite_patience=0" in last and "Traceback" not in proc.stderr
+    assert not (workspace / "models/diverged").exists()  # no model with NaN weights to evaluate
+
+
+def test_nonfinite_patience_skips_bad_steps(workspace, monkeypatch, caplog):
+    """One NaN step within the patience: its update is skipped, the weights stay finite."""
+    import cc_core.train as train_module
+
+    make = train_module._make_trainer_class
+
+    def poisoned():
+        base = make()
+
+        class Poisoned(base):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                if self.state.global_step == 1:  # the second step's loss (and gradients) are NaN
+                    return (loss[0] * float("nan"), loss[1]) if return_outputs else loss * float("nan")
+                return loss
+
+        return Poisoned
+
+    monkeypatch.setattr(train_module, "_make_trainer_class", poisoned)
+    with caplog.at_level("WARNING"):
+        result = _train_api(workspace, "sft", "models/sft-patience", **{"train.nonfinite_patience": 1,
+                                                                        "train.max_steps": 3})
+    assert result.steps == 3 and "step 2: non-finite loss, update skipped" in caplog.text
+    model, _ = _load_trained(workspace, "sft", "models/sft-patience")  # loading checks every weight is finite
+    with pytest.raises(train_module.TrainingDivergedError, match="at step 2"):
+        _train_api(workspace, "sft", "models/sft-patience0", **{"train.nonfinite_patience": 0, "train.max_steps": 3})
+
+
+def test_full_disk_during_a_checkpoint_save_is_one_error_and_resume_skips_it(workspace, monkeypatch, caplog):
+    import cc_core.train as train_module
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if "checkpoint-4" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(train_module.CheckpointWriteError) as caught:
+        _train_api(workspace, "sft", "models/sft-disk", **{"train.max_steps": 6})
+    work = workspace / "models/.sft-disk-checkpoints"
+    assert str(caught.value).startswith(f"{work / 'checkpoint-4'}: writing failed (disk full?)")
+    assert (work / "checkpoint-2" / train_module.COMPLETE).is_file()
+    assert not (work / "checkpoint-4" / train_module.COMPLETE).exists()
+    monkeypatch.setattr(torch, "save", real_save)  # space freed
+    params = parse_params({}, overrides=_overrides(workspace, **{"train.max_steps": 6}))
+    with caplog.at_level("INFO"):
+        result = train_module.train(params, "sft", workspace / "models/base", workspace / "data/prepared",
+                                    workspace / "models/sft-disk", workspace / "metrics", resume=True)
+    assert f"skipping incomplete checkpoint {work / 'checkpoint-4'}" in caplog.text
+    assert result.steps == 6 and result.resumed_from_step == 2
+
+
+def _start_and_kill_during_save(root: Path, out: str, settings: dict, step: int) -> Path:
+    """Start training in a child process and SIGKILL it while it saves checkpoint-<step>."""
+    cmd = [sys.executable, "-m", "cc_core.cli", "train", "--method", "sft", "--out", out, "--resume"]
+    for item in _overrides(root, **settings):
+        cmd += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = root / f"models/.{Path(out).name}-checkpoints/checkpoint-{step}"
+    deadline = time.time() + 300
+    while not folder.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)  # the save has only begun: the folder holds a part of the checkpoint
+    proc.wait()
+    assert folder.exists(), "training ended before the checkpoint was started"
+    return folder
+
+
+def test_kill_during_a_checkpoint_save_then_resume_and_fresh_start(workspace):
+    import mlflow
+
+    _params_file(workspace)
+    settings = {"train.max_steps": 6, "train.save_steps": 2, "train.per_device_batch_size": 2}
+    half = _start_and_kill_during_save(workspace, "models/sft-kill", settings, step=4)
+    work = half.parent
+    cut_short = not (half / "cc_checkpoint_complete.json").exists()
+    killed_run = json.loads((work / "mlflow_run.json").read_text())["run_id"]
+    resumed = _cli(workspace, "train", "--method", "sft", "--out", "models/sft-kill", "--resume", **settings)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # before: No such file ... trainer_state.json
+    if cut_short:  # the usual case; a kill can land a few ms late, after the save completed
+        assert "skipping incomplete checkpoint models/.sft-kill-checkpoints/checkpoint-4" in resumed.stderr
+        assert "resuming from models/.sft-kill-checkpoints/checkpoint-2" in resumed.stderr
+    assert json.loads((workspace / "metrics/train_sft.json").read_text())["steps"] == 6
+    client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
+    assert client.get_run(killed_run).info.status == "FINISHED"  # resumed: the same run finished
+    # killed again, then restarted with other params: the abandoned run is closed, not left RUNNING
+    _start_and_kill_during_save(workspace, "models/sft-kill2", settings, step=2)
+    abandoned = json.loads((workspace / "models/.sft-kill2-checkpoints/mlflow_run.json").read_text())["run_id"]
+    assert client.get_run(abandoned).info.status == "RUNNING"
+    fresh = _cli(workspace, "train", "--method", "sft", "--out", "models/sft-kill2", "--resume",
+                 **{**settings, "train.learning_rate": 5e-4, "train.max_steps": 2})
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "other params/data: starting fresh" in fresh.stderr
+    assert client.get_run(abandoned).info.status == "KILLED"

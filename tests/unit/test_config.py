@@ -82,3 +82,28 @@ def test_flat_and_hash_are_stable():
     assert a.flat()["train.learning_rate"] == 1e-5
     assert a.section_hash("train") == b.section_hash("train")
     assert a.section_hash("train") != parse_params({"train": {"seed": 1}}).section_hash("train")
+
+
+def test_paper_profile_sets_every_key_with_its_source():
+    """params.paper.yaml: the same schema as params.yaml, every key present and commented."""
+    import yaml
+
+    from cc_core.config import load_params
+
+    path = REPO / "params.paper.yaml"
+    params = load_params(path)
+    raw = yaml.safe_load(path.read_text())
+    from cc_core.config import parse_params
+
+    for section, keys in parse_params({}).model_dump().items():
+        assert set(raw[section]) == set(keys), section  # nothing left to a default
+    lines = path.read_text().splitlines()
+    for line in lines:
+        if line.startswith("  ") and not line.strip().startswith("#") and ":" in line:
+            assert "#" in line or lines[lines.index(line) + 1].strip().startswith("#"), line
+    assert params.model.chat_template == "llama3-lf" and params.train.detach_english
+    assert params.train.deepspeed == "zero3" and params.train.bf16 and params.train.gradient_checkpointing
+    assert params.eval.protocol == "standard" and params.eval.on_long_prompt == "error"
+    assert params.eval.max_prompt_len is None and params.eval.limit is None and params.eval.langs == []
+    assert params.eval.decision_mode == "gumbel" and params.report.paper_reference
+    assert round(params.data.num_pairs * params.fit.holdout_fraction) == 100  # 1000 pairs fitted

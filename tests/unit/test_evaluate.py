@@ -299,7 +299,8 @@ def test_evaluate_rejects_an_unknown_method(tmp_path):
 
 def test_resolve_langs():
     spec = get_spec("XNLI")
-    assert resolve_langs(spec, "bundled", None, []) == [lang for lang in spec.langs if lang != "en"]
+    # English too when the data has it: the authors evaluate it (and the paper's averages include it)
+    assert resolve_langs(spec, "bundled", None, []) == [lang for lang in spec.langs]
     assert resolve_langs(spec, "bundled", None, ["zh", "ar", "de"]) == ["ar", "zh"]  # intersected, spec order
     assert resolve_langs(spec, "bundled", ["ZH", "en"], ["ar"]) == ["zh", "en"]  # explicit wins
     with pytest.raises(ValueError, match="de") as err:
@@ -366,7 +367,9 @@ def test_report_tables_delta_and_plots(tmp_path, monkeypatch):
         rows = list(csv.DictReader(handle))
     assert {(r["method"], r["benchmark"], r["lang"]) for r in rows} == {
         ("sft", "XNLI", "zh"), ("sft", "XNLI", "avg"), ("cc", "XNLI", "zh"), ("cc", "XNLI", "avg"),
-        ("cc - sft", "XNLI", "zh"), ("cc - sft", "XNLI", "avg")}
+        ("cc - sft", "XNLI", "zh"), ("cc - sft", "XNLI", "avg"),
+        *{(m, "XNLI", key) for m in ("sft", "cc") for key in ("average_paper_langs", "average_non_en")}}
+    assert {r["protocol"] for r in rows if r["method"] in ("cc", "sft")} == {"lenient"}
     zh_cc = next(r for r in rows if r["method"] == "cc" and r["lang"] == "zh")
     assert float(zh_cc["score"]) == 90.0 and zh_cc["n"] == "20" and zh_cc["metric"] == "accuracy"
     # the CSV carries the deltas and their intervals too, per language and pooled
@@ -408,3 +411,51 @@ def test_paired_bootstrap():
     noisy_b = {i: float((k + 1) % 2) if k < 2 else float(k % 2) for k, i in enumerate(ids)}
     noise = paired_bootstrap(noisy_a, noisy_b, samples=1000, confidence=0.95, seed=1)
     assert not noise["significant"] and noise["low"] <= 0 <= noise["high"]
+
+
+def test_report_flags_incomplete_averages_and_sets_the_paper_beside_ours(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    metrics_dir, eval_root, out_dir = tmp_path / "metrics", tmp_path / "eval", tmp_path / "reports"
+    _method_files(metrics_dir, eval_root, "cc", [1.0, 0.0])
+    _method_files(metrics_dir, eval_root, "sft", [0.0, 0.0])
+    path = metrics_dir / "eval" / "cc" / "XNLI.json"
+    data = json.loads(path.read_text())
+    data.update(langs_requested=["ar", "zh", "en"], langs_missing=["ar"], failed_languages={"en": "killed"},
+                average_paper_langs=50.0, paper_langs_evaluated="1/10", average_non_en=50.0, protocol="standard")
+    path.write_text(json.dumps(data))
+    report(_params("report.bootstrap_samples=100", "report.paper_reference=true", "eval.benchmarks=[XNLI]"),
+           metrics_dir, eval_root, out_dir)
+    summary = (out_dir / "summary.md").read_text(encoding="utf-8")
+    assert "| cc | 50.00 † | 50.00 |" in summary  # flagged in the table, not only in the metrics file
+    assert "† cc XNLI: averaged over 1 of 3 languages (missing: ar, en)" in summary
+    assert "| XNLI | cc | 50.00 | 1/10 | 50.00 | 53.06 |" in summary  # the paper's published score beside ours
+    assert "Scoring protocol: lenient, standard" in summary
+    saved = json.loads((metrics_dir / "report.json").read_text())
+    assert saved["incomplete"] == {"cc/XNLI": "averaged over 1 of 3 languages (missing: ar, en)"}
+    # a damaged metrics file is named
+    path.write_text('{"benchmark": "XNLI", "av')
+    with pytest.raises(InputError, match=r"XNLI.json:1: malformed JSON"):
+        report(_params("eval.benchmarks=[XNLI]"), metrics_dir, eval_root, out_dir)
+
+
+def test_write_results_records_lineage_protocol_and_the_paper_averages(tmp_path):
+    from cc_core.evaluate import LangResult, write_results
+
+    def result(lang, score, checkpoint="a" * 64):
+        summary = {"benchmark": "XNLI", "lang": lang, "n": 2, "metric": "accuracy", "protocol": "standard",
+                   "score": score, "unparsed": 0, "empty": 0, "checkpoint_sha256": checkpoint}
+        return LangResult(lang, summary, [{"id": f"XNLI-{lang}-00000", "score": score / 100}])
+
+    params = _params("tracking.enabled=false")
+    results = {"en": result("en", 80.0), "zh": result("zh", 40.0), "ar": result("ar", 60.0)}
+    write_results(params, "sft", "XNLI", results, "none", 1.0, tmp_path / "eval", tmp_path / "m",
+                  requested=["en", "zh", "ar", "sw"], failed={"sw": "worker lost"})
+    saved = json.loads((tmp_path / "m" / "sft" / "XNLI.json").read_text())
+    assert saved["checkpoint_sha256"] == "a" * 64 and saved["protocol"] == "standard"
+    assert saved["average"] == 60.0 and saved["average_non_en"] == 50.0
+    assert saved["average_paper_langs"] == 60.0 and saved["paper_langs_evaluated"] == "3/10"
+    assert saved["langs_missing"] == ["sw"] and saved["failed_languages"] == {"sw": "worker lost"}
+    # languages evaluated with two different checkpoints never mix into one average
+    results["ar"] = result("ar", 60.0, checkpoint="b" * 64)
+    with pytest.raises(InputError, match="different checkpoints"):
+        write_results(params, "sft", "XNLI", results, "none", 1.0, tmp_path / "eval", tmp_path / "m")

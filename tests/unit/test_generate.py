@@ -302,3 +302,72 @@ def test_transform_of_wrong_hidden_size_is_an_error(tiny_factory):
     model, tok = tiny_factory("llama")
     with pytest.raises(TransformShapeError, match="32"):
         Generator(model, tok, _cc(model), _transform(d=32), mode="transform")
+
+
+# --- the paper's inference: seeded Gumbel, float32 choice, no truncation ------------------------------
+
+def test_gumbel_inference_is_seeded_per_prompt_and_batch_independent(lively_factory):
+    model, tok = lively_factory("llama")
+    cc, matrix = _cc(model), _transform()
+    with torch.no_grad():
+        cc.decision_maker.proj.weight.mul_(1e-4)  # near-equal scores: the Gumbel noise decides
+
+    def choices(seed: int, batch_size: int) -> list[int]:
+        gen = Generator(model, tok, cc, matrix, mode="transform", decision_mode="gumbel", seed=seed,
+                        batch_size=batch_size, max_new_tokens=2)
+        return [g.chosen_layer for g in gen.generate(PROMPTS * 4, LANGS * 4)]
+
+    first = choices(seed=7, batch_size=16)
+    assert choices(seed=7, batch_size=3) == first  # reproducible, whatever the batching
+    assert first[:4] == first[4:8]  # the same prompt under the same seed: the same noise
+    others = [choices(seed=s, batch_size=16) for s in (8, 9, 10)]
+    assert any(o != first for o in others)  # the noise really depends on the seed
+    argmax = [g.chosen_layer for g in Generator(model, tok, cc, matrix, mode="transform",
+                                                max_new_tokens=2).generate(PROMPTS * 4, LANGS * 4)]
+    assert argmax[:4] == argmax[4:8]
+
+
+def test_choice_is_float32_under_a_bf16_model(tiny_factory, tmp_path):
+    """The matrix and the Decision Maker run in float32 whatever the model's dtype: on this fixture
+    bf16 arithmetic (the Decision Maker cast to the model's dtype, as before) picks the other layer."""
+    from cc_core.modeling import load_cc_checkpoint, save_cc_checkpoint
+
+    model, tok = tiny_factory("llama")
+    cc = CCTuningModel(model)
+    with torch.no_grad():  # scores s0 - s1 = (1.0039 - 1.0) - (1.00395 - 1.0037) > 0 in float32;
+        weight = torch.zeros_like(cc.decision_maker.proj.weight)  # bf16 rounds 1.0039 -> 1.0, 1.00395 -> 1.0078
+        weight[0, :2] = torch.tensor([1.0039, 1.00395])
+        weight[1, :2] = torch.tensor([1.0, 1.0037])
+        cc.decision_maker.proj.weight.copy_(weight)
+    save_cc_checkpoint(cc, tmp_path / "cc", tok)
+    loaded, _ = load_cc_checkpoint(tmp_path / "cc", dtype=torch.bfloat16)
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    assert loaded.decision_maker.proj.weight.dtype == torch.float32
+    acts = torch.zeros(1, 2, D, dtype=torch.bfloat16)
+    acts[0, :, 0], acts[0, :, 1] = 1.0, -1.0
+    embeds = torch.zeros(1, D, dtype=torch.bfloat16)
+    identity = TransformMatrix(torch.eye(D), None, {}, {})
+    # precondition: the old bf16 path flips the choice
+    bf16_dm = torch.nn.Linear(D, 2, bias=False).to(torch.bfloat16)
+    bf16_dm.weight.data.copy_(weight.to(torch.bfloat16))
+    assert int(bf16_dm((acts @ identity.matrix.to(torch.bfloat16)).mean(1) + embeds).argmax()) == 1
+    reference = int((((acts.float() @ identity.matrix).mean(1) + embeds.float()) @ weight.T).argmax())
+    assert reference == 0
+    generator = Generator(loaded.model, tok, loaded, identity, mode="transform")
+    _, choice = generator.select(identity.apply(acts.float(), ["de"]), embeds)
+    assert int(choice.argmax()) == reference
+
+
+def test_prompt_over_the_context_is_an_error_naming_the_item(lively_factory):
+    from cc_core.generate import PromptTooLongError
+
+    model, tok = lively_factory("llama")
+    strict = Generator(model, tok, max_prompt_len=None, on_long_prompt="error", max_new_tokens=40)
+    context = model.config.max_position_embeddings
+    assert strict.max_prompt_len == context - 40  # no max_prompt_len: the model's context
+    strict.check_prompt_lengths(PROMPTS, ["a", "b", "c", "d"])  # short prompts pass
+    huge = "word " * (context + 10)
+    with pytest.raises(PromptTooLongError, match=r"^XLSum-ar-00007: the prompt has \d+ tokens, over the limit of 2008"):
+        strict.check_prompt_lengths(["ok", huge], ["XLSum-ar-00006", "XLSum-ar-00007"])
+    with pytest.raises(ValueError, match="valid: truncate, error"):
+        Generator(model, tok, on_long_prompt="cut")

@@ -367,3 +367,63 @@ def test_damaged_cc_metadata_is_a_clear_error(tmp_path, tiny_factory):
     meta.unlink()  # a write cut short leaves no marker: the directory is not a checkpoint
     with pytest.raises(NotACCCheckpointError, match="not a CC-Tuning checkpoint"):
         load_cc_checkpoint(out)
+
+
+def _loss_and_grads(cc, batch, seed: int):
+    torch.manual_seed(seed)  # the same Gumbel noise in every run compared
+    out = cc(**batch)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in cc.named_parameters() if p.grad is not None}
+    return out.loss.detach(), out.choice, grads
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_detached_default_equals_the_authors_reentrant_checkpointing(tiny_factory, arch):
+    """METHOD.md, Training step 1: the authors' code does not detach the English pass, but their
+    reentrant gradient checkpointing runs it without autograd. Our default (detach_english=True,
+    no checkpointing) must give their loss and gradients; letting gradients flow must differ."""
+    base, tok = tiny_factory(arch, seed=5)
+    batch = _cc_batch(tok)
+    runs = {}
+    for name, detach, reentrant in (("default", True, False), ("authors", False, True), ("flowing", False, False)):
+        model = copy.deepcopy(base).train()
+        torch.manual_seed(1)  # the same Decision Maker init in every run
+        cc = CCTuningModel(model, decision_mode="gumbel", detach_english=detach)
+        if reentrant:
+            cc.gradient_checkpointing_enable({"use_reentrant": True})
+            assert all(layer.gradient_checkpointing for layer in decoder_layers(model, cc.paths))
+        runs[name] = _loss_and_grads(cc, batch, seed=2)
+    (loss_d, choice_d, grads_d), (loss_a, choice_a, grads_a) = runs["default"], runs["authors"]
+    torch.testing.assert_close(choice_d, choice_a)
+    torch.testing.assert_close(loss_d, loss_a, rtol=1e-6, atol=1e-6)
+    assert grads_d.keys() == grads_a.keys() and len(grads_d) > 10
+    for name in grads_d:
+        torch.testing.assert_close(grads_d[name], grads_a[name], rtol=1e-5, atol=1e-6, msg=name)
+    # the option: the same loss (the forward is the same), but the English pass adds gradient
+    loss_f, _, grads_f = runs["flowing"]
+    torch.testing.assert_close(loss_f, loss_d, rtol=1e-6, atol=1e-6)
+    differing = [n for n in grads_d if not torch.allclose(grads_d[n], grads_f[n], rtol=1e-4, atol=1e-7)]
+    assert differing, "gradients through the English pass changed nothing"
+
+
+def test_decision_maker_init_matches_the_reference_model_init(tiny_factory):
+    """The reference's Decision Maker weight is missing from the base checkpoint, so the model's
+    _init_weights draws it from normal(0, initializer_range); nn.Linear's default is narrower."""
+    import math
+
+    model, _ = tiny_factory("llama")
+    model.config.initializer_range = 0.02
+    big = DecisionMaker(4096, 32, init_std=0.02)
+    assert abs(big.proj.weight.std().item() - 0.02) < 0.0005
+    assert abs(big.proj.weight.mean().item()) < 0.0005
+    linear = DecisionMaker(4096, 32)  # nn.Linear: uniform(±1/sqrt(d)), std = 1/sqrt(3d)
+    assert abs(linear.proj.weight.std().item() - 1 / math.sqrt(3 * 4096)) < 0.0005
+    torch.manual_seed(0)
+    cc = CCTuningModel(model)  # default: the model's own initializer_range
+    std = cc.decision_maker.proj.weight.std().item()
+    assert 0.015 < std < 0.025, std
+    torch.manual_seed(0)
+    narrow = CCTuningModel(model, decision_maker_init="linear").decision_maker.proj.weight.std().item()
+    assert abs(narrow - 1 / math.sqrt(3 * model.config.hidden_size)) < 0.02
+    with pytest.raises(ValueError, match="valid: model, linear"):
+        CCTuningModel(model, decision_maker_init="xavier")

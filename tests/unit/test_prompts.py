@@ -127,3 +127,59 @@ def test_template_from_file(tmp_path, smol_tokenizer):
     assert render_prompt(tokenizer, "x").endswith("<|end_header_id|>\n\n")
     with pytest.raises(ChatTemplateError, match="file not found"):
         set_chat_template(tokenizer, "templates/missing.tmpl")
+
+
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"]
+
+
+@pytest.fixture
+def llama3_style(smol_tokenizer):
+    """SmolLM2's BPE with Llama-3's special tokens added (no Llama-3 tokenizer ships offline); the
+    template's structure is what is tested: specials split the text, so every piece is encoded alone."""
+    tok = copy.deepcopy(smol_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIALS})
+    tok.bos_token, tok.eos_token = "<|begin_of_text|>", "<|end_of_text|>"
+    from cc_core.prompts import set_chat_template
+
+    set_chat_template(tok, "llama3-lf")
+    return tok
+
+
+def test_llama3_lf_prompt_is_the_authors_token_sequence(llama3_style):
+    from cc_core.prompts import encode_example, encode_prompt, render_prompt
+
+    tok = llama3_style
+    content = "Quelle est la capitale du Kenya ?"
+    special = {name: tok.convert_tokens_to_ids(name) for name in LLAMA3_SPECIALS}
+
+    def piece(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    # LLaMA-Factory's llama3 template, as the authors' Inference/inference_matrix.py writes it out
+    assert render_prompt(tok, content) == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+                                           f"{content}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    expected = ([special["<|begin_of_text|>"], special["<|start_header_id|>"]] + piece("user")
+                + [special["<|end_header_id|>"]] + piece("\n\n" + content) + [special["<|eot_id|>"]]
+                + [special["<|start_header_id|>"]] + piece("assistant") + [special["<|end_header_id|>"]]
+                + piece("\n\n"))
+    encoded = encode_prompt(tok, content)
+    assert encoded.input_ids == expected
+    assert encoded.anchor == len(expected) - 1  # the anchor: the "\n\n" after the assistant header
+    assert "Cutting Knowledge" not in render_prompt(tok, content)  # no Llama-3.1 system block
+    # training: the response ends with <|eot_id|>, which the model learns to emit (and generation stops at)
+    example = encode_example(tok, content, "Nairobi.", 256)
+    assert example.input_ids[: len(expected)] == expected
+    assert example.input_ids[len(expected):] == piece("Nairobi.") + [special["<|eot_id|>"]]
+    from cc_core.prompts import end_of_turn_ids
+
+    assert end_of_turn_ids(tok) == [special["<|eot_id|>"]]
+
+
+def test_unknown_template_name_lists_the_valid_ones(smol_tokenizer):
+    from cc_core.prompts import ChatTemplateError, set_chat_template
+
+    tok = copy.deepcopy(smol_tokenizer)
+    with pytest.raises(ChatTemplateError, match=r"unknown template name 'llama3-lff'; valid: llama3-lf"):
+        set_chat_template(tok, "llama3-lff")
+    with pytest.raises(ChatTemplateError, match="file not found"):
+        set_chat_template(tok, "templates/missing.jinja")

@@ -378,17 +378,6 @@ def test_reference_lang_key_overrides_file_name(tmp_path):
     assert [r.lang for r in load_file(path).records] == ["fr", "de"]
 
 
-def test_reference_format_without_language_is_an_error(tmp_path):
-    path = tmp_path / "reference.json"
-    path.write_text(json.dumps([ref_item(0)]), encoding="utf-8")
-    with pytest.raises(InputError) as info:
-        load_file(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}:1 (record 0):")
-    assert "'lang'" in message
-    assert "language code" in message
-
-
 def test_reference_bad_record_names_file_and_index(tmp_path):
     path = tmp_path / "aya_ja.json"
     path.write_text(json.dumps([ref_item(0), ref_item(1, output=3)]), encoding="utf-8")
@@ -761,3 +750,32 @@ def test_hub_check_does_not_hang_on_a_stuck_resolver(monkeypatch):
     start = time.monotonic()
     assert hub_reachable(timeout=0.3) is False
     assert time.monotonic() - start < 2
+
+
+def test_prepare_pairs_from_train_as_the_reference(source, tmp_path):
+    """pairs_from=train: the Transform pairs are a seeded sample of the training records, which stay in training."""
+    out = tmp_path / "prepared"
+    result = prepare(DataParams(source=str(source), num_pairs=10, seed=666, pairs_from="train"), out)
+    train, pairs = read_records(out / "train.jsonl"), read_records(out / "pairs.jsonl")
+    assert result.train == len(train) == 60 and len(pairs) == 10
+    assert {r.id for r in pairs} <= {r.id for r in train}
+    again = tmp_path / "again"
+    prepare(DataParams(source=str(source), num_pairs=10, seed=666, pairs_from="train"), again)
+    assert (again / "pairs.jsonl").read_bytes() == (out / "pairs.jsonl").read_bytes()
+
+
+def test_the_authors_training_file_needs_no_language(tmp_path):
+    """Their Training/data/aya_train_mini_parallel.json: a JSON array of instruction/output/instruction_en,
+    no lang field, a file name without a language code: records get the undetermined language 'und'."""
+    path = tmp_path / "aya_train_mini_parallel.json"
+    path.write_text(json.dumps([
+        {"instruction": "Quelle est la capitale du Kenya ?", "output": "Nairobi.",
+         "instruction_en": "What is the capital of Kenya?"},
+        {"instruction": "Wie spät ist es?", "output": "Zwölf.", "instruction_en": "What time is it?"},
+    ], ensure_ascii=False, indent=2))
+    records = load_file(path).records
+    assert [r.lang for r in records] == ["und", "und"]
+    assert [r.id for r in records] == ["aya_train_mini_parallel-000000", "aya_train_mini_parallel-000001"]
+    out = tmp_path / "prepared"
+    result = prepare(DataParams(source=str(path), num_pairs=1, seed=666, pairs_from="train"), out)
+    assert result.train == 2 and result.languages == {"und": 2}

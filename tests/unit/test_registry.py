@@ -1,5 +1,6 @@
-"""The registry's alias policy and what it reads (the full round trip against a server is in
-tests/integration/test_pipeline.py).
+"""The registry's alias policy, what it reads, its lineage checks and errors, the served model's
+requirements, signature and file verification (the full round trip against a server is in
+tests/integration/test_pipeline.py; immutability and serving in tests/integration/test_registry_serving.py).
 
     pytest tests/unit/test_registry.py
 """
@@ -7,11 +8,29 @@ tests/integration/test_pipeline.py).
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from cc_core.config import ConfigError, parse_params
-from cc_core.registry import _should_promote, eval_metrics, eval_settings_hash
+from cc_core.io import InputError, file_sha256, write_json
+from cc_core.lineage import LineageError, checkpoint_sha256
+from cc_core.registry import (
+    CONSTRAINTS_FILE,
+    RegistryError,
+    _should_promote,
+    eval_metrics,
+    eval_settings_hash,
+    metric_tags,
+    model_signature,
+    read_constraints,
+    register,
+    serving_requirements,
+)
 
 
 def _write(metrics_dir, name: str, average: float, **extra) -> None:
@@ -61,3 +80,318 @@ def test_alias_policy():
     # an evaluation with failed languages never takes the champion alias, even as the first version
     promoted, why = _should_promote(FakeClient(same), "m", None, 90.0, "mean", "h1", {"XNLI": ["zh"]})
     assert not promoted and "failed languages" in why
+
+
+# --- promotion: like with like, ties keep the champion -----------------------------------------------
+
+def _tags(value: float, **extra) -> dict[str, str]:
+    return {"register_metric": "mean", "eval_settings_sha256": "h1", **metric_tags(value), **extra}
+
+
+def test_equal_scores_never_move_the_champion():
+    # the repro: the same model registered three times kept being promoted ("54.1667 > 54.1667")
+    value = (50.0 + 58.3333) / 2 + 1e-9
+    promoted, why = _should_promote(FakeClient(_tags(value)), "m", "1", value, "mean", "h1", {})
+    assert not promoted and "tie keeps the champion" in why
+
+
+def test_scores_that_differ_only_past_the_sixth_decimal_compare_exactly():
+    champion = 54.1666664
+    # 6-decimal tags would have stored "54.166666" and promoted this lower score
+    promoted, why = _should_promote(FakeClient(_tags(champion)), "m", "1", 54.1666662, "mean", "h1", {})
+    assert not promoted and why == "54.1666662 does not beat 54.1666664"
+    promoted, why = _should_promote(FakeClient(_tags(champion)), "m", "1", 54.1666666, "mean", "h1", {})
+    assert promoted and why == "54.1666666 > 54.1666664"  # enough digits to see the difference
+
+
+def test_a_champion_tagged_by_an_older_version_is_compared_in_its_rounding():
+    legacy = {"register_metric": "mean", "eval_settings_sha256": "h1", "metric_value": f"{54.16666666666667:.6f}"}
+    promoted, why = _should_promote(FakeClient(legacy), "m", "1", 54.16666666666667, "mean", "h1", {})
+    assert not promoted and "tie" in why
+
+
+# --- a small CC checkpoint on disk (no model is loaded before the tracking store is reached) -------------
+
+def _fake_project(root: Path, average: float = 50.0) -> dict[str, Path]:
+    """models/cc (CC checkpoint files), transform/ fitted for it, metrics/eval/cc/XNLI.json evaluated on both."""
+    import torch
+    from safetensors.torch import save_file
+
+    from cc_core.modeling.checkpoint import FORMAT_VERSION
+    from cc_core.transform import TransformMatrix
+
+    model = root / "models" / "cc"
+    model.mkdir(parents=True)
+    save_file({"w": torch.arange(4.0)}, str(model / "model.safetensors"))
+    save_file({"proj.weight": torch.zeros(2, 2)}, str(model / "decision_maker.safetensors"))
+    write_json(model / "cc_tuning.json", {"format_version": FORMAT_VERSION, "hidden_size": 2, "num_layers": 2,
+                                          "inject_layer": 0, "gumbel_tau": 1.0, "decision_mode_train": "gumbel",
+                                          "detach_english": False, "arch_map": {}})
+    (model / "config.json").write_text("{}")
+    checkpoint = checkpoint_sha256(model)
+    transform = root / "transform"
+    transform.mkdir()
+    TransformMatrix(torch.eye(2), None, {}, {"model_sha256": checkpoint}).save(transform / "transform.safetensors")
+    write_json(transform / "transform.json", {"model_sha256": checkpoint})
+    metrics = root / "metrics"
+    write_json(metrics / "eval" / "cc" / "XNLI.json",
+               {"average": average, "checkpoint_sha256": checkpoint,
+                "transform_sha256": file_sha256(transform / "transform.safetensors")})
+    return {"model": model, "transform": transform, "metrics": metrics, "checkpoint": checkpoint}
+
+
+def _params(root: Path, *overrides: str):
+    return parse_params({}, overrides=["eval.benchmarks=[XNLI]", f"tracking.uri=sqlite:///{root}/mlflow.db",
+                                       f"tracking.artifact_location={root}/mlartifacts", "register.model_name=cc-test",
+                                       *overrides])
+
+
+def _register(root: Path, paths: dict):
+    return register(_params(root), paths["model"], paths["transform"], paths["metrics"], root / "dvc.lock")
+
+
+def _metrics_file(paths) -> Path:
+    return paths["metrics"] / "eval" / "cc" / "XNLI.json"
+
+
+# --- lineage: register refuses inputs made from another checkpoint ------------------------------------
+
+def test_register_refuses_a_transform_fitted_for_another_checkpoint(tmp_path):
+    import torch
+
+    from cc_core.transform import TransformMatrix
+
+    paths = _fake_project(tmp_path)
+    TransformMatrix(torch.eye(2), None, {}, {"model_sha256": "f" * 64}).save(paths["transform"] / "transform.safetensors")
+    with pytest.raises(LineageError) as err:
+        _register(tmp_path, paths)
+    message = str(err.value)
+    assert "transform.safetensors: made from checkpoint ffffffffffff" in message
+    assert paths["checkpoint"][:12] in message and "cctune fit" in message
+    assert not (tmp_path / "mlflow.db").exists()  # refused before touching the registry
+
+
+def test_register_refuses_metrics_from_another_checkpoint(tmp_path):
+    paths = _fake_project(tmp_path)
+    data = json.loads(_metrics_file(paths).read_text())
+    _metrics_file(paths).write_text(json.dumps({**data, "checkpoint_sha256": "a" * 64}))
+    with pytest.raises(LineageError) as err:
+        _register(tmp_path, paths)
+    message = str(err.value)
+    assert "XNLI.json: made from checkpoint aaaaaaaaaaaa" in message and paths["checkpoint"][:12] in message
+    assert "cctune eval --method cc --benchmark XNLI" in message
+
+
+def test_register_refuses_metrics_without_a_checkpoint_hash(tmp_path):
+    paths = _fake_project(tmp_path)
+    _metrics_file(paths).write_text(json.dumps({"average": 50.0}))  # written before eval recorded it
+    with pytest.raises(LineageError, match=r"XNLI\.json: records no checkpoint hash.*older version.*"
+                                           r"cctune eval --method cc --benchmark XNLI"):
+        _register(tmp_path, paths)
+
+
+def test_register_refuses_metrics_from_another_transform(tmp_path):
+    paths = _fake_project(tmp_path)
+    data = json.loads(_metrics_file(paths).read_text())
+    _metrics_file(paths).write_text(json.dumps({**data, "transform_sha256": "b" * 64}))
+    with pytest.raises(LineageError, match=r"XNLI\.json: evaluated with Transform Matrix bbbbbbbbbbbb.*re-run: cctune eval"):
+        _register(tmp_path, paths)
+
+
+# --- register's errors: one line naming the file --------------------------------------------------------
+
+def test_truncated_metrics_file_is_an_error_naming_it(tmp_path):
+    paths = _fake_project(tmp_path)
+    _metrics_file(paths).write_text('{\n  "average": 50.0,\n  "benchmark": "XNL')
+    with pytest.raises(InputError, match=r"eval/cc/XNLI\.json:3: malformed JSON: Unterminated string"):
+        _register(tmp_path, paths)
+
+
+def test_metrics_without_average_is_an_error_naming_it(tmp_path):
+    paths = _fake_project(tmp_path)
+    _metrics_file(paths).write_text(json.dumps({"checkpoint_sha256": paths["checkpoint"]}))
+    with pytest.raises(RegistryError, match=r"XNLI\.json: no 'average' key .*re-run: cctune eval"):
+        _register(tmp_path, paths)
+    _metrics_file(paths).write_text(json.dumps({"average": "high", "checkpoint_sha256": paths["checkpoint"]}))
+    with pytest.raises(RegistryError, match=r"XNLI\.json: 'average' is 'high', not a number"):
+        _register(tmp_path, paths)
+    _metrics_file(paths).write_text("[]")
+    with pytest.raises(RegistryError, match=r"XNLI\.json: expected a JSON object"):
+        _register(tmp_path, paths)
+
+
+def _cli_register(root: Path, paths: dict, *extra: str) -> subprocess.CompletedProcess:
+    params = root / "params.yaml"
+    params.write_text("eval:\n  benchmarks: [XNLI]\nregister:\n  model_name: cc-test\ntracking:\n"
+                      f"  uri: sqlite:///{root}/mlflow.db\n  artifact_location: {root}/mlartifacts\n"
+                      "  on_unavailable: skip\n")
+    return subprocess.run([sys.executable, "-m", "cc_core.cli", "register", "--params", str(params), "--model",
+                           str(paths["model"]), "--transform", str(paths["transform"]), "--metrics-dir",
+                           str(paths["metrics"]), *extra], cwd=root, capture_output=True, text=True, timeout=300)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("cctune register: error:")]
+
+
+def test_cli_register_prints_a_bad_metrics_file_as_one_line(tmp_path, capsys, monkeypatch):
+    from cc_core.cli import main
+
+    paths = _fake_project(tmp_path)
+    _metrics_file(paths).write_text('{"average": 5')
+    (tmp_path / "params.yaml").write_text("eval:\n  benchmarks: [XNLI]\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["register", "--model", str(paths["model"]), "--transform", str(paths["transform"]),
+                 "--metrics-dir", str(paths["metrics"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("cctune register: error: ") and "XNLI.json:1: malformed JSON" in err
+
+
+def test_cli_register_with_a_locked_store_is_one_line_exit_2(tmp_path):
+    """A second SQLite connection holds the store (BEGIN EXCLUSIVE): register waits a few seconds,
+    then says which store is locked, even with tracking.on_unavailable=skip (it cannot register without it)."""
+    import mlflow
+
+    paths = _fake_project(tmp_path)
+    mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # create the store
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.perf_counter()
+        out = _cli_register(tmp_path, paths)
+        elapsed = time.perf_counter() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "OperationalError" not in out.stderr
+    lines = _error_lines(out.stderr)
+    assert len(lines) == 1, out.stderr[-2000:]
+    assert f"MLflow tracking store sqlite:///{tmp_path}/mlflow.db is unavailable: database is locked" in lines[0]
+    assert "cctune register needs it" in lines[0]
+    assert elapsed < 60  # the wait on the lock is a few seconds (the rest is Python start-up)
+
+
+# --- what the served model declares ---------------------------------------------------------------------
+
+def test_serving_requirements_are_pinned_as_in_constraints():
+    pins = read_constraints(CONSTRAINTS_FILE)
+    requirements = serving_requirements()
+    names = set()
+    for requirement in requirements:
+        name, version = requirement.split("==")
+        key = name.lower().replace("_", "-")
+        names.add(key)
+        assert key in pins, f"{name} is not in constraints.txt"
+        assert pins[key][1] == version, f"{requirement}: constraints.txt has {pins[key][1]}"
+    assert {"mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyyaml",
+            "pydantic"} <= names
+    assert not names & {"deepspeed", "prefect", "dvc", "datasets", "accelerate", "cc-tuning"}  # training only
+
+
+def test_signature_declares_prompt_lang_and_max_new_tokens():
+    signature = model_signature(12).to_dict()
+    inputs = json.loads(signature["inputs"])
+    assert [(c["name"], c["type"], c["required"]) for c in inputs] == [("prompt", "string", True),
+                                                                     ("lang", "string", False)]
+    assert json.loads(signature["outputs"]) == [{"type": "string", "required": True}]
+    params = json.loads(signature["params"])
+    assert [(p["name"], p["type"], p["default"]) for p in params] == [("max_new_tokens", "long", 12)]
+
+
+def test_log_weights_is_the_default():
+    assert parse_params({}).register.log_weights is True
+    for name in ("params.yaml", "params.tiny.yaml"):
+        import yaml
+
+        assert yaml.safe_load((CONSTRAINTS_FILE.parent / name).read_text())["register"]["log_weights"] is True
+
+
+# --- loading verifies every file ----------------------------------------------------------------------------
+
+def _config(paths: dict, storage: str = "reference") -> dict:
+    from cc_core.registry import file_manifest
+
+    return {"storage": storage, "registered_model": "cc-test", "run_id": "r1", "logged_model_id": "m-1",
+            "checkpoint_sha256": paths["checkpoint"], "files": file_manifest(paths["model"], paths["transform"]),
+            "model_dir": str(paths["model"]), "transform_dir": str(paths["transform"]), "git_commit": "abc"}
+
+
+def test_by_reference_version_refuses_a_changed_file(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    from cc_core.pyfunc_model import ModelFilesError, resolve_checkpoint
+
+    paths = _fake_project(tmp_path)
+    config = _config(paths)
+    assert resolve_checkpoint(config, {}) == (paths["model"], paths["transform"] / "transform.safetensors")
+    weights = paths["model"] / "model.safetensors"
+    expected = file_sha256(weights)
+    save_file({"w": torch.ones(4)}, str(weights))  # retrained in place
+    with pytest.raises(ModelFilesError) as err:
+        resolve_checkpoint(config, {})
+    message = str(err.value)
+    assert message.startswith("registered model cc-test (run r1, logged model m-1")
+    assert f"{weights}: sha256 is {file_sha256(weights)}, registered {expected}" in message
+    assert "register the current checkpoint as a new version" in message
+
+
+def test_by_reference_version_refuses_missing_or_extra_files(tmp_path):
+    from cc_core.pyfunc_model import ModelFilesError, resolve_checkpoint
+
+    paths = _fake_project(tmp_path)
+    config = _config(paths)
+    extra = paths["model"] / "model-00002.safetensors"
+    extra.write_bytes((paths["model"] / "model.safetensors").read_bytes())
+    with pytest.raises(ModelFilesError, match="model-00002.safetensors are not part of the registered checkpoint"):
+        resolve_checkpoint(config, {})
+    extra.unlink()
+    (paths["transform"] / "transform.safetensors").unlink()
+    with pytest.raises(ModelFilesError, match=r"transform\.safetensors: missing \(registered with sha256 [0-9a-f]{64}\)"):
+        resolve_checkpoint(config, {})
+
+
+def test_logged_version_never_falls_back_to_other_weights(tmp_path):
+    from cc_core.pyfunc_model import ModelFilesError, resolve_checkpoint
+
+    paths = _fake_project(tmp_path)
+    config = _config(paths, storage="artifacts")  # model_dir/transform_dir present, yet never used
+    with pytest.raises(ModelFilesError, match="artifact.s. model, transform missing from the logged model"):
+        resolve_checkpoint(config, {})
+    with pytest.raises(ModelFilesError, match="lists no file hashes"):
+        resolve_checkpoint({**config, "files": None}, {"model": str(paths["model"]),
+                                                        "transform": str(paths["transform"])})
+
+
+def test_pyfunc_refuses_a_transform_fitted_for_another_checkpoint(tmp_path):
+    import torch
+
+    from cc_core.pyfunc_model import resolve_checkpoint
+    from cc_core.transform import TransformMatrix
+
+    paths = _fake_project(tmp_path)
+    TransformMatrix(torch.eye(2), None, {}, {"model_sha256": "c" * 64}).save(paths["transform"] / "transform.safetensors")
+    config = _config(paths)  # hashes recorded as registered (e.g. by a tool that skipped register's check)
+    with pytest.raises(LineageError, match=r"registered model cc-test .*transform\.safetensors: made from checkpoint "
+                                           r"cccccccccccc.* but .* is now " + paths["checkpoint"][:12]):
+        resolve_checkpoint(config, {})
+
+
+def test_predict_input_checks():
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from cc_core.pyfunc_model import _max_new_tokens, _prompts
+
+    assert _prompts(pd.DataFrame({"prompt": ["a", "b"], "lang": ["fr", None]})) == (["a", "b"], ["fr", None])
+    assert _prompts(pd.DataFrame({"prompt": ["a"]})) == (["a"], None)
+    assert _prompts([{"prompt": "a", "lang": "de"}]) == (["a"], ["de"])
+    for bad in (pd.DataFrame({"text": ["a"]}), pd.DataFrame({"prompt": [3]}), pd.DataFrame({"prompt": [None]})):
+        with pytest.raises(MlflowException) as err:
+            _prompts(bad)
+        assert err.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400 from the scoring server
+    assert _max_new_tokens(None, 8, 2048) == 8 and _max_new_tokens({"max_new_tokens": 3}, 8, 2048) == 3
+    for bad in (0, -1, 2.5, "x", True, 5000):
+        with pytest.raises(MlflowException):
+            _max_new_tokens({"max_new_tokens": bad}, 8, 2048)

@@ -1,0 +1,67 @@
+"""Lineage between stages: every artifact names the checkpoint it was made from.
+
+    from cc_core.lineage import checkpoint_sha256, require_same_checkpoint
+    h = checkpoint_sha256("models/cc")                          # content hash of the weights
+    require_same_checkpoint("transform/transform.safetensors", recorded=meta["model_sha256"],
+                            current=h, model_dir="models/cc", rerun="cctune collect && cctune fit")
+
+A checkpoint's identity is the content hash of its ``*.safetensors`` files (names and bytes,
+``cc_core.io.dir_sha256``): the base model's weights, or a trained model's weights plus its
+Decision Maker. The activations, the Transform Matrix, every metrics file and every registry
+version record it; a stage that reads an artifact made from another checkpoint refuses with
+an error naming both hashes and the stage to re-run, instead of silently mixing them.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from cc_core.io import InputError, dir_sha256
+
+PATTERN = "*.safetensors"
+_MEMO: dict[tuple, str] = {}
+_MEMO_LOCK = threading.Lock()
+
+
+class LineageError(InputError):
+    """An artifact was made from another checkpoint than the one it is used with."""
+
+
+def _stat_key(model_dir: Path) -> tuple:
+    files = sorted(p for p in model_dir.rglob(PATTERN) if p.is_file())
+    return (str(model_dir.resolve()),
+            tuple((str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+def checkpoint_sha256(model_dir: str | Path) -> str:
+    """Content hash of a model directory's weights (memoised per process while the files are unchanged:
+    hashing 16 GB of an 8B checkpoint takes tens of seconds, and several stages ask)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(f"{model_dir}: no such model directory")
+    key = _stat_key(model_dir)
+    if not key[1]:
+        raise InputError(f"{model_dir}: no *.safetensors weights in this model directory")
+    with _MEMO_LOCK:
+        cached = _MEMO.get(key)
+    if cached is None:
+        cached = dir_sha256(model_dir, PATTERN)
+        with _MEMO_LOCK:
+            _MEMO[key] = cached
+    return cached
+
+
+def short(digest: str | None) -> str:
+    return f"{digest[:12]}…" if digest else "none"
+
+
+def require_same_checkpoint(artifact: str | Path, recorded: str | None, current: str, model_dir: str | Path,
+                            rerun: str) -> None:
+    """Refuse ``artifact`` unless it records ``current`` (the hash of ``model_dir``)."""
+    if not recorded:
+        raise LineageError(f"{artifact}: records no checkpoint hash, so it cannot be matched with {model_dir} "
+                           f"(made by an older version?); re-run: {rerun}")
+    if recorded != current:
+        raise LineageError(f"{artifact}: made from checkpoint {short(recorded)} but {model_dir} is now "
+                           f"{short(current)}; re-run: {rerun}")

@@ -1,0 +1,155 @@
+"""lm-evaluation-harness on tiny checkpoints, offline: the ``cc-tuning`` backend against ``cctune eval``.
+
+The tasks (tests/fixtures/lm_eval/xnli_cc_*.yaml) read the bundled XNLI fixture from local files and
+score the same options as ``cctune eval --choice-scoring loglik``, so every item's per-option
+log-likelihood from lm-eval must equal the project's own, connection included.
+
+    .venv/bin/python -m pytest -m integration tests/integration/test_lm_eval_backend.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+lm_eval = pytest.importorskip("lm_eval", reason="the lm-eval extra: pip install -c constraints.txt -e '.[lm-eval]'")
+
+from cc_core.config import parse_params  # noqa: E402
+from cc_core.evaluate import evaluate  # noqa: E402
+
+pytestmark = pytest.mark.integration
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval"
+LANGS = ("ar", "ru", "zh")
+LIMIT = 3
+
+
+def _lively(model, seed: int = 0):
+    """Random weights larger than the default init, so the options get clearly different scores."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, smol_tokenizer):
+    """A tiny CC checkpoint + random Transform Matrix, and the same weights as a plain HF directory."""
+    from cc_core.lineage import checkpoint_sha256
+    from cc_core.modeling import CCTuningModel
+    from cc_core.modeling.base import build_tiny
+    from cc_core.modeling.checkpoint import save_cc_checkpoint
+    from cc_core.transform import TransformMatrix
+
+    root = tmp_path_factory.mktemp("lm_eval")
+    model, tok = build_tiny("llama")
+    model = _lively(model.eval())
+    cc = CCTuningModel(model, inject_layer=0).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        cc.decision_maker.proj.weight.copy_(torch.randn(cc.decision_maker.proj.weight.shape, generator=gen))
+    save_cc_checkpoint(cc, root / "cc", tok)
+    d = model.config.hidden_size
+    # lineage: the matrix records the checkpoint it was fitted on (Generator.from_dirs checks it)
+    meta = {"test": True, "model_sha256": checkpoint_sha256(root / "cc")}
+    TransformMatrix(torch.randn(d, d, generator=gen) * 0.3, None, {}, meta).save(root / "transform.safetensors")
+    model.save_pretrained(root / "plain")
+    tok.save_pretrained(root / "plain")
+    return root
+
+
+def _cctune_rows(root: Path, method: str, model_dir: Path, mode: str) -> dict[str, dict]:
+    """``cctune eval --choice-scoring loglik`` on the same items → {item id: row}."""
+    params = parse_params({}, overrides=["tracking.enabled=false", f"eval.limit={LIMIT}", f"eval.cc_mode={mode}",
+                                         f"eval.langs=[{', '.join(LANGS)}]"])
+    evaluate(params, method, "xnli", model_dir=model_dir, transform=root / "transform.safetensors",
+             out_root=root / f"eval-{mode}", metrics_root=root / f"metrics-{mode}", choice_scoring="loglik")
+    rows = {}
+    for lang in LANGS:
+        for line in (root / f"eval-{mode}" / method / "XNLI" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows[row["id"]] = row
+    return rows
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    """Only the fixture tasks: indexing lm-eval's ~14k built-in task files takes minutes on 2 cores."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(FIXTURES), include_defaults=False)
+
+
+def _run_lm_eval(model: str, model_args: dict, task_manager, monkeypatch) -> dict:
+    import cc_core.lm_eval_backend  # noqa: F401  (registers "cc-tuning")
+
+    monkeypatch.setenv("CC_LM_EVAL_LIMIT", str(LIMIT))
+    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=[f"xnli_cc_{lang}" for lang in LANGS],
+                                   task_manager=task_manager, apply_chat_template=True, log_samples=True,
+                                   batch_size=4, device="cpu")
+
+
+def _sample_logliks(results: dict) -> dict[str, list[float]]:
+    """{item id: per-option log-likelihoods} from lm-eval's logged samples."""
+    out = {}
+    for lang in LANGS:
+        for sample in results["samples"][f"xnli_cc_{lang}"]:
+            out[sample["doc"]["id"]] = [float(resp[0]) for resp in sample["filtered_resps"]]
+    return out
+
+
+def test_cc_tuning_backend_equals_cctune_eval_with_the_connection(checkpoints, task_manager, monkeypatch):
+    root = checkpoints
+    rows = _cctune_rows(root, "cc", root / "cc", "transform")
+    results = _run_lm_eval("cc-tuning", {"checkpoint": str(root / "cc"), "mode": "transform",
+                                         "transform": str(root / "transform.safetensors")}, task_manager,
+                           monkeypatch)
+    logliks = _sample_logliks(results)
+    assert set(logliks) == set(rows) and len(rows) == LIMIT * len(LANGS)
+    for item_id, row in rows.items():
+        torch.testing.assert_close(torch.tensor(logliks[item_id]), torch.tensor(list(row["loglik"].values())),
+                                   atol=1e-4, rtol=0)
+    for lang in LANGS:  # lm-eval's acc / acc_norm are cctune's score / score_norm
+        task = results["results"][f"xnli_cc_{lang}"]
+        mine = [r for r in rows.values() if r["id"].startswith(f"XNLI-{lang}-")]
+        assert task["acc,none"] == pytest.approx(sum(r["score"] for r in mine) / len(mine))
+        assert task["acc_norm,none"] == pytest.approx(sum(r["score_norm"] for r in mine) / len(mine))
+    # the connection changed the numbers (else the comparison proves little)
+    plain = _cctune_rows(root, "cc", root / "cc", "none")
+    assert max(abs(a - b) for item_id in rows for a, b in zip(rows[item_id]["loglik"].values(),
+                                                              plain[item_id]["loglik"].values())) > 1e-2
+
+
+def test_hf_backend_on_a_plain_directory_agrees_up_to_the_moved_newline(checkpoints, task_manager, monkeypatch):
+    """``--model hf`` still works; it scores the chat prompt's final "\\n" as part of every option
+    (lm-eval moves trailing whitespace into the continuation), a constant per item, so option
+    differences equal cc-tuning's in mode none."""
+    root = checkpoints
+    hf = _sample_logliks(_run_lm_eval("hf", {"pretrained": str(root / "plain"), "dtype": "float32"}, task_manager,
+                                      monkeypatch))
+    ours = _sample_logliks(_run_lm_eval("cc-tuning", {"checkpoint": str(root / "plain")}, task_manager, monkeypatch))
+    assert set(hf) == set(ours) and len(hf) == LIMIT * len(LANGS)
+    for item_id in hf:
+        a, b = torch.tensor(hf[item_id]), torch.tensor(ours[item_id])
+        assert (a < b).all()  # hf's continuation has one more token
+        torch.testing.assert_close(a - a[0], b - b[0], atol=1e-3, rtol=0)
+
+
+def test_cctune_lm_eval_is_lm_evals_cli():
+    """``cctune-lm-eval`` runs lm-eval's own CLI (with cc-tuning registered by the import of its module).
+    A full CLI run is not tested here: the CLI indexes every built-in task first (minutes on 2 cores)."""
+    import subprocess
+
+    script = Path(sys.executable).with_name("cctune-lm-eval")
+    if not script.is_file():
+        pytest.skip("cctune-lm-eval not installed (pip install -c constraints.txt -e '.[lm-eval]')")
+    done = subprocess.run([str(script), "run", "--help"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "--model" in done.stdout and "--include_path" in done.stdout

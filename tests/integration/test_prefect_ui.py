@@ -1,0 +1,114 @@
+"""The Prefect UI as a user meets it, in a real browser (Debian's Chromium driven by Playwright,
+headless): a real `prefect server start` on a free loopback port, the `local-tiny` deployment from
+prefect.yaml (made cheap: only the `prepare` stage), a process worker. The deployment's Parameters
+tab lists the flow's parameters one by one with their descriptions; Run → Custom run with one
+parameter changed in the form starts a run, which completes with the changed value (checked
+through the API).
+
+    apt-get install -y chromium          # as root; scripts/setup.sh does it when missing
+    pytest -m integration tests/integration/test_prefect_ui.py -s
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from prefect_helpers import BIN, PrefectServer, Worker, check, copy_project
+
+pytestmark = pytest.mark.integration
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _chromium() -> Path:
+    found = CHROMIUM if CHROMIUM.is_file() else (Path(p) if (p := shutil.which("chromium")) else None)
+    if found is None:
+        pytest.skip("chromium not found (/usr/bin/chromium): install it with `apt-get install -y chromium` "
+                    "(scripts/setup.sh does when run as root)")
+    return found
+
+
+def test_custom_run_from_the_deployment_page(tmp_path):
+    chromium = _chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    started = time.perf_counter()
+    project = copy_project(tmp_path / "project")
+    server = PrefectServer(tmp_path / "prefect-home", project)
+    worker = None
+    shots = tmp_path / "screenshots"
+    try:
+        server.wait_healthy()
+        client = server.client_env()
+        check([BIN / "prefect", "work-pool", "create", "local", "--type", "process"], project, **client)
+        # the deployment as prefect.yaml defines it, with cheap defaults: one stage, nothing committed
+        check([BIN / "prefect", "--no-prompt", "deploy", "--name", "local-tiny",
+               "--params", json.dumps({"stages": ["prepare"], "dvc_commit": False})], project, **client)
+        worker = Worker(server, project, "local", "ui-worker")
+        deployment = server.post("/deployments/filter", {"deployments": {"name": {"any_": ["local-tiny"]}}})[0]
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            failures: list[str] = []  # API answers other than 2xx, shown if the test fails
+            page.on("response", lambda r: failures.append(f"{r.status} {r.request.method} {r.url}: {r.text()[:500]}")
+                    if r.status >= 400 and "/api/" in r.url else None)
+            try:
+                page.goto(f"{server.url}/deployments")
+                page.get_by_role("link", name="local-tiny").first.click()
+                expect(page).to_have_url(f"{server.url}/deployments/deployment/{deployment['id']}")
+
+                # the Parameters tab: one row per flow parameter (not one opaque object)
+                page.get_by_text("Parameters", exact=True).first.click()
+                expect(page.get_by_text("16 parameters", exact=True)).to_be_visible()
+                for name in ("params_file", "overrides", "methods", "stages", "launcher", "num_gpus", "num_nodes",
+                             "eval_backend", "eval_langs_per_job", "job_retries", "dvc_remote", "dvc_commit"):
+                    expect(page.get_by_text(name, exact=True).first).to_be_visible()
+
+                # Run → Custom run: a form field per parameter, each with its description
+                page.get_by_role("button", name="Run", exact=True).click()
+                page.get_by_text("Custom run", exact=True).click()
+                expect(page).to_have_url(re.compile(rf"/deployments/deployment/{deployment['id']}/run"))
+                expect(page.get_by_text("Where evaluation runs: inprocess", exact=False)).to_be_visible()
+                expect(page.get_by_text("Which stages to run, in pipeline order", exact=False)).to_be_visible()
+                label = page.locator(".schema-form-property__label", has_text=re.compile(r"^params_file\b"))
+                field = page.locator("div.schema-form-property").filter(has=label).locator("textarea, input").first
+                expect(field).to_have_value("params.yaml")
+                field.fill("params.tiny.yaml")  # the one parameter changed
+                page.get_by_role("button", name="Submit", exact=True).click()
+                expect(page.get_by_text("scheduled to start", exact=False).first).to_be_visible()
+            except BaseException:
+                shots.mkdir(exist_ok=True)
+                page.screenshot(path=str(shots / "failure.png"), full_page=True)
+                print(f"screenshot of the page: {shots / 'failure.png'}; API errors: {failures}")
+                raise
+            finally:
+                browser.close()
+
+        # the run completes, with the value typed into the form
+        deadline = time.time() + 600
+        runs = []
+        while time.time() < deadline:
+            runs = server.post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
+            if runs and runs[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        assert len(runs) == 1, runs
+        run_ = runs[0]
+        assert run_["state"]["type"] == "COMPLETED", (run_["state"], worker.log.read_text()[-4000:])
+        assert run_["parameters"]["params_file"] == "params.tiny.yaml"
+        assert run_["parameters"]["stages"] == ["prepare"]  # the deployment's own value, kept
+        assert (project / "data/prepared/train.jsonl").is_file()
+        print(f"\nPrefect UI custom run: {time.perf_counter() - started:.0f} s")
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()

@@ -1,0 +1,149 @@
+"""cc_core.tracking: a store that cannot be used (a SQLite file locked by another writer, a failure
+while finding the experiment or creating the run) follows tracking.on_unavailable: ``skip`` goes on
+untracked with one warning naming the store, ``fail`` is a one-line TrackingUnavailableError; the wait
+is bounded. A reopened run compares params as they were stored.
+
+    pytest tests/unit/test_tracking.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sqlite3
+import time
+
+import pytest
+
+from cc_core.config import TrackingParams
+from cc_core.tracking import LOCK_WAIT_S, Tracker, TrackingUnavailableError, _NullRun, sqlite_path, store_errors
+
+
+def _params(tmp_path, **extra) -> TrackingParams:
+    return TrackingParams(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "art"), **extra)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """A second SQLite connection holding the database (another writer in the middle of a transaction)."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """An initialised MLflow SQLite store with one finished run (creating the schema takes seconds: once)."""
+    root = tmp_path_factory.mktemp("template")
+    with Tracker(_params(root)).run("first") as run:
+        run.log_metrics({"loss": 1.0}, step=1)
+    return root / "mlflow.db"
+
+
+@pytest.fixture
+def store(tmp_path, template):
+    shutil.copy(template, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+def test_sqlite_path():
+    assert sqlite_path("sqlite:///mlflow.db") == "mlflow.db"
+    assert sqlite_path("sqlite:////abs/m.db?timeout=3") == "/abs/m.db"
+    assert sqlite_path("http://127.0.0.1:5000") is None and sqlite_path("sqlite://") is None
+
+
+def test_locked_store_with_skip_goes_on_untracked(store, caplog):
+    params = _params(store, on_unavailable="skip")
+    with _locked(store / "mlflow.db"):
+        started = time.perf_counter()
+        with caplog.at_level(logging.WARNING), Tracker(params).run("train-sft", params={"a": 1}) as run:
+            run.log_metrics({"loss": 0.5}, step=1)  # a no-op
+        elapsed = time.perf_counter() - started
+    assert isinstance(run, _NullRun)
+    assert elapsed < LOCK_WAIT_S + 5  # bounded: not MLflow's own ~12 s of retries, let alone minutes
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert f"MLflow tracking store {params.uri} is unavailable: database is locked" in warnings[0]
+    assert "tracking was skipped for this run (tracking.on_unavailable=skip)" in warnings[0]
+
+
+def test_locked_store_with_fail_is_one_line_naming_the_store(store):
+    params = _params(store, on_unavailable="fail")
+    with _locked(store / "mlflow.db"):
+        started = time.perf_counter()
+        with pytest.raises(TrackingUnavailableError) as err:
+            Tracker(params).check()  # what `cctune train` calls before loading anything
+        elapsed = time.perf_counter() - started
+    message = str(err.value)
+    assert "\n" not in message and elapsed < LOCK_WAIT_S + 5
+    assert message.startswith(f"MLflow tracking store {params.uri} is unavailable: database is locked")
+    assert message.endswith("(tracking.on_unavailable=fail)")
+    # a store required by a command (register) says so, whatever on_unavailable is
+    with _locked(store / "mlflow.db"), pytest.raises(TrackingUnavailableError, match=r"\(cctune register needs it\)$"):
+        Tracker(_params(store, on_unavailable="skip"), required_by="cctune register").check()
+
+
+def test_store_usable_again_once_the_lock_is_released(store):
+    with _locked(store / "mlflow.db"):
+        pass
+    with Tracker(_params(store, on_unavailable="fail")).run("again") as run:
+        assert run.run_id
+
+
+
+def _raise_locked(*args, **kwargs):
+    import sqlalchemy.exc
+
+    raise sqlalchemy.exc.OperationalError("INSERT INTO runs ...", {}, sqlite3.OperationalError("database is locked"))
+
+
+@pytest.mark.parametrize("step", ["get_experiment_by_name", "create_experiment", "create_run", "get_run"])
+def test_store_failing_before_the_run_starts_follows_the_policy(store, caplog, step):
+    """The store goes away after the client was made: the experiment lookup/creation or the run creation fails."""
+    params = _params(store, on_unavailable="skip", experiment="fresh")
+    tracker = Tracker(params)
+    client = tracker._connect()
+    setattr(client, step, _raise_locked)
+    resume = "some-run-id" if step == "get_run" else None
+    with caplog.at_level(logging.WARNING), tracker.run("train-cc", run_id=resume) as run:
+        pass
+    assert isinstance(run, _NullRun)
+    assert any("database is locked" in r.getMessage() and "tracking was skipped" in r.getMessage()
+               for r in caplog.records)
+    strict = Tracker(params.model_copy(update={"on_unavailable": "fail"}))
+    setattr(strict._connect(), step, _raise_locked)
+    with pytest.raises(TrackingUnavailableError, match=r"is unavailable: OperationalError: .*database is locked"):
+        with strict.run("train-cc", run_id=resume):
+            pass
+
+
+def test_errors_inside_the_run_are_not_mistaken_for_the_store(store):
+    with pytest.raises(KeyError):
+        with Tracker(_params(store, on_unavailable="skip")).run("train-cc"):
+            raise KeyError("the work failed, not the store")
+    with pytest.raises(KeyError), store_errors("sqlite:///x.db"):
+        raise KeyError("unrelated")
+    with pytest.raises(TrackingUnavailableError, match=r"sqlite:///x.db is unavailable: OperationalError"):
+        with store_errors("sqlite:///x.db"):
+            _raise_locked()
+
+
+def test_resume_does_not_report_unchanged_none_params(store, caplog):
+    """None is stored as "null": comparing it with "None" made every resume warn that params changed."""
+    params = _params(store)
+    logged = {"eval.limit": None, "model.chat_template": None, "train.seed": 0}
+    with Tracker(params).run("train-cc", params=logged) as run:
+        pass
+    with caplog.at_level(logging.WARNING), Tracker(params).run("train-cc", params=logged, run_id=run.run_id):
+        pass
+    assert not [r for r in caplog.records if "params changed" in r.getMessage()]
+    with caplog.at_level(logging.WARNING), Tracker(params).run("train-cc", params={**logged, "eval.limit": 5},
+                                                               run_id=run.run_id):
+        pass
+    changed = [r.getMessage() for r in caplog.records if "params changed" in r.getMessage()]
+    assert len(changed) == 1 and changed[0].endswith("keeping the logged values of eval.limit")
