@@ -11,6 +11,11 @@ import torch
 # ~1.07B-parameter Llama config (random init) for GPU runs: d=2048, 16 layers, GQA 32/8 heads.
 LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                 num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True)
+# Llama-3.1-8B's dimensions (random init): d=4096, FFN 14336, GQA 32/8, vocabulary 128256; 32 layers
+# unless --layers says fewer, so ZeRO-3 (+ offload) memory and tokens/s at 8B width fit one GPU.
+LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, max_position_embeddings=8192, tie_word_embeddings=False, rope_theta=500000.0)
+LLAMA_8B_VOCAB = 128256
 
 
 def bench_tokenizer():
@@ -26,8 +31,9 @@ def bench_tokenizer():
     return AutoTokenizer.from_pretrained(saved) if saved else smollm2_tokenizer()
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """(model, tokenizer) for smollm2-135m-instruct | tiny-random-<arch> | llama-1b | a local HF dir."""
+def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu", layers: int | None = None):
+    """(model, tokenizer) for smollm2-135m-instruct | tiny-random-<arch> | llama-1b | llama-8b-shape | a local HF dir.
+    ``layers``: llama-8b-shape with fewer decoder layers (same width)."""
     from cc_core.modeling.base import build_tiny, load_model_dir, load_smollm2
 
     if name == "smollm2-135m-instruct":
@@ -41,6 +47,14 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu
         torch.manual_seed(0)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tokenizer), **LLAMA_1B), dtype=dtype)
+    elif name == "llama-8b-shape":
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        tokenizer = bench_tokenizer()  # token ids stay below its size; the embedding has Llama-3's 128k rows
+        torch.manual_seed(0)
+        shape = {**LLAMA_8B, **({"num_hidden_layers": layers} if layers else {})}
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=LLAMA_8B_VOCAB, **shape), dtype=dtype)
     else:
         model, tokenizer = load_model_dir(name)
     return model.to(device=device, dtype=dtype), tokenizer

@@ -1,18 +1,26 @@
-"""Optimizer-step time and tokens/s of CC-Tuning vs vanilla SFT on the same batches, same run.
+"""Optimizer-step time, tokens/s and MFU of CC-Tuning vs vanilla SFT on the same batches, same run.
 
-    python bench/train_step.py --model smollm2-135m-instruct
-    python bench/train_step.py --model tiny-random-llama               # seconds
-    python bench/train_step.py --model llama-1b --device cuda --dtype bf16 [--deepspeed zero2]   # GPU
+    python bench/train_step.py --model smollm2-135m-instruct --packing      # CPU: padded vs packed too
+    python bench/train_step.py --model tiny-random-llama                    # seconds
+    python bench/train_step.py --model llama-1b --device cuda --batch 16 --seq-len 1024 --packing [--liger] [--compile]
+    python bench/train_step.py --model llama-8b-shape --layers 4 --device cuda --deepspeed zero3_offload --seq-len 1024
 
-A CC step runs the English prompt pass (gradients flow, as in the reference), the Decision
-Maker and the connected non-English pass; an SFT step runs the non-English pass alone. The
-ideal ratio is (English prompt tokens + non-English tokens) / non-English tokens: what CC
-would cost if a step's time were proportional to tokens. Target on CPU: CC/SFT ≤ 1.5.
+Variants step alternately on the same batches (so clock ramps, allocator warm-up and machine noise
+hit all alike): SFT; CC with the English pass detached (the default, as the authors' run); CC with
+gradients through the English pass; and with ``--packing`` the same padded-free. Without DeepSpeed
+they share one model and one optimizer (step time does not depend on the weights' values), so a
+step of each costs no extra memory. Data: the bundled parallel set, cycled so any --batch works,
+or ``--seq-len L`` synthetic examples of L/2..L tokens (the same real-looking length spread).
+
+MFU = achieved FLOPs / peak, with 6·N FLOPs per trained token, and for CC the English prompt
+tokens too: 2·N (forward only) when detached, 6·N when gradients flow. N is counted before ZeRO
+partitions the parameters. ``ideal_ratio``: CC's step over SFT's if time were proportional to FLOPs.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -26,129 +34,191 @@ from _common import bench_tokenizer, footer, load_model, sync  # noqa: E402
 from cc_core.data.records import load_bundled  # noqa: E402
 from cc_core.modeling import CCTuningModel  # noqa: E402
 from cc_core.prompts import pad_token_id  # noqa: E402
-from cc_core.train import CCCollator, encode_records  # noqa: E402
+from cc_core.train import CCCollator, PackedCollator, apply_liger, compile_decoder, encode_records  # noqa: E402
 
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}  # dense bf16
 
 
-def make_batches(tokenizer, batch: int, steps: int, cutoff: int):
-    records = load_bundled().records
-    features, _ = encode_records(records, tokenizer, cutoff, "cc")
-    collate = CCCollator(pad_token_id(tokenizer))
-    return [collate(features[i * batch:(i + 1) * batch]) for i in range(steps)]
+def bundled_features(tokenizer, count: int, cutoff: int) -> list[dict]:
+    features, _ = encode_records(load_bundled().records, tokenizer, cutoff, "cc")
+    return [features[i % len(features)] for i in range(count)]  # cycled: --batch 64 never runs dry
 
 
-def engine_for(model, lr: float, deepspeed_stage: str | None, batch: int):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+def synthetic_features(vocab: int, count: int, seq_len: int, seed: int = 0) -> list[dict]:
+    """Examples of seq_len/2..seq_len tokens, a third prompt; English prompts as long as the prompts."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        total = rng.randint(seq_len // 2, seq_len)
+        prompt = max(2, total // 3)
+        ids = [rng.randrange(5, vocab) for _ in range(total)]
+        out.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:], "anchor": prompt - 1,
+                    "en_input_ids": [rng.randrange(5, vocab) for _ in range(prompt)], "en_anchor": prompt - 1})
+    return out
+
+
+def engine_for(model, lr: float, deepspeed_stage: str | None, batch: int, device: str):
+    fused = device.startswith("cuda")  # the Trainer's default optimizer on GPUs: fused AdamW
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=fused or None)
     if not deepspeed_stage:
         return model, optimizer
+    import os
+
     import deepspeed
 
     from cc_core.train import init_distributed_for_deepspeed, resolve_deepspeed
 
     if torch.cuda.is_available():
-        import os
-
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29512")
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": "29512"}.items():
+            os.environ.setdefault(key, value)
         deepspeed.init_distributed()
     else:
         init_distributed_for_deepspeed()
     config = resolve_deepspeed(deepspeed_stage)
     hidden = model.config.hidden_size
-    # what the HF Trainer would fill in for the "auto" values
-    zero = config["zero_optimization"]
+    zero = config["zero_optimization"]  # what the HF Trainer fills in for "auto"
     for key, value in {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
                        "stage3_param_persistence_threshold": 10 * hidden}.items():
         if zero.get(key) == "auto":
             zero[key] = value
     config.update(train_micro_batch_size_per_gpu=batch, gradient_accumulation_steps=1, gradient_clipping=1.0,
-                  bf16={"enabled": next(model.parameters()).dtype == torch.bfloat16})
+                  bf16={"enabled": next(model.parameters()).dtype == torch.bfloat16}, zero_force_ds_cpu_optimizer=False)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine, optimizer
 
 
-class Trainee:
-    """One method's model + optimizer (+ DeepSpeed engine) and its step timings."""
+class Variant:
+    """One measured configuration: its module (and engine/optimizer), layout and timings."""
 
-    def __init__(self, method: str, args, dtype) -> None:
-        model, _ = load_model(args.model, dtype, args.device)
-        model.train()
-        model.config.use_cache = False  # as in cc_core.train: no KV cache while training
-        if args.gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        self.method, self.args = method, args
-        self.net = CCTuningModel(model) if method == "cc" else model
-        self.engine, self.optimizer = engine_for(self.net, 1e-5, args.deepspeed, args.batch)
+    def __init__(self, name: str, net, engine, optimizer, packed: bool, detach: bool | None) -> None:
+        self.name, self.net, self.engine, self.optimizer = name, net, engine, optimizer
+        self.packed, self.detach, self.method = packed, detach, "sft" if detach is None else "cc"
         self.times: list[float] = []
-        self.tokens = 0
-        self.params = sum(p.numel() for p in self.net.parameters())
+        self.tokens = self.english = 0
 
-    def step(self, batch: dict, measure: bool) -> None:
-        args = self.args
-        batch = {k: v.to(args.device) for k, v in batch.items()}
+    def step(self, batch: dict, device: str, deepspeed: bool, measure: bool) -> None:
+        counts = batch["token_count"], batch.get("en_token_count", 0)
+        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if self.method == "sft":
-            batch = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
-        sync(args.device)
+            inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids", "labels") if k in inputs}
+        sync(device)
         start = time.perf_counter()
-        loss = self.engine(**batch).loss
-        if args.deepspeed:
+        loss = self.engine(**inputs).loss
+        if deepspeed:
             self.engine.backward(loss)
             self.engine.step()
         else:
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        sync(args.device)
+        sync(device)
         if measure:
             self.times.append(time.perf_counter() - start)
-            self.tokens += int(batch["attention_mask"].sum())
+            self.tokens += counts[0]
+            self.english += counts[1] if self.method == "cc" else 0
+
+
+def build(args, dtype) -> tuple[list[Variant], int, object]:
+    model, tokenizer = load_model(args.model, dtype, args.device, layers=args.layers)
+    params = sum(p.numel() for p in model.parameters())  # before ZeRO partitions them
+    model.train()
+    model.config.use_cache = False  # as cc_core.train (a cache also turns off packed attention masks)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if args.liger:
+        apply_liger(model)
+    if args.compile:
+        compile_decoder(model)
+    layouts = [False, True] if args.packing else [False]
+    methods = (("sft", None), ("cc", True)) + ((("cc-flowing", False),) if args.english_flowing else ())
+    specs = [(f"{m}{'-packed' if p else ''}", p, d) for p in layouts for m, d in methods]
+    variants = []
+    if args.deepspeed:  # an engine owns its module: one model per variant (SFT and default CC only)
+        del model
+        for name, packed, detach in [s for s in specs if s[0] in ("sft", "cc", "sft-packed", "cc-packed")]:
+            base, _ = load_model(args.model, dtype, args.device, layers=args.layers)
+            base.train()
+            base.config.use_cache = False
+            net = base if detach is None else CCTuningModel(base, detach_english=detach)
+            engine, optimizer = engine_for(net, 1e-5, args.deepspeed, args.batch, args.device)
+            variants.append(Variant(name, net, engine, optimizer, packed, detach))
+        return variants, params, tokenizer
+    wrappers = {None: model, True: CCTuningModel(model, detach_english=True)}
+    wrappers[False] = CCTuningModel(model, wrappers[True].decision_maker, detach_english=False)
+    engine, optimizer = engine_for(wrappers[True], 1e-5, None, args.batch, args.device)  # model + Decision Maker
+    for name, packed, detach in specs:
+        variants.append(Variant(name, wrappers[detach], wrappers[detach], optimizer, packed, detach))
+    return variants, params, tokenizer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="smollm2-135m-instruct | tiny-random-<arch> | llama-1b | llama-8b-shape | a local dir")
+    parser.add_argument("--layers", type=int, default=None, help="llama-8b-shape: decoder layers (8B dims, fewer layers)")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=6, help="measured steps (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps (CUDA init, autotuning)")
-    parser.add_argument("--cutoff", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8, help="measured steps per variant (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=4, help="unmeasured steps (CUDA init, autotuning, compile)")
+    parser.add_argument("--cutoff", type=int, default=256, help="bundled data: tokens per example at most")
+    parser.add_argument("--seq-len", type=int, default=None, help="synthetic examples of L/2..L tokens instead")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
-    parser.add_argument("--deepspeed", default=None, help="zero0 | zero2 | zero3 (GPU or CPU/gloo)")
+    parser.add_argument("--deepspeed", default=None, help="zero0 | zero2 | zero3 | zero3_offload (GPU or CPU/gloo)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--gpu", default="h100", choices=sorted(PEAK_TFLOPS), help="for MFU")
+    parser.add_argument("--packing", action="store_true", help="also measure padding-free packed batches")
+    parser.add_argument("--pack-max-tokens", type=int, default=None,
+                        help="tokens per packed row (default: each batch's longest example, as train.pack_max_tokens)")
+    parser.add_argument("--no-english-flowing", dest="english_flowing", action="store_false",
+                        help="skip the CC variant with gradients through the English pass")
+    parser.add_argument("--liger", action="store_true", help="Liger Kernel (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
+    parser.add_argument("--gpu", default="h100", choices=sorted(PEAK_TFLOPS), help="peak FLOPs for MFU")
     args = parser.parse_args()
     dtype = torch.bfloat16 if (args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")) == "bf16" \
         else torch.float32
-    tokenizer = bench_tokenizer()  # every model here shares SmolLM2's tokenizer and chat template
-    batches = make_batches(tokenizer, args.batch, args.steps + args.warmup, args.cutoff)
-    nonen = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup:])
-    english = sum(int(b["en_attention_mask"].sum()) for b in batches[args.warmup:])
-    # Both methods live side by side and step alternately on the same batches, so clock ramps,
-    # allocator warm-up and machine noise hit both alike.
-    trainees = {method: Trainee(method, args, dtype) for method in ("sft", "cc")}
-    for index, batch in enumerate(batches):
-        for trainee in (trainees.values() if index % 2 == 0 else reversed(list(trainees.values()))):
-            trainee.step(batch, measure=index >= args.warmup)
-    results = {m: (t.times, t.tokens, t.params) for m, t in trainees.items()}
-    sft_t, cc_t = statistics.median(results["sft"][0]), statistics.median(results["cc"][0])
-    params = results["sft"][2]
-    print(f"model={args.model} ({params / 1e6:.1f}M params) device={args.device} dtype={dtype} "
-          f"batch={args.batch} deepspeed={args.deepspeed or 'none'} steps={args.steps}")
-    for method, (times, tokens, _) in results.items():
-        step = statistics.median(times)
-        # FLOPs: 6·N per trained token; CC also runs (and back-propagates through) the English prompt.
-        flops_tokens = tokens + (english if method == "cc" else 0)
-        tflops = 6 * params * flops_tokens / sum(times) / 1e12
+    variants, params, tokenizer = build(args, dtype)
+    total = (args.steps + args.warmup) * args.batch
+    features = (synthetic_features(len(tokenizer), total, args.seq_len) if args.seq_len
+                else bundled_features(tokenizer, total, args.cutoff))
+    pad = pad_token_id(tokenizer)
+    chunks = [features[i * args.batch:(i + 1) * args.batch] for i in range(args.steps + args.warmup)]
+    layouts = {False: [CCCollator(pad)(c) for c in chunks],
+               True: [PackedCollator(pad, args.pack_max_tokens)(c) for c in chunks]}
+    padded_fraction = 1 - sum(b["token_count"] for b in layouts[False]) / sum(b["input_ids"].numel() for b in layouts[False])
+    for index in range(len(chunks)):
+        order = variants if index % 2 == 0 else list(reversed(variants))
+        for variant in order:
+            variant.step(layouts[variant.packed][index], args.device, bool(args.deepspeed), index >= args.warmup)
+    print(f"model={args.model} ({params / 1e6:.1f}M params) device={args.device} dtype={dtype} batch={args.batch} "
+          f"deepspeed={args.deepspeed or 'none'} steps={args.steps}+{args.warmup} warm-up "
+          f"data={'synthetic ' + str(args.seq_len) if args.seq_len else 'bundled'} padding={padded_fraction:.1%}")
+    stats = {}
+    for v in variants:
+        seconds = sum(v.times)
+        english_flops = (2 if v.detach else 6) * params * v.english if v.method == "cc" else 0
+        tflops = (6 * params * v.tokens + english_flops) / seconds / 1e12
         mfu = tflops / PEAK_TFLOPS[args.gpu] if args.device.startswith("cuda") else float("nan")
-        print(f"  {method:4s} step {step * 1000:9.1f} ms  {tokens / sum(times):10.1f} tokens/s  "
+        stats[v.name] = {"step": statistics.median(v.times), "tok_s": v.tokens / seconds, "mfu": mfu,
+                         "flops": 6 * params * v.tokens + english_flops}
+        print(f"  {v.name:18s} step {stats[v.name]['step'] * 1000:9.1f} ms  {stats[v.name]['tok_s']:10.1f} tokens/s  "
               f"{tflops:8.2f} TFLOP/s  MFU {mfu:.3f}")
-    footer({"sft_tokens_per_s": results["sft"][1] / sum(results["sft"][0]),
-            "cc_tokens_per_s": results["cc"][1] / sum(results["cc"][0]),
-            "cc_over_sft_step_time": cc_t / sft_t, "ideal_ratio": (nonen + english) / nonen})
+    if args.device.startswith("cuda"):
+        print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    best = "-packed" if args.packing else ""
+    headline = {
+        "sft_mfu": stats[f"sft{best}"]["mfu"], "cc_mfu": stats[f"cc{best}"]["mfu"],
+        "cc_over_sft_step_time": stats[f"cc{best}"]["step"] / stats[f"sft{best}"]["step"],
+        "ideal_ratio": stats[f"cc{best}"]["flops"] / stats[f"sft{best}"]["flops"],
+    }
+    if f"cc-flowing{best}" in stats:  # the English-pass setting: detached (default) vs gradients flowing
+        headline["cc_over_sft_step_time_english_flowing"] = (stats[f"cc-flowing{best}"]["step"]
+                                                             / stats[f"sft{best}"]["step"])
+        headline["detached_over_flowing_cc_step_time"] = stats[f"cc{best}"]["step"] / stats[f"cc-flowing{best}"]["step"]
+    if args.packing:
+        headline["packed_over_padded_tokens_per_s"] = stats["sft-packed"]["tok_s"] / stats["sft"]["tok_s"]
+        headline["cc_packed_over_padded_tokens_per_s"] = stats["cc-packed"]["tok_s"] / stats["cc"]["tok_s"]
+    footer(headline)
 
 
 if __name__ == "__main__":

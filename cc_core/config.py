@@ -13,7 +13,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -94,6 +94,10 @@ class TrainParams(_Section):
     on_truncated: Literal["drop", "error"] = "drop"
     nonfinite_patience: int = Field(0, ge=0)  # consecutive non-finite steps skipped before training stops
     decision_maker_init: Literal["model", "linear"] = "model"  # normal(0, initializer_range) as the reference
+    packing: bool = True  # padding-free rows, attention confined to each example (equal results, tested)
+    pack_max_tokens: int | None = Field(None, ge=8)  # tokens per packed row (None: the batch's longest example)
+    liger: bool = False  # Liger Kernel: fused linear cross-entropy, RMSNorm, SwiGLU, RoPE (CUDA; extra [gpu])
+    compile: bool = False  # torch.compile each decoder layer's submodules (hooks stay outside the graphs)
 
 
 class CollectParams(_Section):
@@ -120,7 +124,10 @@ class EvalParams(_Section):
     langs: list[str] = Field(default_factory=list)
     limit: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(40, ge=1)
-    batch_size: int = Field(8, ge=1)
+    # prompts per generation batch, or "auto": the most that fit the free accelerator memory (CPU: 8)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 8
+    cache: Literal["static", "dynamic"] = "static"  # KV cache of generation (same tokens; static is faster)
+    compile: bool = False  # torch.compile the decoding step (static cache; CUDA: CUDA graphs)
     max_prompt_len: int | None = Field(1024, ge=16)  # None: the model's context minus max_new_tokens
     on_long_prompt: Literal["truncate", "error"] = "truncate"  # error: the paper never truncates
     cc_mode: Literal["transform", "none", "parallel"] = "transform"

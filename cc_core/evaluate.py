@@ -133,7 +133,8 @@ def _generator(params: Params, method: str, model_dir: str | Path | None, transf
     return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode, device=device,
                                decision_mode=params.eval.decision_mode, max_new_tokens=params.eval.max_new_tokens,
                                batch_size=params.eval.batch_size, max_prompt_len=params.eval.max_prompt_len,
-                               on_long_prompt=params.eval.on_long_prompt, seed=params.eval.seed)
+                               on_long_prompt=params.eval.on_long_prompt, seed=params.eval.seed,
+                               cache=params.eval.cache, compile=params.eval.compile)
 
 
 @dataclass

@@ -52,7 +52,7 @@ from pathlib import Path
 from cc_core.config import Params
 from cc_core.io import InputError, file_sha256, read_json, write_json
 from cc_core.lineage import LineageError, checkpoint_sha256, require_same_checkpoint, short
-from cc_core.tracking import RUN_FILE, Tracker, git_commit, read_run_id, store_errors
+from cc_core.tracking import RUN_FILE, Tracker, fluent_tracking_uri, git_commit, read_run_id, store_errors
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -351,10 +351,10 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                 run_id = None
             artifacts = _stage(model_dir, transform_dir, manifest, staging) if storage == "artifacts" else None
             code = _stage_code(staging)
-            mlflow.set_tracking_uri(uri)
             experiment = tracker.experiment_id(client)
-            with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment,
-                                  run_name=None if run_id else "register") as run:
+            with fluent_tracking_uri(uri), mlflow.start_run(
+                    run_id=run_id, experiment_id=None if run_id else experiment,
+                    run_name=None if run_id else "register") as run:
                 logged = mlflow.initialize_logged_model(
                     name=LOGGED_MODEL_NAME, source_run_id=run.info.run_id,
                     experiment_id=run.info.experiment_id)  # its id goes into the config: load errors name it

@@ -115,6 +115,28 @@ def tracking_uri(params: TrackingParams) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
 
 
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """mlflow's fluent API (``start_run``, ``log_model``) bound to ``uri`` for the body only.
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to this process's environment,
+    which ``tracking_uri`` honours: left set, it would send every later run of this process (a flow,
+    a test) to this store. Both are restored on exit."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as mlflow_uri
+
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = getattr(mlflow_uri, "_tracking_uri", previous_env)  # None: mlflow's default
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
 def _server_up(uri: str, timeout: float = 3.0) -> bool:
     parsed = urlparse(uri)
     if parsed.scheme not in ("http", "https"):

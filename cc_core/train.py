@@ -67,15 +67,24 @@ class EncodeStats:
     dropped_truncated: int = 0  # response cut away entirely by cutoff_len
     response_truncated: int = 0  # response partly cut
     english_truncated: int = 0  # English prompt cut from the left to fit
+    dropped_over_budget: int = 0  # longer than train.pack_max_tokens: cannot be packed
 
 
 def encode_records(records, tokenizer, cutoff_len: int, method: str, on_truncated: str = "drop",
-                   where: str = "train.jsonl") -> tuple[list[dict[str, Any]], EncodeStats]:
-    """Tokenize records into training features (lists of ids; padding happens in the collator)."""
+                   where: str = "train.jsonl", pack_budget: int | None = None) -> tuple[list[dict[str, Any]], EncodeStats]:
+    """Tokenize records into training features (lists of ids; padding happens in the collator).
+    ``pack_budget``: the packed row's token budget; an example (or its English prompt) longer than it
+    cannot be packed and is dropped and counted (``on_truncated: error``: an error)."""
     stats = EncodeStats(records=len(records))
     features = []
     for index, record in enumerate(records):
         example = encode_example(tokenizer, record.instruction, record.output, cutoff_len)
+        if example is not None and pack_budget is not None and len(example.input_ids) > pack_budget:
+            if on_truncated == "error":
+                raise InputError(f"{where}: record {record.id!r} (line {index + 1}) has {len(example.input_ids)} "
+                                 f"tokens, more than train.pack_max_tokens={pack_budget}")
+            stats.dropped_over_budget += 1
+            continue
         if example is None:
             if on_truncated == "error":
                 raise InputError(f"{where}: record {record.id!r} (line {index + 1}) has no response token left "
@@ -85,7 +94,7 @@ def encode_records(records, tokenizer, cutoff_len: int, method: str, on_truncate
         stats.response_truncated += example.response_truncated
         feature: dict[str, Any] = {"input_ids": example.input_ids, "labels": example.labels, "anchor": example.anchor}
         if method == "cc":
-            english = encode_prompt(tokenizer, record.instruction_en, max_len=cutoff_len)
+            english = encode_prompt(tokenizer, record.instruction_en, max_len=min(cutoff_len, pack_budget or cutoff_len))
             stats.english_truncated += english.truncated
             feature.update(en_input_ids=english.input_ids, en_anchor=english.anchor)
         features.append(feature)
@@ -107,19 +116,147 @@ class FeatureDataset(Dataset):
 @dataclass
 class CCCollator:
     """Right-pads the non-English prompt+response (labels -100 on prompt and padding) and, for CC,
-    the English prompt; carries both anchors (right padding keeps them at len(prompt) - 1)."""
+    the English prompt; carries both anchors (right padding keeps them at len(prompt) - 1).
+    ``token_count`` / ``en_token_count`` (plain ints: no device sync to count them) are bookkeeping
+    for tokens/s, removed before the model sees the batch."""
 
     pad_id: int
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         ids, mask = pad_sequences([f["input_ids"] for f in features], self.pad_id, "right")
         labels, _ = pad_sequences([f["labels"] for f in features], -100, "right")
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                                 "token_count": sum(len(f["input_ids"]) for f in features)}
         if "en_input_ids" in features[0]:
             en_ids, en_mask = pad_sequences([f["en_input_ids"] for f in features], self.pad_id, "right")
             batch.update(anchor=torch.tensor([f["anchor"] for f in features]), en_input_ids=en_ids,
-                         en_attention_mask=en_mask, en_anchor=torch.tensor([f["en_anchor"] for f in features]))
+                         en_attention_mask=en_mask, en_anchor=torch.tensor([f["en_anchor"] for f in features]),
+                         en_token_count=sum(len(f["en_input_ids"]) for f in features))
         return batch
+
+
+def pack_rows(lengths: list[int], budget: int | None) -> list[list[int]]:
+    """Example indices per row: first-fit decreasing into rows of at most ``budget`` tokens (None: the
+    longest example's length, so no row is wider than a padded batch's). Deterministic; an example
+    longer than the budget is an error (encode_records drops or refuses those before they get here)."""
+    budget = budget or max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if lengths[index] > budget:
+            raise ValueError(f"an example of {lengths[index]} tokens does not fit train.pack_max_tokens={budget}")
+        slot = next((r for r, free in enumerate(room) if free >= lengths[index]), None)
+        if slot is None:
+            rows.append([index])
+            room.append(budget - lengths[index])
+        else:
+            rows[slot].append(index)
+            room[slot] -= lengths[index]
+    return [sorted(row) for row in rows]
+
+
+def _pack(seqs: list[list[int]], anchors: list[int], labels: list[list[int]] | None, budget: int | None,
+          pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate sequences into rows; positions restart at 0 for every example (and for the
+    padding that squares the rows off, which so forms an example of its own with no loss)."""
+    layout = pack_rows([len(s) for s in seqs], budget)
+    width = max(sum(len(seqs[i]) for i in row) for row in layout)
+    ids = torch.full((len(layout), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(layout), width), dtype=torch.long)
+    lab = torch.full((len(layout), width), -100, dtype=torch.long)
+    anchor, anchor_row = torch.zeros(len(seqs), dtype=torch.long), torch.zeros(len(seqs), dtype=torch.long)
+    for r, row in enumerate(layout):
+        offset = 0
+        for i in row:
+            n = len(seqs[i])
+            ids[r, offset:offset + n] = torch.tensor(seqs[i])
+            pos[r, offset:offset + n] = torch.arange(n)
+            if labels is not None:
+                lab[r, offset:offset + n] = torch.tensor(labels[i])
+            anchor[i], anchor_row[i] = offset + anchors[i], r
+            offset += n
+        pos[r, offset:] = torch.arange(width - offset)
+    out = {"input_ids": ids, "position_ids": pos, "anchor": anchor, "anchor_row": anchor_row}
+    if labels is not None:
+        out["labels"] = lab
+    return out
+
+
+@dataclass
+class PackedCollator:
+    """Padding-free batches (train.packing): the same examples as CCCollator's batch, several per row
+    up to ``budget`` tokens, positions restarting per example and no attention mask, so transformers
+    confines attention to each example (block-diagonal causal; FlashAttention-2 varlen on GPUs).
+    For CC the English prompts are packed the same way; every example keeps its own anchors
+    (``anchor``/``anchor_row``, ``en_anchor``/``en_anchor_row``) and the Decision Maker sees one row
+    per example."""
+
+    pad_id: int
+    budget: int | None = None  # tokens per row (None: the longest example of the batch)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        main = _pack([f["input_ids"] for f in features], [f["anchor"] for f in features],
+                     [f["labels"] for f in features], self.budget, self.pad_id)
+        batch: dict[str, Any] = {"input_ids": main["input_ids"], "position_ids": main["position_ids"],
+                                 "labels": main["labels"], "token_count": sum(len(f["input_ids"]) for f in features)}
+        if "en_input_ids" in features[0]:
+            en = _pack([f["en_input_ids"] for f in features], [f["en_anchor"] for f in features], None,
+                       self.budget, self.pad_id)
+            batch.update(anchor=main["anchor"], anchor_row=main["anchor_row"], en_input_ids=en["input_ids"],
+                         en_position_ids=en["position_ids"], en_anchor=en["anchor"], en_anchor_row=en["anchor_row"],
+                         en_token_count=sum(len(f["en_input_ids"]) for f in features))
+        return batch
+
+
+def _liger_functions() -> dict:
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as err:
+        raise InputError("train.liger=true needs the liger-kernel package: pip install -e '.[gpu]' "
+                         f"(on a CUDA machine; {err})") from None
+    return MODEL_TYPE_TO_APPLY_LIGER_FN
+
+
+def check_kernel_options(tp: TrainParams, base_dir: Path) -> None:
+    """train.liger / train.compile asked for where they cannot work: an error naming the key, before
+    the model loads (minutes at 8B)."""
+    if tp.liger:
+        if not torch.cuda.is_available():
+            raise InputError("train.liger=true needs a CUDA GPU (Liger Kernel's Triton kernels); set train.liger=false")
+        config = base_dir / "config.json"
+        model_type = read_json(config).get("model_type") if config.is_file() else None
+        if model_type not in _liger_functions():
+            raise InputError(f"train.liger=true: Liger Kernel has no kernels for model_type {model_type!r} "
+                             f"(supported: {', '.join(sorted(_liger_functions()))}); set train.liger=false")
+    if tp.compile and tp.deepspeed and "3" in str(tp.deepspeed):
+        raise InputError("train.compile=true with ZeRO-3: parameters are gathered inside the forward, which "
+                         "torch.compile of the layers does not follow; use DeepSpeed's compile or train.compile=false")
+
+
+def apply_liger(model) -> None:
+    """Liger's fused kernels on this model instance: the LM head and cross-entropy fused (no logits
+    tensor: 16k tokens × 128k vocabulary at Llama-3 scale), RMSNorm, SwiGLU and RoPE where they apply."""
+    _liger_functions()[model.config.model_type](model=model)
+
+
+def compile_decoder(model, arch_map=None) -> None:
+    """torch.compile every submodule of every decoder layer (attention, MLP, norms). The capture and
+    connection hooks sit on the layer and on the FFN module's call, outside the compiled forwards,
+    so the graphs never change when hooks come and go."""
+    from cc_core.modeling.architectures import arch_paths, decoder_layers
+
+    for layer in decoder_layers(model, arch_paths(model, arch_map)):
+        for child in layer.children():
+            child.forward = torch.compile(child.forward, dynamic=True)
+
+
+def pack_budget(tp: TrainParams) -> int | None:
+    """Tokens per packed row: train.pack_max_tokens, or None (each batch's longest example)."""
+    return tp.pack_max_tokens
+
+
+def make_collator(tp: TrainParams, pad_id: int):
+    return PackedCollator(pad_id, pack_budget(tp)) if tp.packing else CCCollator(pad_id)
 
 
 # --- DeepSpeed -------------------------------------------------------------------------------------
@@ -226,9 +363,9 @@ def _make_trainer_class():
                 param.grad = None  # torch optimizers skip parameters without a gradient: no update, no moments
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            self.tokens_seen += int(inputs["attention_mask"].sum())
-            if "en_attention_mask" in inputs:
-                self.english_tokens_seen += int(inputs["en_attention_mask"].sum())
+            # bookkeeping keys from the collators (plain ints: counting costs no device sync)
+            self.tokens_seen += int(inputs.pop("token_count", 0))
+            self.english_tokens_seen += int(inputs.pop("en_token_count", 0))
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
             choice = getattr(outputs, "choice", None)
@@ -434,6 +571,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     work_dir = out.parent / f".{out.name}-checkpoints"
     is_main = rank() == 0
 
+    check_kernel_options(tp, base_dir)  # before anything loads: a clear error naming the key
     ds_config = resolve_deepspeed(tp.deepspeed)
     if ds_config is not None and tp.nonfinite_patience:
         # DeepSpeed applies the update inside backward(): a bad step cannot be skipped after the fact.
@@ -454,15 +592,24 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     args = _training_arguments(tp, work_dir, ds_config)  # before loading: ZeRO-3 loads partitioned
     set_seed(tp.seed)
     model, tokenizer = load_model_dir(base_dir)
-    model.config.use_cache = False  # training never reuses a KV cache: building one costs time and memory
+    model.config.use_cache = False  # training never reuses a KV cache (and a cache turns off packed masks)
+    if tp.liger:
+        apply_liger(model)
     check_tokenizer_matches(tokenizer, model, base_dir)
-    features, stats = encode_records(records, tokenizer, tp.cutoff_len, method, tp.on_truncated, str(data_file))
+    budget = pack_budget(tp)
+    features, stats = encode_records(records, tokenizer, tp.cutoff_len, method, tp.on_truncated, str(data_file),
+                                     budget if tp.packing else None)
+    if stats.dropped_over_budget:
+        log.warning("dropped %d of %d examples longer than train.pack_max_tokens=%s", stats.dropped_over_budget,
+                    stats.records, budget)
     if stats.dropped_truncated:
         log.warning("dropped %d of %d examples whose response did not fit train.cutoff_len=%d",
                     stats.dropped_truncated, stats.records, tp.cutoff_len)
     if not features:
         raise InputError(f"{data_file}: all {stats.records} examples were truncated away by "
                          f"train.cutoff_len={tp.cutoff_len}; raise it")
+    if tp.compile:
+        compile_decoder(model, params.model.arch_map)
     if method == "cc":
         model = CCTuningModel(model, inject_layer=tp.inject_layer, decision_mode=tp.decision_mode,
                               gumbel_tau=tp.gumbel_tau, detach_english=tp.detach_english,
@@ -491,7 +638,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
         run.log_metrics({f"data_{k}": v for k, v in asdict(stats).items()}, step=0)
         trainer = _make_trainer_class()(
             model=model, args=args, train_dataset=FeatureDataset(features),
-            data_collator=CCCollator(pad_token_id(tokenizer)), processing_class=tokenizer,
+            data_collator=make_collator(tp, pad_token_id(tokenizer)), processing_class=tokenizer,
             callbacks=[_make_log_callback(run, trainer_ref)],
             nonfinite_patience=tp.nonfinite_patience, save_total_limit=tp.save_total_limit,
         )

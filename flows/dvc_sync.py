@@ -175,13 +175,15 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or PurePosixPath(path).is_relative_to(folder)
 
 
-def stage_inputs(project: str | Path, stages: list[str]) -> dict[str, str]:
+def stage_inputs(project: str | Path, stages: list[str], strict: bool = True) -> dict[str, str]:
     """``{path: producing stage}``: the DVC-cached paths ``stages`` read that other stages produce
-    (what a node must pull before running them)."""
+    (what a node must pull before running them). ``strict=False`` skips stages dvc.yaml does not
+    have (e.g. an eval stage of a benchmark that only another params file lists)."""
     index = _stage_index(project)
     unknown = [name for name in stages if name not in index]
-    if unknown:
+    if unknown and strict:
         raise DvcError(f"no stage {', '.join(unknown)} in dvc.yaml (stages: {', '.join(index)})")
+    stages = [name for name in stages if name in index]
     wanted: dict[str, str] = {}
     for name in stages:
         deps, _ = index[name]

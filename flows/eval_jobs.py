@@ -40,6 +40,7 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 
 GPU_WAIT_LOG_S = 60
+MAX_API_ERRORS = 12  # consecutive failed polls of the server (about a minute) before the parent gives up
 
 
 @contextlib.contextmanager
@@ -256,14 +257,24 @@ def run_jobs(jobs: list[Job], deployment: str, parameters: Callable[[Job], dict[
     for job in jobs:
         submit(job)
     last_progress = time.monotonic()
+    api_errors = 0
     with get_client(sync_client=True) as client:
         while True:
             active = [job for job in jobs if job.status == "waiting"]
             if not active:
                 break
-            runs = {run.id: run for run in client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[job.run_id for job in active])),
-                limit=len(active))}
+            try:
+                runs = {run.id: run for run in client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[job.run_id for job in active])),
+                    limit=len(active))}
+                api_errors = 0
+            except Exception as err:  # noqa: BLE001 - a busy or restarting server: ask again, for a while
+                api_errors += 1
+                if api_errors > MAX_API_ERRORS:
+                    raise
+                log.warning("could not read the jobs' states (%s: %s); asking again", type(err).__name__, err)
+                time.sleep(max(poll_s, 5.0))
+                continue
             now = datetime.now(timezone.utc)
             live = [job.run_id for job in active
                     if job.run_id in runs and runs[job.run_id].state and runs[job.run_id].state.type.value

@@ -131,7 +131,7 @@ def dvc_pull_task(p: PipelineParameters, stages: list[str], produced_here: list[
     """Pull ``stages``' inputs from the DVC remote, except those this flow run produced itself."""
     from flows import dvc_sync
 
-    inputs = dvc_sync.stage_inputs(p.project_dir, stages)
+    inputs = dvc_sync.stage_inputs(p.project_dir, stages, strict=False)
     recorded = dvc_sync.recorded_stages(p.project_dir)
     targets = [path for path, producer in inputs.items() if producer not in produced_here and producer in recorded]
     unknown = sorted({producer for producer in inputs.values() if producer not in recorded | set(produced_here)})

@@ -85,32 +85,47 @@ class CCTuningModel(nn.Module):
 
     gradient_checkpointing_enable = activation_checkpointing_enable
 
-    def english_activations(self, en_input_ids: torch.Tensor, en_attention_mask: torch.Tensor,
-                            en_anchor: torch.Tensor) -> torch.Tensor:
+    def english_activations(self, en_input_ids: torch.Tensor, en_attention_mask: torch.Tensor | None,
+                            en_anchor: torch.Tensor, en_anchor_row: torch.Tensor | None = None,
+                            en_position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """FFN outputs at the English anchor, ``[B, L, d]``.
 
         ``detach_english`` (default) is the authors' effective computation: under their reentrant
         gradient checkpointing the English pass ran without autograd. Running it under ``no_grad``
         gives the same loss and gradients, and skips the English pass's graph and its backward.
         """
+        def run():
+            return capture_ffn(self.model, en_input_ids, en_attention_mask, en_anchor, paths=self.paths,
+                               rows=en_anchor_row, position_ids=en_position_ids)
+
         if self.detach_english:
             with torch.no_grad():
-                return capture_ffn(self.model, en_input_ids, en_attention_mask, en_anchor, paths=self.paths)
-        return capture_ffn(self.model, en_input_ids, en_attention_mask, en_anchor, paths=self.paths)
+                return run()
+        return run()
 
-    def anchor_embeds(self, input_ids: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    def anchor_embeds(self, input_ids: torch.Tensor, anchor: torch.Tensor,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
         """The hidden state entering layer 0 at the anchor (embedding, scaled where the model scales it)."""
-        tokens = input_ids[torch.arange(input_ids.shape[0], device=input_ids.device), anchor]
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device) if rows is None else rows
+        tokens = input_ids[rows, anchor]
         return get_module(self.model, self.paths.embed)(tokens)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, anchor: torch.Tensor,
-                en_input_ids: torch.Tensor, en_attention_mask: torch.Tensor, en_anchor: torch.Tensor,
-                labels: torch.Tensor | None = None, decision_mode: str | None = None,
-                num_items_in_batch: int | torch.Tensor | None = None, **_: object) -> CCOutput:
-        acts = self.english_activations(en_input_ids, en_attention_mask, en_anchor)
+    def forward(self, input_ids: torch.Tensor, anchor: torch.Tensor, en_input_ids: torch.Tensor,
+                en_anchor: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                en_attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                decision_mode: str | None = None, num_items_in_batch: int | torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, anchor_row: torch.Tensor | None = None,
+                en_position_ids: torch.Tensor | None = None, en_anchor_row: torch.Tensor | None = None,
+                **_: object) -> CCOutput:
+        """Padded batches: one example per row, anchors are columns. Packed batches (train.packing):
+        several examples per row, ``*_anchor_row`` give each example's row, ``*position_ids`` restart
+        per example and the attention masks are None (attention stays inside each example)."""
+        acts = self.english_activations(en_input_ids, en_attention_mask, en_anchor, en_anchor_row, en_position_ids)
         vectors, choice = self.decision_maker.select(
-            acts, self.anchor_embeds(input_ids, anchor), decision_mode or self.decision_mode, self.gumbel_tau)
-        with connected(self.model, anchor, vectors, self.inject_layer, self.paths):
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False,
+            acts, self.anchor_embeds(input_ids, anchor, anchor_row), decision_mode or self.decision_mode,
+            self.gumbel_tau)
+        with connected(self.model, anchor, vectors, self.inject_layer, self.paths, rows=anchor_row):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             labels=labels, use_cache=False,
                              **({"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}))
         return CCOutput(out.loss, out.logits, choice.detach())

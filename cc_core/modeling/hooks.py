@@ -42,17 +42,22 @@ def _hidden(output: Any) -> torch.Tensor:
 class _Chunks:
     """Where each example's anchor falls in a chunk of columns [start, start + width).
 
+    Example ``n`` has its anchor at column ``anchor[n]`` of batch row ``rows[n]`` (default: row
+    ``n``, one example per row; packed batches hold several examples per row).
     Decided on a CPU copy of the anchors, so the hooks never wait on the GPU (a ``bool()``
     of a device tensor in every layer's hook would serialise the whole forward); the index
     tensors go to the device once per (start, width) and are shared by all layers.
     """
 
-    def __init__(self, anchor: torch.Tensor) -> None:
+    def __init__(self, anchor: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         self.anchor = anchor.detach().to("cpu", torch.long)
-        self._cache: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor, bool] | None] = {}
+        self.rows = (torch.arange(len(self.anchor)) if rows is None else rows.detach().to("cpu", torch.long))
+        if self.rows.shape != self.anchor.shape:
+            raise ValueError(f"anchor rows {tuple(self.rows.shape)} and columns {tuple(self.anchor.shape)} differ")
+        self._cache: dict[tuple[int, int, torch.device], tuple | None] = {}
 
     def locate(self, start: int, width: int, device: torch.device):
-        """(rows on device, local columns on device, every row hit) or None."""
+        """(examples, their rows, their local columns — on device —, every example hit) or None."""
         key = (start, width, device)
         if key not in self._cache:
             local = self.anchor - start
@@ -60,8 +65,9 @@ class _Chunks:
             if not bool(mask.any()):
                 self._cache[key] = None
             else:
-                rows = torch.nonzero(mask).squeeze(1)
-                self._cache[key] = (rows.to(device), local[rows].to(device), bool(mask.all()))
+                examples = torch.nonzero(mask).squeeze(1)
+                self._cache[key] = (examples.to(device), self.rows[examples].to(device), local[examples].to(device),
+                                    bool(mask.all()))
         return self._cache[key]
 
 
@@ -73,10 +79,10 @@ class Capture:
     """
 
     def __init__(self, model: nn.Module, anchor: torch.Tensor, paths: ArchPaths | None = None,
-                 with_embed: bool = False) -> None:
+                 with_embed: bool = False, rows: torch.Tensor | None = None) -> None:
         self.paths = paths or arch_paths(model)
         self.layers = decoder_layers(model, self.paths)
-        self.chunks = _Chunks(anchor)
+        self.chunks = _Chunks(anchor, rows)
         self.with_embed = with_embed
         self._vectors: list[torch.Tensor | None] = [None] * len(self.layers)
         self._embed: torch.Tensor | None = None
@@ -90,11 +96,11 @@ class Capture:
         found = self.chunks.locate(start, hidden.shape[1], hidden.device)
         if found is None:
             return old
-        rows, local, every = found
+        examples, rows, local, every = found
         if every:  # the common case: one forward over whole prompts
             return hidden[rows, local]
-        merged = old if old is not None else hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
-        return merged.index_put((rows,), hidden[rows, local])
+        merged = old if old is not None else hidden.new_zeros(len(self.chunks.anchor), hidden.shape[-1])
+        return merged.index_put((examples,), hidden[rows, local])
 
     def _pre(self, idx: int):
         def hook(module, args, kwargs):
@@ -146,9 +152,10 @@ class Capture:
 
 @contextlib.contextmanager
 def capturing(model: nn.Module, anchor: torch.Tensor, paths: ArchPaths | None = None,
-              with_embed: bool = False) -> Iterator[Capture]:
-    """Context manager around any forward(s): read anchor FFN outputs; hooks removed on exit."""
-    capture = Capture(model, anchor, paths, with_embed).attach()
+              with_embed: bool = False, rows: torch.Tensor | None = None) -> Iterator[Capture]:
+    """Context manager around any forward(s): read anchor FFN outputs; hooks removed on exit.
+    ``rows``: the batch row of each anchor (packed batches); default one example per row."""
+    capture = Capture(model, anchor, paths, with_embed, rows).attach()
     try:
         yield capture
     finally:
@@ -162,25 +169,29 @@ def decoder_body(model: nn.Module) -> nn.Module:
 
 
 def capture_ffn(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                anchor: torch.Tensor, with_embed: bool = False, paths: ArchPaths | None = None):
-    """One forward pass; returns FFN outputs at ``anchor`` for every layer, ``[B, L, d]``
-    (and the layer-0 input at the anchor, ``[B, d]``, when ``with_embed``).
+                anchor: torch.Tensor, with_embed: bool = False, paths: ArchPaths | None = None,
+                rows: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+    """One forward pass; returns FFN outputs at ``anchor`` for every layer, ``[N, L, d]``
+    (and the layer-0 input at the anchor, ``[N, d]``, when ``with_embed``).
 
     Runs under the caller's grad mode: inside ``torch.no_grad()`` for collection, with
-    gradients for the training English pass.
+    gradients for the training English pass. Packed rows: ``rows`` gives each anchor's row,
+    ``position_ids`` restart per example and ``attention_mask`` is None (transformers then
+    confines attention to each example).
     """
     paths = paths or arch_paths(model)
-    with capturing(model, anchor, paths, with_embed) as capture:
-        decoder_body(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    with capturing(model, anchor, paths, with_embed, rows) as capture:
+        decoder_body(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False)
         vectors = capture.vectors()
         return (vectors, capture.embeds()) if with_embed else vectors
 
 
 @contextlib.contextmanager
 def connected(model: nn.Module, anchor: torch.Tensor, vectors: torch.Tensor, inject_layer: int = 0,
-              paths: ArchPaths | None = None) -> Iterator[None]:
-    """Every forward inside adds ``vectors[b]`` to the FFN output of decoder layer ``inject_layer``
-    at column ``anchor[b]`` of example b, and nowhere else.
+              paths: ArchPaths | None = None, rows: torch.Tensor | None = None) -> Iterator[None]:
+    """Every forward inside adds ``vectors[n]`` to the FFN output of decoder layer ``inject_layer``
+    at column ``anchor[n]`` of row ``rows[n]`` (default: row n), and nowhere else.
 
     Adding to the FFN output equals adding to the layer's output (the FFN output is the last
     term of the residual sum), which is where the hook adds it.
@@ -193,7 +204,7 @@ def connected(model: nn.Module, anchor: torch.Tensor, vectors: torch.Tensor, inj
         raise ValueError(f"vectors must be [B, d] with B={anchor.shape[0]}, got {tuple(vectors.shape)}")
     layer = layers[inject_layer]
     start = [0]
-    chunks = _Chunks(anchor)
+    chunks = _Chunks(anchor, rows)
 
     def pre(module, args, kwargs):
         start[0] = _chunk_start(kwargs, inject_layer)
@@ -203,9 +214,9 @@ def connected(model: nn.Module, anchor: torch.Tensor, vectors: torch.Tensor, inj
         found = chunks.locate(start[0], hidden.shape[1], hidden.device)
         if found is None:
             return None  # a decoding step after the prefill: untouched
-        rows, local, _ = found
+        examples, rows, local, _ = found
         # out of place: autograd sees hidden + v at (row, anchor), gradients reach both
-        hidden = hidden.index_put((rows, local), vectors[rows.to(vectors.device)].to(hidden.dtype),
+        hidden = hidden.index_put((rows, local), vectors[examples.to(vectors.device)].to(hidden.dtype),
                                   accumulate=True)
         if isinstance(output, tuple):
             return (hidden, *output[1:])

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -129,9 +128,11 @@ def test_eval_jobs_spread_over_two_nodes_and_survive_a_killed_one(cluster):
         assert sorted(metrics["languages"]) == langs and "failed_languages" not in metrics, metrics
         assert metrics["items"] == limit * len(langs)
         for lang in langs:
-            rows = [json.loads(line) for line in (head / f"eval/{method}/{bench}/{lang}.jsonl").read_text().splitlines()]
+            lines = (head / f"eval/{method}/{bench}/{lang}.jsonl").read_text().splitlines()
+            rows = [json.loads(line) for line in lines]
             assert len(rows) == limit and len({row["id"] for row in rows}) == limit
-        assert sorted(p.name for p in (head / f"eval/{method}/{bench}").iterdir()) == [f"{lang}.jsonl" for lang in langs]
+        written = sorted(p.name for p in (head / f"eval/{method}/{bench}").iterdir())
+        assert written == [f"{lang}.jsonl" for lang in langs]
 
     # the same versioned state as dvc repro: dvc.lock up to date for what ran, everything pushed
     stages = [f"eval@base-{b}" for b in ("XNLI", "XLSum")] + [f"eval_cc@{b}" for b in ("XNLI", "XLSum")] + ["report"]

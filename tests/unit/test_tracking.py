@@ -147,3 +147,23 @@ def test_resume_does_not_report_unchanged_none_params(store, caplog):
         pass
     changed = [r.getMessage() for r in caplog.records if "params changed" in r.getMessage()]
     assert len(changed) == 1 and changed[0].endswith("keeping the logged values of eval.limit")
+
+
+@pytest.mark.parametrize("outer", [None, "http://127.0.0.1:9/outer"])
+def test_fluent_tracking_uri_does_not_outlive_its_block(tmp_path, monkeypatch, outer):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; after a registration in a long-lived
+    process (a flow, a test session) every later Tracker would otherwise log to that store."""
+    import os
+
+    from cc_core.tracking import fluent_tracking_uri, tracking_uri
+
+    if outer is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", outer)
+    inner = f"sqlite:///{tmp_path}/inner.db"
+    with fluent_tracking_uri(inner):
+        assert os.environ["MLFLOW_TRACKING_URI"] == inner
+    assert os.environ.get("MLFLOW_TRACKING_URI") == outer
+    own = f"sqlite:///{tmp_path}/own.db"
+    assert tracking_uri(TrackingParams(uri=own)) == (outer or own)

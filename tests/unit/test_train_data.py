@@ -61,7 +61,9 @@ def test_collator_right_pads_each_side_and_keeps_anchors(smol_tokenizer):
     pad = pad_token_id(smol_tokenizer)
     batch = CCCollator(pad)(features)
     assert set(batch) == {"input_ids", "attention_mask", "labels", "anchor", "en_input_ids", "en_attention_mask",
-                          "en_anchor"}
+                          "en_anchor", "token_count", "en_token_count"}
+    assert batch["token_count"] == sum(len(f["input_ids"]) for f in features)  # real tokens, no padding
+    assert batch["en_token_count"] == sum(len(f["en_input_ids"]) for f in features)
     for row, f in enumerate(features):
         n, m = len(f["input_ids"]), len(f["en_input_ids"])
         assert batch["input_ids"][row, :n].tolist() == f["input_ids"]
@@ -71,7 +73,7 @@ def test_collator_right_pads_each_side_and_keeps_anchors(smol_tokenizer):
         assert batch["anchor"][row] == f["anchor"] and batch["en_anchor"][row] == m - 1
         assert batch["en_input_ids"][row, batch["en_anchor"][row]] == f["en_input_ids"][-1]
     sft, _ = encode_records(records, smol_tokenizer, 256, "sft")
-    assert set(CCCollator(pad)(sft)) == {"input_ids", "attention_mask", "labels"}
+    assert set(CCCollator(pad)(sft)) == {"input_ids", "attention_mask", "labels", "token_count"}
 
 
 def test_fingerprint_follows_base_weights_and_tokenizer(tmp_path):

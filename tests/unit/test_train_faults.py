@@ -169,3 +169,23 @@ def test_train_metrics_name_their_checkpoint(tmp_path):
     # the rate's numerator and denominator are the same run's: 2000 tokens in 20 s, not 3000
     assert metrics["tokens_per_s"] == 100.0 and metrics["tokens_this_run"] == 2000
     assert metrics["tokens_total"] == 3000 and metrics["resumed_from_step"] == 10
+
+
+def test_kernel_options_that_cannot_work_fail_before_the_model_loads(tmp_path, monkeypatch):
+    from cc_core.config import TrainParams
+    from cc_core.io import InputError
+    from cc_core.train import check_kernel_options
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match=r"^train.liger=true needs a CUDA GPU"):
+        check_kernel_options(TrainParams(liger=True), tmp_path)
+    with pytest.raises(InputError, match=r"^train.compile=true with ZeRO-3"):
+        check_kernel_options(TrainParams(compile=True, deepspeed="zero3"), tmp_path)
+    check_kernel_options(TrainParams(compile=True), tmp_path)  # fine on a CPU, without ZeRO-3
+    # on a GPU machine: an architecture Liger has no kernels for is named (or the missing extra)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "starcoder2"}))
+    with pytest.raises(InputError, match=r"train.liger=true(: Liger Kernel has no kernels for model_type 'starcoder2'"
+                                         r"| needs the liger-kernel package: pip install -e '\.\[gpu\]')"):
+        check_kernel_options(TrainParams(liger=True), tmp_path)
