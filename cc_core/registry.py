@@ -343,7 +343,9 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     except OSError:
         staging = Path(tempfile.mkdtemp(prefix="cc-register-"))
     try:
-        with store_errors(uri, required_by=REQUIRED_BY):
+        # fluent: mlflow.start_run / log_model, and create_model_version resolving the logged model's
+        # "models:/m-..." source, use the process-global URI (set for this block only)
+        with store_errors(uri, required_by=REQUIRED_BY), fluent_tracking_uri(uri):
             run_id = training_run
             if run_id is not None and Tracker.find_run(client, run_id) is None:
                 # trained against another tracking store: log the model in a new run here
@@ -352,9 +354,8 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
             artifacts = _stage(model_dir, transform_dir, manifest, staging) if storage == "artifacts" else None
             code = _stage_code(staging)
             experiment = tracker.experiment_id(client)
-            with fluent_tracking_uri(uri), mlflow.start_run(
-                    run_id=run_id, experiment_id=None if run_id else experiment,
-                    run_name=None if run_id else "register") as run:
+            with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment,
+                                  run_name=None if run_id else "register") as run:
                 logged = mlflow.initialize_logged_model(
                     name=LOGGED_MODEL_NAME, source_run_id=run.info.run_id,
                     experiment_id=run.info.experiment_id)  # its id goes into the config: load errors name it
