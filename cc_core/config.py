@@ -122,7 +122,8 @@ class EvalParams(_Section):
     )
     data_dir: str = "bundled"
     langs: list[str] = Field(default_factory=list)
-    limit: int | None = Field(None, ge=1)
+    # items per language: one number for every benchmark, or {benchmark: n} (benchmarks not named: all)
+    limit: Annotated[int, Field(ge=1)] | dict[str, Annotated[int, Field(ge=1)] | None] | None = None
     max_new_tokens: int = Field(40, ge=1)
     # prompts per generation batch, or "auto": the most that fit the free accelerator memory (CPU: 8)
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 8
@@ -147,6 +148,23 @@ class EvalParams(_Section):
         from cc_core.data.benchmarks import canonical_benchmark
 
         return [canonical_benchmark(name) for name in value]
+
+    @field_validator("limit")
+    @classmethod
+    def _known_limit_benchmarks(cls, value):
+        from cc_core.data.benchmarks import canonical_benchmark
+
+        if isinstance(value, dict):
+            return {canonical_benchmark(name): n for name, n in value.items()}
+        return value
+
+    def limit_for(self, benchmark: str) -> int | None:
+        """Items per language for ``benchmark`` (None: all)."""
+        from cc_core.data.benchmarks import canonical_benchmark
+
+        if isinstance(self.limit, dict):
+            return self.limit.get(canonical_benchmark(benchmark))
+        return self.limit
 
     @field_validator("langs")
     @classmethod

@@ -307,7 +307,7 @@ def evaluate_language(params: Params, method: str, benchmark: str, lang: str, mo
     """One benchmark × one language (the unit the Prefect flow fans out over)."""
     spec = get_spec(benchmark)
     generator = generator or _generator(params, method, model_dir, transform, device)
-    items = load_benchmark(spec.name, lang, params.eval.data_dir, params.eval.limit)
+    items = load_benchmark(spec.name, lang, params.eval.data_dir, params.eval.limit_for(spec.name))
     return run_items_seeds(generator, spec, items, choice_scoring or params.eval.choice_scoring,
                            params.eval.protocol, params.eval.seeds)[lang]
 
@@ -322,7 +322,7 @@ def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | Non
     spec = get_spec(benchmark)
     data_dir = params.eval.data_dir
     langs = resolve_langs(spec, data_dir, langs, params.eval.langs)
-    limit = limit or params.eval.limit
+    limit = limit or params.eval.limit_for(spec.name)
     generator = generator or _generator(params, method, model_dir, transform)
     started = time.perf_counter()
     items = [item for lang in langs for item in load_benchmark(spec.name, lang, data_dir, limit)]

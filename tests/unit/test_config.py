@@ -107,3 +107,14 @@ def test_paper_profile_sets_every_key_with_its_source():
     assert params.eval.max_prompt_len is None and params.eval.limit is None and params.eval.langs == []
     assert params.eval.decision_mode == "gumbel" and params.report.paper_reference
     assert round(params.data.num_pairs * params.fit.holdout_fraction) == 100  # 1000 pairs fitted
+
+
+def test_eval_limit_per_benchmark():
+    params = parse_params({}, overrides=["eval.limit={xquad: 1, XLSum: 2}"])
+    assert params.eval.limit == {"XQuAD": 1, "XLSum": 2}
+    assert (params.eval.limit_for("XQuAD"), params.eval.limit_for("xlsum"), params.eval.limit_for("XNLI")) == (1, 2, None)
+    assert parse_params({}, overrides=["eval.limit=3"]).eval.limit_for("XNLI") == 3
+    with pytest.raises(ConfigError, match=r"eval.limit.*unknown benchmark 'foo'"):
+        parse_params({}, overrides=["eval.limit={foo: 1}"])
+    with pytest.raises(ConfigError, match=r"eval.limit"):
+        parse_params({}, overrides=["eval.limit={XNLI: 0}"])

@@ -262,6 +262,11 @@ def test_evaluate_qa_rows_carry_exact_match(tmp_path):
     assert metrics["languages"]["de"]["em"] == 100.0 and metrics["languages"]["ja"]["em"] == 0.0
     rows = [json.loads(x) for x in (tmp_path / "eval" / "cc" / "MKQA" / "de.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["em"] == 1.0 and isinstance(r["gold"], list) for r in rows)
+    # a per-benchmark limit: MKQA named (1 item per language), a benchmark not named gets all
+    params = _params("eval.limit={MKQA: 1, XQuAD: 2}")
+    result = evaluate(params, "cc", "mkqa", langs=["de", "ja"], out_root=tmp_path / "eval",
+                      metrics_root=tmp_path / "m", generator=fake)
+    assert result.items == 2
 
 
 def test_evaluate_with_a_tiny_model(tmp_path, tiny_factory):
