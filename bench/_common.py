@@ -78,10 +78,18 @@ def median_time(fn: Callable[[], object], repeats: int, device: str = "cpu", war
     return statistics.median(times)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu") -> dict[str, float]:
-    """Median seconds of each function, measured round-robin so machine noise hits all alike."""
-    for fn in fns.values():
-        fn()
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu",
+                warmup: dict[str, tuple[float, object]] | None = None) -> dict[str, float]:
+    """Median seconds of each function, measured round-robin so machine noise hits all alike,
+    after one unmeasured warm-up round (compilation included); pass ``warmup={}`` to get that
+    round's (seconds, return value) per function."""
+    for name, fn in fns.items():
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        if warmup is not None:
+            warmup[name] = (time.perf_counter() - start, result)
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():

@@ -25,7 +25,6 @@ llama-1b batch 32), `fast_transform_over_plain_tokens_per_s`, `fast_parallel_ove
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footer, load_model, sync  # noqa: E402
+from _common import footer, interleaved, load_model, sync  # noqa: E402
 
 from cc_core.data.benchmarks import load_benchmark  # noqa: E402
 from cc_core.generate import Generator, fixed_batches, padding_fraction, plan_batches  # noqa: E402
@@ -68,27 +67,6 @@ def reference_loop(cc: CCTuningModel, tokenizer, transform: TransformMatrix, pro
             cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
         produced += new_tokens
     return produced
-
-
-def round_robin(runs: dict, repeats: int, device: str) -> tuple[dict[str, float], dict[str, list], dict[str, float]]:
-    """(median seconds, first-round outputs, first-round seconds): one warm-up round (compilation
-    included) whose outputs are kept, then ``repeats`` measured rounds, round-robin so machine noise
-    hits all alike."""
-    outputs, first, samples = {}, {}, {name: [] for name in runs}
-    for name, fn in runs.items():
-        sync(device)
-        start = time.perf_counter()
-        outputs[name] = fn()
-        sync(device)
-        first[name] = time.perf_counter() - start
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}, outputs, first
 
 
 def main() -> None:
@@ -129,7 +107,10 @@ def main() -> None:
         generator.eos_ids = []  # fixed work per prompt: no early stop
     runs = {name: (lambda g=g: g.generate(prompts, langs, english)) for name, g in generators.items()
             if name != "parallel"}  # today's parallel: outputs only (below), not timed
-    seconds, outputs, first = round_robin(runs, args.repeats, args.device)
+    warmup: dict[str, tuple[float, list]] = {}  # the warm-up round's outputs are compared below
+    seconds = interleaved(runs, args.repeats, args.device, warmup)
+    outputs = {name: result for name, (_, result) in warmup.items()}
+    first = {name: elapsed for name, (elapsed, _) in warmup.items()}
     outputs["parallel"] = generators["parallel"].generate(prompts, langs, english)
     if not args.no_reference:
         sync(args.device)

@@ -326,19 +326,14 @@ class Generator:
 
         if isinstance(cache, StaticCache):
             return self._greedy_static(logits, cache, mask)
-        eos = torch.tensor(self.eos_ids, device=self.device)
-        tokens = logits.argmax(-1)
-        done = torch.isin(tokens, eos)
-        out = [tokens]
-        for _ in range(self.max_new_tokens - 1):
-            if bool(done.all()):
-                break
+
+        def next_logits(tokens, index):
+            nonlocal mask, cache
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             logits, cache = self._forward(tokens[:, None], mask, cache)
-            tokens = torch.where(done, torch.full_like(tokens, self.pad_id), logits.argmax(-1))
-            done |= torch.isin(tokens, eos)
-            out.append(tokens)
-        return torch.stack(out, dim=1).tolist()
+            return logits
+
+        return self._greedy_loop(logits, next_logits)
 
     def _greedy_static(self, logits, cache, mask) -> list[list[int]]:
         """Greedy decoding on a static cache: every step has the same shapes. The mask spans the
@@ -350,6 +345,18 @@ class Generator:
         full[:, :width] = mask
         positions = mask.sum(-1, keepdim=True)  # the first generated token's position
         step = self._decode_step()
+
+        def next_logits(tokens, index):
+            if self.compile:
+                torch.compiler.cudagraph_mark_step_begin()  # a new step: the last replay's outputs may go
+            # the caller reduces these to token ids at once, before the next replay can overwrite them
+            return step(tokens[:, None], full, positions + index, cache)
+
+        return self._greedy_loop(logits, next_logits)
+
+    def _greedy_loop(self, logits, next_logits) -> list[list[int]]:
+        """Greedy tokens from the first logits [B, V]; ``next_logits(tokens, index)`` runs decoding
+        step ``index`` on the last tokens. A finished row (EOS) gets padding; all finished: stop."""
         eos = torch.tensor(self.eos_ids, device=self.device)
         tokens = logits.argmax(-1)
         done = torch.isin(tokens, eos)
@@ -357,10 +364,7 @@ class Generator:
         for index in range(self.max_new_tokens - 1):
             if bool(done.all()):
                 break
-            if self.compile:
-                torch.compiler.cudagraph_mark_step_begin()  # a new step: the last replay's outputs may go
-            logits = step(tokens[:, None], full, positions + index, cache)
-            # argmax now, before the next replay can overwrite ``logits``; nothing else of it is kept
+            logits = next_logits(tokens, index)
             tokens = torch.where(done, torch.full_like(tokens, self.pad_id), logits.argmax(-1))
             done |= torch.isin(tokens, eos)
             out.append(tokens)

@@ -250,13 +250,8 @@ def compile_decoder(model, arch_map=None) -> None:
             child.forward = torch.compile(child.forward, dynamic=True)
 
 
-def pack_budget(tp: TrainParams) -> int | None:
-    """Tokens per packed row: train.pack_max_tokens, or None (each batch's longest example)."""
-    return tp.pack_max_tokens
-
-
 def make_collator(tp: TrainParams, pad_id: int):
-    return PackedCollator(pad_id, pack_budget(tp)) if tp.packing else CCCollator(pad_id)
+    return PackedCollator(pad_id, tp.pack_max_tokens) if tp.packing else CCCollator(pad_id)
 
 
 # --- DeepSpeed -------------------------------------------------------------------------------------
@@ -596,7 +591,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     if tp.liger:
         apply_liger(model)
     check_tokenizer_matches(tokenizer, model, base_dir)
-    budget = pack_budget(tp)
+    budget = tp.pack_max_tokens  # None: each batch's longest example
     features, stats = encode_records(records, tokenizer, tp.cutoff_len, method, tp.on_truncated, str(data_file),
                                      budget if tp.packing else None)
     if stats.dropped_over_budget:

@@ -38,6 +38,32 @@ def tiny_factory(smol_tokenizer):
     return make
 
 
+def _lively(model, arch: str, seed: int):
+    """Tiny random models at the default init (std 0.02) often repeat one token forever, which
+    makes "same text" checks vacuous and gives options near-equal scores; larger random weights
+    give varied greedy continuations and clearly different scores. gemma2 is already varied at
+    its default init (larger weights saturate its soft-capping)."""
+    import torch
+
+    if arch == "gemma2":
+        return model
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
+    return model
+
+
+@pytest.fixture(scope="session")
+def lively_factory(tiny_factory):
+    """``lively_factory(arch, seed)`` → ``tiny_factory``'s model with larger random weights (``_lively``)."""
+    def make(arch: str = "llama", seed: int = 0):
+        model, tokenizer = tiny_factory(arch, seed)
+        return _lively(model, arch, seed), tokenizer
+    return make
+
+
 @pytest.fixture(params=TINY_ARCHS)
 def tiny_any(request, tiny_factory):
     return tiny_factory(request.param)

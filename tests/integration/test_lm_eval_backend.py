@@ -28,28 +28,16 @@ LANGS = ("ar", "ru", "zh")
 LIMIT = 3
 
 
-def _lively(model, seed: int = 0):
-    """Random weights larger than the default init, so the options get clearly different scores."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
-    return model
-
-
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, smol_tokenizer):
+def checkpoints(tmp_path_factory, lively_factory):
     """A tiny CC checkpoint + random Transform Matrix, and the same weights as a plain HF directory."""
     from cc_core.lineage import checkpoint_sha256
     from cc_core.modeling import CCTuningModel
-    from cc_core.modeling.base import build_tiny
     from cc_core.modeling.checkpoint import save_cc_checkpoint
     from cc_core.transform import TransformMatrix
 
     root = tmp_path_factory.mktemp("lm_eval")
-    model, tok = build_tiny("llama")
-    model = _lively(model.eval())
+    model, tok = lively_factory("llama")
     cc = CCTuningModel(model, inject_layer=0).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():

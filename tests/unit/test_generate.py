@@ -13,6 +13,7 @@ import torch
 from cc_core.generate import Generation, Generator
 from cc_core.modeling import CCTuningModel, capture_ffn, connected
 from cc_core.transform import TransformMatrix, TransformShapeError
+from cc_helpers import random_cc, random_transform
 
 ARCHS = ("llama", "qwen2", "mistral", "gemma2")
 D = 64  # hidden size of the tiny models
@@ -27,43 +28,6 @@ LANGS = ["de", "ja", "en", "fr"]
 LONG = "Die Photosynthese ist ein Prozess, bei dem Pflanzen Licht in chemische Energie umwandeln. " * 6
 
 
-def _lively(model, arch: str, seed: int = 0):
-    """Tiny random models at the default init (std 0.02) often repeat one token forever, which
-    makes "same text" checks vacuous; larger random weights give varied greedy continuations.
-    gemma2 is already varied at its default init (larger weights saturate its soft-capping)."""
-    if arch == "gemma2":
-        return model
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
-    return model
-
-
-@pytest.fixture
-def lively_factory(tiny_factory):
-    def make(arch: str = "llama", seed: int = 0):
-        model, tokenizer = tiny_factory(arch, seed)
-        return _lively(model, arch, seed), tokenizer
-    return make
-
-
-def _cc(model, seed: int = 1) -> CCTuningModel:
-    """A CCTuningModel around ``model`` with a randomly initialised Decision Maker."""
-    cc = CCTuningModel(model, inject_layer=0).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        weight = cc.decision_maker.proj.weight
-        weight.copy_(torch.nn.init.normal_(torch.empty_like(weight), generator=gen))
-    return cc
-
-
-def _transform(d: int = D, seed: int = 2, scale: float = 0.3) -> TransformMatrix:
-    gen = torch.Generator().manual_seed(seed)
-    return TransformMatrix(torch.randn(d, d, generator=gen) * scale, None, {}, {"test": True})
-
-
 def _texts(results: list[Generation]) -> list[str]:
     return [r.text for r in results]
 
@@ -73,7 +37,7 @@ def _texts(results: list[Generation]) -> list[str]:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_transform_prefill_matches_naive_and_manual(lively_factory, arch):
     model, tok = lively_factory(arch)
-    cc, matrix = _cc(model), _transform()
+    cc, matrix = random_cc(model), random_transform()
     reuse = Generator(model, tok, cc, matrix, mode="transform", reuse_cache=True, max_new_tokens=6)
     naive = Generator(model, tok, cc, matrix, mode="transform", reuse_cache=False, max_new_tokens=6)
 
@@ -113,7 +77,7 @@ def test_transform_prefill_matches_naive_and_manual(lively_factory, arch):
 
 def test_transform_reuse_cache_recomputes_only_the_anchor(lively_factory):
     model, tok = lively_factory("llama")
-    gen = Generator(model, tok, _cc(model), _transform(), mode="transform", reuse_cache=True)
+    gen = Generator(model, tok, random_cc(model), random_transform(), mode="transform", reuse_cache=True)
     seen = []
 
     def spy(module, args, kwargs):
@@ -194,7 +158,7 @@ def test_generate_returns_input_order_and_batch_size_does_not_matter(lively_fact
 
 def test_transform_mode_batch_size_does_not_matter(lively_factory):
     model, tok = lively_factory("qwen2")
-    cc, matrix = _cc(model), _transform()
+    cc, matrix = random_cc(model), random_transform()
     one = Generator(model, tok, cc, matrix, mode="transform", max_new_tokens=5, batch_size=1)
     four = Generator(model, tok, cc, matrix, mode="transform", max_new_tokens=5, batch_size=4)
     a, b = one.generate(PROMPTS, LANGS), four.generate(PROMPTS, LANGS)
@@ -206,7 +170,7 @@ def test_transform_mode_batch_size_does_not_matter(lively_factory):
 
 def test_parallel_mode_without_english_is_plain_and_with_english_is_connected(lively_factory):
     model, tok = lively_factory("mistral")
-    cc = _cc(model)
+    cc = random_cc(model)
     english = [None, "Where is Tokyo?", None, "Explain photosynthesis in one sentence, please, in simple words."]
     parallel = Generator(model, tok, cc, mode="parallel", max_new_tokens=6)
     plain = Generator(model, tok, max_new_tokens=6)
@@ -232,7 +196,7 @@ def test_parallel_mode_without_english_is_plain_and_with_english_is_connected(li
 
 def test_parallel_mode_equals_manual_connection(lively_factory):
     model, tok = lively_factory("llama")
-    cc = _cc(model)
+    cc = random_cc(model)
     english = ["What is the capital of Kenya?", "Where is Tokyo?"]
     gen = Generator(model, tok, cc, mode="parallel", max_new_tokens=4)
     logits, *_ = gen.prefill(PROMPTS[:2], LANGS[:2], english)
@@ -250,7 +214,7 @@ def test_parallel_mode_equals_manual_connection(lively_factory):
 
 def test_argmax_decisions_are_deterministic(lively_factory):
     model, tok = lively_factory("gemma2")
-    gen = Generator(model, tok, _cc(model), _transform(), mode="transform", max_new_tokens=4)
+    gen = Generator(model, tok, random_cc(model), random_transform(), mode="transform", max_new_tokens=4)
     first, second = gen.generate(PROMPTS, LANGS), gen.generate(PROMPTS, LANGS)
     assert [r.chosen_layer for r in first] == [r.chosen_layer for r in second]
     assert _texts(first) == _texts(second)
@@ -281,14 +245,14 @@ def test_long_prompts_are_cut_from_the_left_and_flagged(lively_factory):
 def test_transform_mode_without_transform_is_an_error(tiny_factory):
     model, tok = tiny_factory("llama")
     with pytest.raises(ValueError, match="Transform Matrix"):
-        Generator(model, tok, _cc(model), None, mode="transform")
+        Generator(model, tok, random_cc(model), None, mode="transform")
 
 
 def test_cc_modes_without_checkpoint_are_errors(tiny_factory):
     model, tok = tiny_factory("llama")
     for mode in ("transform", "parallel"):
         with pytest.raises(ValueError, match="CC checkpoint"):
-            Generator(model, tok, None, _transform(), mode=mode)
+            Generator(model, tok, None, random_transform(), mode=mode)
 
 
 def test_unknown_mode_is_an_error(tiny_factory):
@@ -301,14 +265,14 @@ def test_unknown_mode_is_an_error(tiny_factory):
 def test_transform_of_wrong_hidden_size_is_an_error(tiny_factory):
     model, tok = tiny_factory("llama")
     with pytest.raises(TransformShapeError, match="32"):
-        Generator(model, tok, _cc(model), _transform(d=32), mode="transform")
+        Generator(model, tok, random_cc(model), random_transform(d=32), mode="transform")
 
 
 # --- the paper's inference: seeded Gumbel, float32 choice, no truncation ------------------------------
 
 def test_gumbel_inference_is_seeded_per_prompt_and_batch_independent(lively_factory):
     model, tok = lively_factory("llama")
-    cc, matrix = _cc(model), _transform()
+    cc, matrix = random_cc(model), random_transform()
     with torch.no_grad():
         cc.decision_maker.proj.weight.mul_(1e-4)  # near-equal scores: the Gumbel noise decides
 

@@ -15,8 +15,7 @@ from transformers import StaticCache
 from cc_core import generate as gen_mod
 from cc_core.generate import (Generator, batch_from_memory, batch_order, fixed_batches, padding_fraction,
                                plan_batches)
-from cc_core.modeling import CCTuningModel
-from cc_core.transform import TransformMatrix
+from cc_helpers import random_cc, random_transform
 
 ARCHS = ("llama", "qwen2", "mistral", "gemma2")
 D = 64
@@ -36,43 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 LONG = "Die Photosynthese ist ein Prozess, bei dem Pflanzen Licht in chemische Energie umwandeln. " * 3
 
 
-def _lively(model, arch: str, seed: int = 0):
-    """Larger random weights: varied greedy continuations (gemma2 is varied as it is)."""
-    if arch == "gemma2":
-        return model
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
-    return model
-
-
-@pytest.fixture
-def lively(tiny_factory):
-    def make(arch: str = "llama"):
-        model, tokenizer = tiny_factory(arch)
-        return _lively(model, arch), tokenizer
-    return make
-
-
-def _cc(model, seed: int = 1) -> CCTuningModel:
-    cc = CCTuningModel(model, inject_layer=0).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        weight = cc.decision_maker.proj.weight
-        weight.copy_(torch.nn.init.normal_(torch.empty_like(weight), generator=gen))
-    return cc
-
-
-def _transform(seed: int = 2) -> TransformMatrix:
-    gen = torch.Generator().manual_seed(seed)
-    return TransformMatrix(torch.randn(D, D, generator=gen) * 0.3, None, {}, {"test": True})
-
-
 def _generators(model, tok, mode: str, **kwargs) -> Generator:
-    cc = _cc(model) if mode != "none" else None
-    matrix = _transform() if mode == "transform" else None
+    cc = random_cc(model) if mode != "none" else None
+    matrix = random_transform() if mode == "transform" else None
     return Generator(model, tok, cc, matrix, mode=mode, **kwargs)
 
 
@@ -91,8 +56,8 @@ def _same(a, b) -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("mode", ("none", "transform", "parallel"))
-def test_static_cache_gives_the_dynamic_tokens(lively, arch, mode):
-    model, tok = lively(arch)
+def test_static_cache_gives_the_dynamic_tokens(lively_factory, arch, mode):
+    model, tok = lively_factory(arch)
     # 20 new tokens: gemma2's 64-token sliding window is crossed while decoding (prompts ~50 tokens)
     kwargs = dict(max_new_tokens=20, batch_size=8)
     dynamic = _run(_generators(model, tok, mode, cache="dynamic", **kwargs))
@@ -106,8 +71,8 @@ def test_static_cache_gives_the_dynamic_tokens(lively, arch, mode):
     assert isinstance(cache, StaticCache)
 
 
-def test_static_prefill_logits_equal_dynamic(lively):
-    model, tok = lively("qwen2")
+def test_static_prefill_logits_equal_dynamic(lively_factory):
+    model, tok = lively_factory("qwen2")
     for mode in ("none", "transform", "parallel"):
         a = _generators(model, tok, mode, cache="dynamic").prefill(PROMPTS, LANGS, ENGLISH)
         b = _generators(model, tok, mode, cache="static").prefill(PROMPTS, LANGS, ENGLISH)
@@ -117,10 +82,10 @@ def test_static_prefill_logits_equal_dynamic(lively):
             assert torch.equal(a[3], b[3])  # the same chosen layers
 
 
-def test_static_transform_recomputes_only_the_anchor_over_its_slot(lively):
+def test_static_transform_recomputes_only_the_anchor_over_its_slot(lively_factory):
     """Pass 1 fills slots 0..p of the static cache; the connected pass runs the anchor column alone,
     with the cache's write position moved back to p (no copy, no reallocation)."""
-    model, tok = lively("llama")
+    model, tok = lively_factory("llama")
     gen = _generators(model, tok, "transform", cache="static", max_new_tokens=5)
     seen = []
 
@@ -140,8 +105,8 @@ def test_static_transform_recomputes_only_the_anchor_over_its_slot(lively):
     assert cache.get_max_length() == gen._cache_len(width) == width + 5  # eager: no slot to spare
 
 
-def test_static_cache_without_reuse_equals_reuse(lively):
-    model, tok = lively("mistral")
+def test_static_cache_without_reuse_equals_reuse(lively_factory):
+    model, tok = lively_factory("mistral")
     reuse = _generators(model, tok, "transform", cache="static", max_new_tokens=8)
     naive = _generators(model, tok, "transform", cache="static", max_new_tokens=8, reuse_cache=False)
     _same(_run(reuse), _run(naive))
@@ -149,8 +114,8 @@ def test_static_cache_without_reuse_equals_reuse(lively):
 
 # --- gemma2: sliding window and the crop fallback ----------------------------------------------------
 
-def test_gemma2_prompt_past_the_window_falls_back_to_a_full_recompute(lively, caplog):
-    model, tok = lively("gemma2")
+def test_gemma2_prompt_past_the_window_falls_back_to_a_full_recompute(lively_factory, caplog):
+    model, tok = lively_factory("gemma2")
     prompts, langs = [LONG, PROMPTS[0]], ["de", "de"]
     gen = _generators(model, tok, "transform", cache="static", max_new_tokens=6)
     ids, *_ = gen._encode(prompts)
@@ -172,11 +137,11 @@ def test_gemma2_prompt_past_the_window_falls_back_to_a_full_recompute(lively, ca
 # --- compiled decoding -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ("none", "transform", "parallel"))
-def test_compiled_decoding_gives_the_dynamic_tokens(lively, mode):
+def test_compiled_decoding_gives_the_dynamic_tokens(lively_factory, mode):
     """torch.compile of the decoding step (backend aot_eager: dynamo's graph, no code generation, so
     the test stays fast); a second call reuses the kept cache (reset) and the compiled step."""
     torch._dynamo.reset()
-    model, tok = lively("llama")
+    model, tok = lively_factory("llama")
     kwargs = dict(max_new_tokens=8, batch_size=8)
     dynamic = _run(_generators(model, tok, mode, cache="dynamic", **kwargs))
     compiled = _generators(model, tok, mode, cache="static", compile=True, compile_backend="aot_eager", **kwargs)
@@ -190,10 +155,10 @@ def test_compiled_decoding_gives_the_dynamic_tokens(lively, mode):
 
 
 @pytest.mark.integration
-def test_inductor_compiled_decoding_gives_the_dynamic_tokens(lively):
+def test_inductor_compiled_decoding_gives_the_dynamic_tokens(lively_factory):
     """The real thing on CPU (inductor code generation: a minute or two the first time)."""
     torch._dynamo.reset()
-    model, tok = lively("llama")
+    model, tok = lively_factory("llama")
     for mode in ("none", "transform"):
         dynamic = _run(_generators(model, tok, mode, cache="dynamic", max_new_tokens=6))
         compiled = _run(_generators(model, tok, mode, cache="static", compile=True, max_new_tokens=6))
@@ -257,8 +222,8 @@ def test_planned_batches_pad_less_than_before_on_the_fixture(smol_tokenizer):
         assert now < 0.5 * before
 
 
-def test_results_do_not_depend_on_the_batch_size(lively):
-    model, tok = lively("llama")
+def test_results_do_not_depend_on_the_batch_size(lively_factory):
+    model, tok = lively_factory("llama")
     prompts, langs = PROMPTS + [LONG], LANGS + ["de"]
     outs = [_generators(model, tok, "transform", cache="static", max_new_tokens=6, batch_size=size)
             .generate(prompts, langs) for size in (1, 2, 8, "auto")]
@@ -268,8 +233,8 @@ def test_results_do_not_depend_on_the_batch_size(lively):
 
 # --- batch_size="auto" ---------------------------------------------------------------------------------
 
-def test_auto_batch_size_is_a_positive_int(lively):
-    model, tok = lively("llama")
+def test_auto_batch_size_is_a_positive_int(lively_factory):
+    model, tok = lively_factory("llama")
     gen = Generator(model, tok, batch_size="auto", cache="static")
     assert gen.batch_size_setting == "auto"
     size = gen.batch_size  # what other code (loglik, lm-eval) reads: an int

@@ -40,18 +40,7 @@ def test_cc_core_imports_without_lm_eval_and_the_backend_says_how_to_install_it(
 PROMPTS = ["Wie heißt die Hauptstadt von Kenia?", "東京はどこ？", "Explique la photosynthèse en une phrase."]
 
 
-def _lively(model, seed: int = 0):
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
-    return model
-
-
-def _backend_dirs(tmp_path, tiny_factory):
+def _backend_dirs(tmp_path, lively_factory):
     """A tiny CC checkpoint and its (random) Transform Matrix with lineage."""
     import torch
 
@@ -60,8 +49,8 @@ def _backend_dirs(tmp_path, tiny_factory):
     from cc_core.modeling.checkpoint import save_cc_checkpoint
     from cc_core.transform import TransformMatrix
 
-    model, tok = tiny_factory("llama")
-    cc = CCTuningModel(_lively(model), inject_layer=0).eval()
+    model, tok = lively_factory("llama")
+    cc = CCTuningModel(model, inject_layer=0).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         cc.decision_maker.proj.weight.copy_(torch.randn(cc.decision_maker.proj.weight.shape, generator=gen))
@@ -77,14 +66,14 @@ def _instance(kind: str, args: tuple):
     return Instance(request_type=kind, doc={}, arguments=args, idx=0)
 
 
-def test_generate_until_equals_the_generator_and_cuts_at_stop_sequences(tmp_path, tiny_factory):
+def test_generate_until_equals_the_generator_and_cuts_at_stop_sequences(tmp_path, lively_factory):
     import pytest
 
     pytest.importorskip("lm_eval")
     from cc_core.generate import Generator
     from cc_core.lm_eval_backend import CCTuningLM
 
-    model_dir, transform = _backend_dirs(tmp_path, tiny_factory)
+    model_dir, transform = _backend_dirs(tmp_path, lively_factory)
     lm = CCTuningLM(checkpoint=str(model_dir), transform=str(transform), batch_size=2, max_gen_toks=6)
     assert lm.mode == "transform"  # the default for a CC checkpoint
     contexts = [lm.apply_chat_template([{"role": "user", "content": p}]) for p in PROMPTS]
@@ -104,14 +93,14 @@ def test_generate_until_equals_the_generator_and_cuts_at_stop_sequences(tmp_path
         lm.generate_until([_instance("generate_until", (contexts[0], {"do_sample": True}))])
 
 
-def test_loglikelihood_rolling_is_the_plain_model(tmp_path, tiny_factory):
+def test_loglikelihood_rolling_is_the_plain_model(tmp_path, lively_factory):
     import pytest
     import torch
 
     pytest.importorskip("lm_eval")
     from cc_core.lm_eval_backend import CCTuningLM
 
-    model_dir, transform = _backend_dirs(tmp_path, tiny_factory)
+    model_dir, transform = _backend_dirs(tmp_path, lively_factory)
     lm = CCTuningLM(checkpoint=str(model_dir), transform=str(transform), mode="transform")
     doc = "Die Photosynthese wandelt Licht in chemische Energie um."
     (total,) = lm.loglikelihood_rolling([_instance("loglikelihood_rolling", (doc,))])

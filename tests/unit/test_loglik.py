@@ -20,10 +20,10 @@ from cc_core.evaluate import evaluate
 from cc_core.generate import Generator
 from cc_core.loglik import (LoglikScorer, OptionsError, choose, option_continuations, score_choice_items,
                             split_continuation)
-from cc_core.modeling import CCTuningModel, capture_ffn, connected
+from cc_core.modeling import capture_ffn, connected
 from cc_core.prompts import encode_prompt
 from cc_core.report import report
-from cc_core.transform import TransformMatrix
+from cc_helpers import random_cc, random_transform
 
 ARCHS = ("llama", "qwen2", "mistral", "gemma2")
 D = 64  # hidden size of the tiny models
@@ -40,33 +40,6 @@ OPTIONS = [
     ["!", "Hello there, how are you doing today?", "(C) x", "(D) y z"],  # "!" is one token
     ["(A) La lumière devient énergie.", "(B) Non."],
 ]
-
-
-def _lively(model, arch: str, seed: int = 0):
-    """Larger random weights than the default init, so options get clearly different scores
-    (gemma2 saturates its soft-capping with them and is varied enough as it is)."""
-    if arch == "gemma2":
-        return model
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
-    return model
-
-
-def _cc(model, seed: int = 1) -> CCTuningModel:
-    cc = CCTuningModel(model, inject_layer=0).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        weight = cc.decision_maker.proj.weight
-        weight.copy_(torch.nn.init.normal_(torch.empty_like(weight), generator=gen))
-    return cc
-
-
-def _transform(seed: int = 2, scale: float = 0.3) -> TransformMatrix:
-    gen = torch.Generator().manual_seed(seed)
-    return TransformMatrix(torch.randn(D, D, generator=gen) * scale, None, {}, {"test": True})
 
 
 def _encode(tok, max_len: int = 1024):
@@ -90,19 +63,11 @@ def _reference(model, context, continuation, vector=None, cc=None) -> float:
     return float(sum(logp[n - 1 + j, token] for j, token in enumerate(continuation)))
 
 
-@pytest.fixture
-def lively(tiny_factory):
-    def make(arch: str = "llama"):
-        model, tok = tiny_factory(arch)
-        return _lively(model, arch), tok
-    return make
-
-
 # --- exactness: batched + cached == one plain forward per option --------------------------------------
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_none_mode_equals_full_forward_per_option(lively, arch):
-    model, tok = lively(arch)
+def test_none_mode_equals_full_forward_per_option(lively_factory, arch):
+    model, tok = lively_factory(arch)
     contexts, conts = _encode(tok)
     assert len({len(c) for c in contexts}) == len(contexts)  # different lengths: real left padding
     scored = LoglikScorer(Generator(model, tok, batch_size=8)).score_ids(contexts, conts, LANGS)
@@ -118,9 +83,9 @@ def test_none_mode_equals_full_forward_per_option(lively, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("reuse_cache", [True, False])
-def test_transform_mode_equals_full_forward_with_the_connection(lively, arch, reuse_cache):
-    model, tok = lively(arch)
-    cc, matrix = _cc(model), _transform()
+def test_transform_mode_equals_full_forward_with_the_connection(lively_factory, arch, reuse_cache):
+    model, tok = lively_factory(arch)
+    cc, matrix = random_cc(model), random_transform()
     gen = Generator(model, tok, cc, matrix, mode="transform", batch_size=3, reuse_cache=reuse_cache)
     contexts, conts = _encode(tok)
     scored = LoglikScorer(gen).score_ids(contexts, conts, LANGS)
@@ -138,18 +103,18 @@ def test_transform_mode_equals_full_forward_with_the_connection(lively, arch, re
     assert moved > 1e-2  # the connection changes the scores (else the check above proves little)
 
 
-def test_parallel_mode_without_english_is_the_plain_model(lively):
-    model, tok = lively("llama")
+def test_parallel_mode_without_english_is_the_plain_model(lively_factory):
+    model, tok = lively_factory("llama")
     contexts, conts = _encode(tok)
-    par = LoglikScorer(Generator(model, tok, _cc(model), mode="parallel")).score_ids(contexts, conts, LANGS)
+    par = LoglikScorer(Generator(model, tok, random_cc(model), mode="parallel")).score_ids(contexts, conts, LANGS)
     plain = LoglikScorer(Generator(model, tok)).score_ids(contexts, conts, LANGS)
     for a, b in zip(par, plain):
         torch.testing.assert_close(torch.tensor(a.logliks), torch.tensor(b.logliks), atol=2e-4, rtol=0)
 
 
-def test_parallel_mode_with_english_equals_full_forward_with_the_english_activations(lively):
-    model, tok = lively("llama")
-    cc = _cc(model)
+def test_parallel_mode_with_english_equals_full_forward_with_the_english_activations(lively_factory):
+    model, tok = lively_factory("llama")
+    cc = random_cc(model)
     contexts, conts = _encode(tok)
     english = ["Where is Tokyo?", None, "hello", "Explain photosynthesis in one simple sentence."]
     scored = LoglikScorer(Generator(model, tok, cc, mode="parallel", batch_size=4)).score_ids(
@@ -167,8 +132,8 @@ def test_parallel_mode_with_english_equals_full_forward_with_the_english_activat
         torch.testing.assert_close(torch.tensor(result.logliks), torch.tensor(expected), atol=2e-4, rtol=0)
 
 
-def test_greedy_flag_marks_the_argmax_continuation(lively):
-    model, tok = lively("llama")
+def test_greedy_flag_marks_the_argmax_continuation(lively_factory):
+    model, tok = lively_factory("llama")
     contexts, _ = _encode(tok)
     gen = Generator(model, tok)
     logits, *_ = gen.prefill(PROMPTS[:1])
@@ -178,8 +143,8 @@ def test_greedy_flag_marks_the_argmax_continuation(lively):
     assert scored[0].greedy == [True, False]
 
 
-def test_score_ids_input_errors(lively):
-    model, tok = lively("llama")
+def test_score_ids_input_errors(lively_factory):
+    model, tok = lively_factory("llama")
     scorer = LoglikScorer(Generator(model, tok))
     with pytest.raises(ValueError, match="empty"):
         scorer.score_ids([[]], [[[1]]])
@@ -247,14 +212,14 @@ def test_split_continuation_at_a_chat_prompt_and_at_a_merging_boundary(smol_toke
 
 # --- wired into evaluate ------------------------------------------------------------------------------
 
-def test_evaluate_with_loglik_scoring_on_a_tiny_cc_model(tmp_path, lively, monkeypatch):
+def test_evaluate_with_loglik_scoring_on_a_tiny_cc_model(tmp_path, lively_factory, monkeypatch):
     from cc_core.lineage import checkpoint_sha256
     from cc_core.modeling.checkpoint import save_cc_checkpoint
 
-    model, tok = lively("llama")
-    cc = _cc(model)
+    model, tok = lively_factory("llama")
+    cc = random_cc(model)
     save_cc_checkpoint(cc, tmp_path / "cc", tok)
-    matrix = _transform()
+    matrix = random_transform()
     matrix.meta["model_sha256"] = checkpoint_sha256(tmp_path / "cc")  # lineage: fitted on this checkpoint
     matrix.save(tmp_path / "transform.safetensors")
     params = parse_params({}, overrides=["tracking.enabled=false", "eval.limit=3", "eval.langs=[zh, ar]",
