@@ -80,7 +80,10 @@ class PrefectServer:
         self.proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                                       str(self.port)], cwd=cwd, stdout=self._out,
                                      # the UI (in a browser) finds the API on this port, not the default 4200
-                                     env=env(PREFECT_HOME=str(home), PREFECT_UI_API_URL=self.api),
+                                     env=env(PREFECT_HOME=str(home), PREFECT_UI_API_URL=self.api,
+                                             # SQLite on a loaded 2-core CI machine: a write can wait
+                                             # for the lock longer than the default 10 s statement limit
+                                             PREFECT_SERVER_DATABASE_TIMEOUT="60"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def client_env(self, **extra) -> dict[str, str]:
