@@ -95,7 +95,7 @@ class TrainParams(_Section):
     nonfinite_patience: int = Field(0, ge=0)  # consecutive non-finite steps skipped before training stops
     decision_maker_init: Literal["model", "linear"] = "model"  # normal(0, initializer_range) as the reference
     packing: bool = True  # padding-free rows, attention confined to each example (equal results, tested)
-    pack_max_tokens: int | None = Field(None, ge=8)  # tokens per packed row (None: the batch's longest example)
+    pack_max_tokens: int | None = Field(None, ge=8)  # tokens per packed row at most (None: twice the batch's longest example)
     liger: bool = False  # Liger Kernel: fused linear cross-entropy, RMSNorm, SwiGLU, RoPE (CUDA; extra [gpu])
     compile: bool = False  # torch.compile each decoder layer's submodules (hooks stay outside the graphs)
 

@@ -155,11 +155,41 @@ def pack_rows(lengths: list[int], budget: int | None) -> list[list[int]]:
     return [sorted(row) for row in rows]
 
 
+DEFAULT_ROW_CAP = 2  # train.pack_max_tokens null: rows of at most twice the batch's longest example
+WIDTH_CANDIDATES = 256  # row widths tried per batch at most (exhaustive below that many)
+
+
+def pack_layout(lengths: list[int], max_tokens: int | None) -> list[list[int]]:
+    """Example indices per row for a packed batch: of the first-fit-decreasing layouts with a row
+    width between the longest example and ``max_tokens`` (None: twice the longest), the one with the
+    fewest cells (rows × widest row), since a batch is a rectangle and every cell costs compute;
+    ties go to the narrower rows (less attention work where masked blocks are computed). Widths
+    tried: every one in the range, or an even grid of WIDTH_CANDIDATES plus the exact fits
+    ceil(total / k). A budget that holds the whole batch gives one row with no padding at all."""
+    longest, total = max(lengths), sum(lengths)
+    cap = max_tokens if max_tokens is not None else DEFAULT_ROW_CAP * longest
+    if longest > cap:
+        raise ValueError(f"an example of {longest} tokens does not fit train.pack_max_tokens={cap}")
+    if total <= cap:
+        return [list(range(len(lengths)))]
+    step = max(1, (cap - longest) // WIDTH_CANDIDATES)
+    widths = set(range(longest, cap + 1, step)) | {cap}
+    widths |= {w for k in range(1, len(lengths) + 1) if longest <= (w := -(-total // k)) <= cap}
+    best: tuple[int, int] | None = None
+    layout: list[list[int]] = []
+    for width in sorted(widths):
+        rows = pack_rows(lengths, width)
+        used = max(sum(lengths[i] for i in row) for row in rows)
+        if best is None or (len(rows) * used, used) < best:
+            best, layout = (len(rows) * used, used), rows
+    return layout
+
+
 def _pack(seqs: list[list[int]], anchors: list[int], labels: list[list[int]] | None, budget: int | None,
           pad_id: int) -> dict[str, torch.Tensor]:
-    """Concatenate sequences into rows; positions restart at 0 for every example (and for the
-    padding that squares the rows off, which so forms an example of its own with no loss)."""
-    layout = pack_rows([len(s) for s in seqs], budget)
+    """Concatenate sequences into rows (``pack_layout``); positions restart at 0 for every example
+    (and for the padding that squares the rows off, which so forms an example of its own with no loss)."""
+    layout = pack_layout([len(s) for s in seqs], budget)
     width = max(sum(len(seqs[i]) for i in row) for row in layout)
     ids = torch.full((len(layout), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(layout), width), dtype=torch.long)
@@ -192,7 +222,7 @@ class PackedCollator:
     per example."""
 
     pad_id: int
-    budget: int | None = None  # tokens per row (None: the longest example of the batch)
+    budget: int | None = None  # tokens per packed row at most (None: twice the batch's longest example)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         main = _pack([f["input_ids"] for f in features], [f["anchor"] for f in features],
@@ -591,7 +621,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     if tp.liger:
         apply_liger(model)
     check_tokenizer_matches(tokenizer, model, base_dir)
-    budget = tp.pack_max_tokens  # None: each batch's longest example
+    budget = tp.pack_max_tokens  # None: rows of at most twice each batch's longest example
     features, stats = encode_records(records, tokenizer, tp.cutoff_len, method, tp.on_truncated, str(data_file),
                                      budget if tp.packing else None)
     if stats.dropped_over_budget:

@@ -5,6 +5,7 @@ llama / qwen2 / mistral (fp32, CPU); and every example keeps its own anchors at 
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from cc_core.data.records import Record
 from cc_core.modeling import CCTuningModel, capture_ffn
-from cc_core.train import CCCollator, PackedCollator, encode_records, pack_rows
+from cc_core.train import CCCollator, PackedCollator, encode_records, pack_layout, pack_rows
 
 PAIRS = [
     ("Was ist 2+2?", "Vier.", "What is 2+2?"),
@@ -66,7 +67,7 @@ def _run(model, batch, method: str, spans, seed: int = 0):
 
 def _sft_spans_packed(features, collator):
     batch = collator(features)
-    layout = pack_rows([len(f["input_ids"]) for f in features], collator.budget)
+    layout = pack_layout([len(f["input_ids"]) for f in features], collator.budget)
     spans = [None] * len(features)
     for r, row in enumerate(layout):
         offset = 0
@@ -76,7 +77,7 @@ def _sft_spans_packed(features, collator):
     return batch, spans
 
 
-# budgets: the longest example's width (the default), two rows of two examples, one row of all four
+# budgets: the default (at most twice the longest example), two rows of two examples, one row of all four
 CASES = [("llama", b) for b in (None, 130, 1000)] + [("qwen2", 130), ("mistral", 130)]
 
 
@@ -89,7 +90,7 @@ def test_packed_batch_equals_padded_batch(tiny_factory, arch, method, checkpoint
     padded = CCCollator(tok.pad_token_id)(features)
     packer = PackedCollator(tok.pad_token_id, budget)
     packed, spans_packed = _sft_spans_packed(features, packer)
-    assert packed["input_ids"].shape[0] == len(pack_rows([len(f["input_ids"]) for f in features], budget))
+    assert packed["input_ids"].shape[0] == len(pack_layout([len(f["input_ids"]) for f in features], budget))
     if budget:
         assert packed["input_ids"].shape[0] < len(features)  # several examples share a row
     results = []
@@ -139,6 +140,38 @@ def test_pack_rows_first_fit_decreasing():
     assert all(sum([5, 3, 8, 2][i] for i in row) <= 10 for row in rows)
     with pytest.raises(ValueError, match="pack_max_tokens=4"):
         pack_rows([5], 4)
+
+
+def _cells(lengths, rows):
+    return len(rows) * max(sum(lengths[i] for i in row) for row in rows)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pack_layout_has_the_fewest_cells_of_any_width_up_to_the_cap(seed):
+    """Exhaustively: no first-fit-decreasing width between the longest example and the cap gives a
+    smaller rectangle than the chosen layout; every example is placed once; no row exceeds the cap."""
+    rng = random.Random(seed)
+    lengths = [rng.randint(20, 200) for _ in range(rng.randint(2, 24))]
+    for cap in (None, max(lengths), max(lengths) + 57, 3 * max(lengths)):
+        rows = pack_layout(lengths, cap)
+        limit = cap or 2 * max(lengths)  # the default: twice the longest example
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in row) <= limit for row in rows)
+        best = min(_cells(lengths, pack_rows(lengths, w)) for w in range(max(lengths), limit + 1))
+        assert _cells(lengths, rows) == best
+
+
+def test_pack_layout_beats_rows_as_wide_as_the_longest_example():
+    lengths = [150, 140, 130, 120, 60, 50, 40, 30]  # longest-width rows leave 150-140, 150-130-... unused
+    assert _cells(lengths, pack_layout(lengths, None)) < _cells(lengths, pack_rows(lengths, None))
+    assert pack_layout(lengths, sum(lengths)) == [list(range(len(lengths)))]  # the whole batch fits: one row
+    assert pack_layout([7], None) == [[0]]
+    many = [random.Random(1).randint(100, 1000) for _ in range(64)]  # a range wider than the candidate grid
+    rows = pack_layout(many, 16384)
+    assert _cells(many, rows) <= _cells(many, pack_rows(many, None))
+    assert all(sum(many[i] for i in row) <= 16384 for row in rows)
+    with pytest.raises(ValueError, match="pack_max_tokens=100"):
+        pack_layout([101, 5], 100)
 
 
 def test_examples_over_the_pack_budget_are_dropped_and_counted(smol_tokenizer):
