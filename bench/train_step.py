@@ -188,7 +188,7 @@ def main() -> None:
     pad = pad_token_id(tokenizer)
     chunks = [features[i * args.batch:(i + 1) * args.batch] for i in range(args.steps + args.warmup)]
     layouts = {False: [CCCollator(pad)(c) for c in chunks],
-               True: [PackedCollator(pad, args.pack_max_tokens)(c) for c in chunks]}
+               True: [PackedCollator(pad, args.pack_max_tokens)(c) for c in chunks] if args.packing else []}
     def padding(batches) -> float:  # the fraction of a layout's cells that are padding
         return 1 - sum(b["token_count"] for b in batches) / sum(b["input_ids"].numel() for b in batches)
     for index in range(len(chunks)):

@@ -165,11 +165,10 @@ def pack_layout(lengths: list[int], max_tokens: int | None) -> list[list[int]]:
     fewest cells (rows × widest row), since a batch is a rectangle and every cell costs compute;
     ties go to the narrower rows (less attention work where masked blocks are computed). Widths
     tried: every one in the range, or an even grid of WIDTH_CANDIDATES plus the exact fits
-    ceil(total / k). A budget that holds the whole batch gives one row with no padding at all."""
+    ceil(total / k). A budget that holds the whole batch gives one row with no padding at all; an
+    example longer than the budget is pack_rows's error."""
     longest, total = max(lengths), sum(lengths)
     cap = max_tokens if max_tokens is not None else DEFAULT_ROW_CAP * longest
-    if longest > cap:
-        raise ValueError(f"an example of {longest} tokens does not fit train.pack_max_tokens={cap}")
     if total <= cap:
         return [list(range(len(lengths)))]
     step = max(1, (cap - longest) // WIDTH_CANDIDATES)

@@ -166,7 +166,8 @@ def test_pack_layout_beats_rows_as_wide_as_the_longest_example():
     assert _cells(lengths, pack_layout(lengths, None)) < _cells(lengths, pack_rows(lengths, None))
     assert pack_layout(lengths, sum(lengths)) == [list(range(len(lengths)))]  # the whole batch fits: one row
     assert pack_layout([7], None) == [[0]]
-    many = [random.Random(1).randint(100, 1000) for _ in range(64)]  # a range wider than the candidate grid
+    rng = random.Random(1)
+    many = [rng.randint(100, 1000) for _ in range(64)]  # a width range wider than the candidate grid
     rows = pack_layout(many, 16384)
     assert _cells(many, rows) <= _cells(many, pack_rows(many, None))
     assert all(sum(many[i] for i in row) <= 16384 for row in rows)
