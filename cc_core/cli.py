@@ -30,17 +30,17 @@ STAGES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable
 
 
 def stage(name: str, help_text: str):
-    """Register ``fn(args, params)`` as subcommand ``name``; ``add_args`` adds its options."""
+    """Register ``fn(args, params)`` as subcommand ``name``; ``add_args`` adds its options.
+
+    Each ``fn`` imports its stage module inside its body, and only that module: ``cctune --help``
+    stays fast, and a stage loads only the code it runs, so dvc.yaml's ``deps`` of a stage can be
+    exactly its import closure (tests/unit/test_stage_graph.py computes it from these imports)."""
     def wrap(add_args: Callable[[argparse.ArgumentParser], None]):
         def register(fn: Callable):
             STAGES[name] = (help_text, add_args, fn)
             return fn
         return register
     return wrap
-
-
-def _no_args(parser: argparse.ArgumentParser) -> None:
-    pass
 
 
 # --- stages ------------------------------------------------------------------------------------
@@ -72,9 +72,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default="models/base", help="base model directory (default: models/base)")
     p.add_argument("--data", default="data/prepared", help="prepared data directory (default: data/prepared)")
     p.add_argument("--out", default=None, help="output directory (default: models/<method>)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="intermediate checkpoints, for --resume (default: .<name>-checkpoints beside --out)")
     p.add_argument("--metrics-dir", default="metrics", help="where train_<method>.json goes (default: metrics)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the last checkpoint in models/.<method>-checkpoints if it matches params/data")
+                   help="continue from the last complete checkpoint in --checkpoint-dir if it matches params/data")
     # The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment carries the same.
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -83,7 +85,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train(args, params):
     from cc_core.train import train
 
-    return train(params, args.method, args.base, args.data, args.out, args.metrics_dir, args.resume)
+    return train(params, args.method, args.base, args.data, args.out, args.metrics_dir, args.resume,
+                 checkpoint_dir=args.checkpoint_dir)
 
 
 def _collect_args(p: argparse.ArgumentParser) -> None:
@@ -121,6 +124,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most N items per language (default: eval.limit)")
     p.add_argument("--model", default=None, help="model directory (default: models/<method>)")
     p.add_argument("--transform", default="transform", help="Transform Matrix for cc (default: transform/)")
+    p.add_argument("--data-dir", default=None,
+                   help="benchmark data: a directory | bundled | hub (default: eval.data_dir)")
     p.add_argument("--out", default="eval", help="predictions root (default: eval)")
     p.add_argument("--metrics-dir", default="metrics/eval", help="scores root (default: metrics/eval)")
     p.add_argument("--seeds", type=int, default=None, metavar="K",
@@ -138,12 +143,18 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _eval(args, params):
     from cc_core.evaluate import evaluate
 
-    if args.protocol:
-        params.eval.protocol = args.protocol
-    if args.seeds:
-        params.eval.seeds = args.seeds
-    return evaluate(params, args.method, args.benchmark, args.langs, args.limit, args.model, args.transform,
-                    args.out, args.metrics_dir, choice_scoring=args.choice_scoring)
+    return evaluate(eval_params(args, params), args.method, args.benchmark, args.langs, None, args.model,
+                    args.transform, args.out, args.metrics_dir)
+
+
+def eval_params(args: argparse.Namespace, params):
+    """The params ``cctune eval ARGS`` evaluates with: its flags replace eval.* values (the one place
+    that says so: the Prefect flow's per-language fan-out of an eval stage uses it too)."""
+    flags = {"protocol": args.protocol, "seeds": args.seeds, "data_dir": args.data_dir,
+             "choice_scoring": args.choice_scoring, "limit": args.limit}
+    section = params.eval.model_dump()
+    section.update({key: value for key, value in flags.items() if value is not None})
+    return params.model_copy(update={"eval": type(params.eval).model_validate(section)})
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
@@ -227,42 +238,40 @@ def _print_result(result) -> None:
     print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that are the user's input, printed as one clear line instead of a traceback."""
-    from cc_core.config import ConfigError
-    from cc_core.hub import HubUnreachableError
-    from cc_core.io import InputError
-    from cc_core.modeling.architectures import UnsupportedArchitectureError
-    from cc_core.modeling.base import ModelSourceError
-    from cc_core.modeling.checkpoint import NotACCCheckpointError
-    from cc_core.prompts import ChatTemplateError
-    from cc_core.tracking import TrackingUnavailableError
-    from cc_core.train import TrainingDivergedError
-    from cc_core.transform import TransformShapeError
+def is_user_error(err: BaseException) -> bool:
+    """The user's input (a bad param, file, model or store), printed as one line instead of a traceback:
+    ValueError (every input check raises one: ConfigError, InputError, ...), OSError (a missing or
+    unreadable file, a full disk: the message names it), and the few RuntimeErrors that mark
+    themselves ``user_error = True`` (an unreachable hub or tracking store, diverged training).
+    Checked by type, not by importing the error classes: a stage loads only its own modules."""
+    return isinstance(err, (ValueError, OSError)) or bool(getattr(type(err), "user_error", False))
 
-    return (ConfigError, ValueError, InputError, HubUnreachableError, ModelSourceError, ChatTemplateError,
-            NotACCCheckpointError, UnsupportedArchitectureError, TrackingUnavailableError, TransformShapeError,
-            TrainingDivergedError,
-            OSError)  # a file that is missing or unreadable (or a full disk): the message names it
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def run(args: argparse.Namespace):
+    """Run the stage ``args`` name and return its result; errors propagate (the Prefect flow runs
+    dvc.yaml's commands through here, in-process, exactly as ``cctune`` would)."""
+    from cc_core.config import load_params, parse_params
+
+    if args.stage == "score" and args.params == "params.yaml" and not Path("params.yaml").is_file():
+        params = parse_params({}, overrides=args.overrides)  # scoring needs no project: run it anywhere
+    else:
+        params = load_params(args.params, args.overrides)
+    return STAGES[args.stage][2](args, params)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     _quiet_libraries()
-    from cc_core.config import load_params, parse_params
-
-    errors = user_errors()
     try:
-        if args.stage == "score" and args.params == "params.yaml" and not Path("params.yaml").is_file():
-            params = parse_params({}, overrides=args.overrides)  # scoring needs no project: run it anywhere
-        else:
-            params = load_params(args.params, args.overrides)
-        result = STAGES[args.stage][2](args, params)
-    except errors as err:
-        if args.verbose:
+        result = run(args)
+    except Exception as err:
+        if args.verbose or not is_user_error(err):
             raise
         print(f"cctune {args.stage}: error: {err}", file=sys.stderr)
         return 2

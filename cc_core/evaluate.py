@@ -20,10 +20,23 @@ from typing import Any
 from cc_core.config import Params
 from cc_core.data.benchmarks import BenchmarkItem, BenchmarkSpec, available_langs, get_spec, load_benchmark
 from cc_core.io import InputError, atomic_dir, iter_jsonl, write_json, write_jsonl
+from cc_core.lineage import combined_sha256, items_sha256, scorer_sha256
 from cc_core.metrics import ItemScore, score_choice, score_qa, score_summary
 
 log = logging.getLogger(__name__)
-METHOD_DIRS = {"base": "models/base", "sft": "models/sft", "cc": "models/cc"}
+METHOD_DIRS = {"base": "models/base", "sft": "models/sft", "cc": "models/cc"}  # the CLI's defaults
+PACKAGE = Path(__file__).resolve().parent
+# The code that turns outputs into scores, per way of scoring: its content hash goes into every
+# metrics file (scorer_sha256), so a changed scorer never compares with scores of the old one.
+SCORING_SOURCES = {"lenient": ("evaluate.py", "metrics.py"),
+                   "standard": ("evaluate.py", "metrics.py", "metrics_standard.py"),
+                   "loglik": ("evaluate.py", "loglik.py")}
+
+
+def scoring_identity(spec: BenchmarkSpec, protocol: str, choice_scoring: str) -> str:
+    """``scorer_sha256`` of a benchmark's scores: the scoring code that ran and its settings."""
+    way = "loglik" if spec.kind == "choice" and choice_scoring == "loglik" else protocol
+    return scorer_sha256([PACKAGE / name for name in SCORING_SOURCES[way]], scoring=way, kind=spec.kind)
 
 
 def score_item(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str = "lenient") -> ItemScore:
@@ -125,8 +138,10 @@ def resolve_langs(spec: BenchmarkSpec, data_dir, explicit: list[str] | None, con
     return present
 
 
-def _generator(params: Params, method: str, model_dir: str | Path | None, transform: str | Path,
-               device: str = "cpu"):
+def load_generator(params: Params, method: str, model_dir: str | Path | None, transform: str | Path,
+                   device: str = "cpu"):
+    """The generator ``method`` is evaluated with: its model (``model_dir``, default models/<method>),
+    for cc the Transform Matrix in ``transform``, eval.* generation settings, on ``device``."""
     from cc_core.generate import Generator
 
     mode = params.eval.cc_mode if method == "cc" else "none"
@@ -269,7 +284,13 @@ def write_results(params: Params, method: str, benchmark: str, results: dict[str
     could not be evaluated (e.g. a task that failed after its retries), recorded, not fatal.
     ``requested``: the languages asked for (default: the evaluated and failed ones); the metrics
     file says when the average covers fewer, and the report flags it."""
+    from cc_core.data.benchmarks import check_lang
+
     spec = get_spec(benchmark)
+    for lang, result in results.items():  # file names below come from these keys: only real languages
+        check_lang(spec, lang)
+        if result.lang != lang:
+            raise InputError(f"{spec.name}: the result filed under {lang!r} is for {result.lang!r}")
     per_lang = {lang: r.summary for lang, r in results.items()}
     average = _mean([v["score"] for v in per_lang.values()])
     requested = list(requested or [*per_lang, *(failed or {})])
@@ -286,6 +307,12 @@ def write_results(params: Params, method: str, benchmark: str, results: dict[str
               "paper_langs_evaluated": f"{len(paper_langs)}/{len(spec.langs)}",
               "average_non_en": _mean([v["score"] for lang, v in per_lang.items() if lang != "en"]),
               "languages": per_lang, **({"failed_languages": failed} if failed else {})}
+    # What the score was computed on and with: comparable only with scores of equal hashes.
+    data_hashes = {lang: v["data_sha256"] for lang, v in per_lang.items() if "data_sha256" in v}
+    report["eval_data_sha256"] = combined_sha256(data_hashes) if len(data_hashes) == len(per_lang) else None
+    choice_ways = {v.get("choice_scoring", "generate") for v in per_lang.values()}
+    report["scorer_sha256"] = scoring_identity(spec, report["protocol"], choice_ways.pop()) \
+        if len(choice_ways) == 1 else None
     scoring = {v["choice_scoring"] for v in per_lang.values() if "choice_scoring" in v}
     if scoring:  # option benchmarks: how the option was chosen (and loglik's length-normalised accuracy)
         report["choice_scoring"] = scoring.pop() if len(scoring) == 1 else "mixed"
@@ -301,15 +328,20 @@ def write_results(params: Params, method: str, benchmark: str, results: dict[str
                       report["unparsed"], round(seconds, 2), str(metrics_file))
 
 
-def evaluate_language(params: Params, method: str, benchmark: str, lang: str, model_dir: str | Path | None = None,
-                      transform: str | Path = "transform", device: str = "cpu", generator=None,
-                      choice_scoring: str | None = None) -> LangResult:
-    """One benchmark × one language (the unit the Prefect flow fans out over)."""
+def evaluate_languages(params: Params, method: str, benchmark: str, langs: list[str], generator,
+                       limit: int | None = None, choice_scoring: str | None = None) -> dict[str, LangResult]:
+    """Generate for and score ``langs`` of ``benchmark`` with ``generator`` (their items in one
+    length-sorted stream). The one evaluation unit of every front door: ``cctune eval`` (every
+    language), the flow's per-language tasks, the cluster's evaluation jobs (a group of languages).
+    Each language's summary records the content hash of the items it was scored on (``data_sha256``)."""
     spec = get_spec(benchmark)
-    generator = generator or _generator(params, method, model_dir, transform, device)
-    items = load_benchmark(spec.name, lang, params.eval.data_dir, params.eval.limit_for(spec.name))
-    return run_items_seeds(generator, spec, items, choice_scoring or params.eval.choice_scoring,
-                           params.eval.protocol, params.eval.seeds)[lang]
+    limit = limit or params.eval.limit_for(spec.name)
+    items = [item for lang in langs for item in load_benchmark(spec.name, lang, params.eval.data_dir, limit)]
+    results = run_items_seeds(generator, spec, items, choice_scoring or params.eval.choice_scoring,
+                              params.eval.protocol, params.eval.seeds)
+    for lang, result in results.items():
+        result.summary["data_sha256"] = items_sha256(item for item in items if item.lang == lang)
+    return results
 
 
 def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | None = None, limit: int | None = None,
@@ -320,14 +352,10 @@ def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | Non
     if method not in METHOD_DIRS:
         raise ValueError(f"--method must be one of {', '.join(METHOD_DIRS)}, not {method!r}")
     spec = get_spec(benchmark)
-    data_dir = params.eval.data_dir
-    langs = resolve_langs(spec, data_dir, langs, params.eval.langs)
-    limit = limit or params.eval.limit_for(spec.name)
-    generator = generator or _generator(params, method, model_dir, transform)
+    langs = resolve_langs(spec, params.eval.data_dir, langs, params.eval.langs)
+    generator = generator or load_generator(params, method, model_dir, transform)
     started = time.perf_counter()
-    items = [item for lang in langs for item in load_benchmark(spec.name, lang, data_dir, limit)]
-    results = run_items_seeds(generator, spec, items, choice_scoring or params.eval.choice_scoring,
-                              params.eval.protocol, params.eval.seeds)
+    results = evaluate_languages(params, method, spec.name, langs, generator, limit, choice_scoring)
     return write_results(params, method, spec.name, results, generator.mode, time.perf_counter() - started,
                          out_root, metrics_root, model_dir, requested=langs)
 
@@ -338,10 +366,10 @@ def _mean(values: list[float]) -> float | None:
 
 def _log_to_run(params: Params, method: str, model_dir, report: dict) -> None:
     """Scores go into the method's training run (the base model gets a run of its own)."""
-    from cc_core.tracking import Tracker, read_run_id
+    from cc_core.tracking import Tracker
 
     tracker = Tracker(params.tracking)
-    run_id = read_run_id(model_dir or METHOD_DIRS[method]) if method != "base" else None
+    run_id = tracker.training_run_id(report.get("checkpoint_sha256")) if method != "base" else None
     name = report["benchmark"]
     with tracker.run(f"eval-{method}", run_id=run_id or base_run_id(tracker, params),
                      tags={"method": method}) as run:

@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 class HubUnreachableError(RuntimeError):
     """The Hugging Face hub cannot be reached (offline machine or HF_HUB_OFFLINE=1)."""
 
+    user_error = True  # cctune prints it as one line (cc_core.cli.is_user_error)
+
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """True when HF_HUB_OFFLINE is unset and a TCP connection to the hub endpoint opens."""

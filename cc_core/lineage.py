@@ -5,6 +5,10 @@
     require_same_checkpoint("transform/transform.safetensors", recorded=meta["model_sha256"],
                             current=h, model_dir="models/cc", rerun="cctune collect && cctune fit")
 
+A score's identity is the content hash of the items it was computed on (:func:`items_sha256`) and
+of the scoring code and settings (:func:`scorer_sha256`): two scores are comparable only when both
+are equal (the registry's champion rule).
+
 A checkpoint's identity is the content hash of its ``*.safetensors`` files (names and bytes,
 ``cc_core.io.dir_sha256``): the base model's weights, or a trained model's weights plus its
 Decision Maker. The activations, the Transform Matrix, every metrics file and every registry
@@ -14,10 +18,13 @@ an error naming both hashes and the stage to re-run, instead of silently mixing 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
-from cc_core.io import InputError, dir_sha256
+from cc_core.io import InputError, dir_sha256, file_sha256
 
 PATTERN = "*.safetensors"
 _MEMO: dict[tuple, str] = {}
@@ -53,7 +60,7 @@ def checkpoint_sha256(model_dir: str | Path) -> str:
 
 
 def short(digest: str | None) -> str:
-    return f"{digest[:12]}…" if digest else "none"
+    return f"{digest[:12]}…" if digest and digest != "none" else "none"
 
 
 def require_same_checkpoint(artifact: str | Path, recorded: str | None, current: str, model_dir: str | Path,
@@ -65,3 +72,27 @@ def require_same_checkpoint(artifact: str | Path, recorded: str | None, current:
     if recorded != current:
         raise LineageError(f"{artifact}: made from checkpoint {short(recorded)} but {model_dir} is now "
                            f"{short(current)}; re-run: {rerun}")
+
+
+def items_sha256(items: Iterable) -> str:
+    """Content hash of benchmark items as evaluated (id, language, prompt, gold, English prompt), in
+    order: an edited gold answer or prompt gives another hash, whatever file or hub it came from."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps([item.id, item.lang, item.prompt, item.gold, item.prompt_en], ensure_ascii=False,
+                                 sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def combined_sha256(parts: dict[str, str]) -> str:
+    """One hash of named hashes (e.g. every language's data hash of a benchmark), order-independent."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def scorer_sha256(source_files: Iterable[str | Path], **settings) -> str:
+    """Content hash of the scoring code (its source files' bytes) and the settings that choose a
+    scorer (protocol, choice scoring): a changed scorer makes old scores incomparable."""
+    files = {Path(f).name: file_sha256(f) for f in source_files}
+    return combined_sha256({"files": json.dumps(files, sort_keys=True),
+                            "settings": json.dumps(settings, sort_keys=True, default=str)})

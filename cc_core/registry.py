@@ -27,9 +27,10 @@ Alias policy: the new version gets ``challenger``; ``champion`` moves to it only
 ``register.metric`` (mean over benchmarks, or one benchmark's average) is strictly greater
 than the current champion's (a tie keeps the champion; the value is stored exactly, as
 ``repr(float)``, and compared in that representation), and only when both were evaluated the
-same way (same ``eval_settings_sha256`` tag: benchmarks, languages, limit, data, generation
-settings) and completely (no failed languages): a score from another evaluation is not
-comparable. MLflow keeps no alias history, so every move is appended to the registered
+same way (same ``eval_settings_sha256``: benchmarks, languages, limit, generation settings; same
+``eval_data_sha256``: the content of the items scored; same ``scorer_sha256``: the scoring code and
+protocol) and completely (no failed languages): a score from another evaluation is not comparable,
+and the new version is tagged ``not_compared`` with both hashes. MLflow keeps no alias history, so every move is appended to the registered
 model's ``alias_history`` tag. Versions are never overwritten or deleted.
 """
 
@@ -52,7 +53,7 @@ from pathlib import Path
 from cc_core.config import Params
 from cc_core.io import InputError, file_sha256, read_json, write_json
 from cc_core.lineage import LineageError, checkpoint_sha256, require_same_checkpoint, short
-from cc_core.tracking import RUN_FILE, Tracker, fluent_tracking_uri, git_commit, read_run_id, store_errors
+from cc_core.tracking import RUN_FILE, Tracker, fluent_tracking_uri, git_commit, store_errors
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -130,8 +131,9 @@ def eval_metrics(metrics_dir: Path, benchmarks: list[str] | None = None, method:
 
 
 def eval_settings_hash(params: Params) -> str:
-    """What makes two versions' scores comparable: the evaluation, not how fast it ran."""
-    settings = params.eval.model_dump(exclude={"batch_size"})
+    """What makes two versions' scores comparable: the evaluation, not how fast it ran (batch size, KV
+    cache, compilation) nor where its data lies (the data itself is compared by content: eval_data_sha256)."""
+    settings = params.eval.model_dump(exclude={"batch_size", "cache", "compile", "data_dir"})
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -305,6 +307,7 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     value = pick_metric(averages, params.register.metric)
     failed = {name: data["failed_languages"] for name, data in evaluated.items() if data.get("failed_languages")}
     settings_hash = eval_settings_hash(params)
+    evidence = score_identity(evaluated)
     from cc_core.modeling.checkpoint import read_cc_metadata
 
     read_cc_metadata(model_dir)  # a clear error if this is not a CC checkpoint
@@ -317,13 +320,14 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     uri = tracker.uri
     client = tracker._connect()
     name = model_name(params)
-    training_run = read_run_id(model_dir)
+    training_run = tracker.training_run_id(checkpoint)
     storage = "artifacts" if params.register.log_weights else "reference"
     manifest = file_manifest(model_dir, transform_dir)
     tags = {"git_commit": git_commit(), "params_sha256": params.section_hash(),
             "dvc_lock_sha256": file_sha256(lock_file) if Path(lock_file).is_file() else "none",
             "register_metric": params.register.metric, **metric_tags(value),
-            "eval_settings_sha256": settings_hash, "checkpoint_sha256": checkpoint, "transform_sha256": transform_sha,
+            "eval_settings_sha256": settings_hash, **evidence,
+            "checkpoint_sha256": checkpoint, "transform_sha256": transform_sha,
             "training_run_id": training_run or "none", "storage": storage,
             **({"failed_languages": json.dumps(failed)} if failed else {}),
             **{f"avg_{k}": f"{v:.4f}" for k, v in averages.items()}}
@@ -382,11 +386,13 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
             _record_alias(client, name, CHALLENGER, version, _alias_version(client, name, CHALLENGER), "new version")
             champion = _alias_version(client, name, CHAMPION)
             promoted, reason = _should_promote(client, name, champion, value, params.register.metric,
-                                               settings_hash, failed)
+                                               settings_hash, failed, evidence)
             if promoted:
                 _record_alias(client, name, CHAMPION, version, champion, reason)
                 champion = version
             else:
+                if reason.startswith(NOT_COMPARABLE):
+                    client.set_model_version_tag(name, version, "not_compared", reason)
                 log.info("champion stays at version %s: %s", champion, reason)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -411,17 +417,46 @@ def _compared(a: float, b: float) -> tuple[str, str]:
     return (short_a, short_b) if short_a != short_b or a == b else (repr(a), repr(b))
 
 
+NOT_COMPARABLE = "not comparable with version"
+
+
+def score_identity(evaluated: dict[str, dict]) -> dict[str, str]:
+    """The version's tags naming what its scores were computed on: the evaluation data (content hash per
+    benchmark, and one over all) and the scoring code and protocol. "none" when a metrics file predates them."""
+    data = {name: m.get("eval_data_sha256") or "none" for name, m in sorted(evaluated.items())}
+    scorers = {name: m.get("scorer_sha256") or "none" for name, m in sorted(evaluated.items())}
+    from cc_core.lineage import combined_sha256
+
+    return {"eval_data_sha256": "none" if "none" in data.values() else combined_sha256(data),
+            "eval_data_by_benchmark": json.dumps(data),
+            "scorer_sha256": "none" if "none" in scorers.values() else combined_sha256(scorers)}
+
+
+def _incomparable(tags: dict, metric: str, settings_hash: str, evidence: dict[str, str]) -> str | None:
+    """Why the champion's score cannot be compared with this one (None: it can)."""
+    if tags.get("register_metric", metric) != metric:
+        return f"metric {tags.get('register_metric')} vs {metric}"
+    if tags.get("eval_settings_sha256", settings_hash) != settings_hash:
+        return "other eval settings"
+    for key, what in (("eval_data_sha256", "evaluation data"), ("scorer_sha256", "scoring code or protocol")):
+        theirs, ours = tags.get(key, "none"), evidence[key]
+        if theirs == "none" or ours == "none" or theirs != ours:
+            return f"{what} differs: {key} {short(theirs)} (champion) vs {short(ours)} (this version)"
+    return None
+
+
 def _should_promote(client, name: str, champion: str | None, value: float, metric: str, settings_hash: str,
-                    failed: dict) -> tuple[bool, str]:
+                    failed: dict, evidence: dict[str, str]) -> tuple[bool, str]:
     """(move champion?, why) under the alias policy in the module docstring."""
     if failed:
         return False, f"incomplete evaluation (failed languages: {failed})"
     if champion is None:
         return True, "first version"
     tags = client.get_model_version(name, champion).tags
-    if tags.get("register_metric", metric) != metric or tags.get("eval_settings_sha256", settings_hash) != settings_hash:
-        return False, (f"not comparable with version {champion}: evaluated with other eval settings or metric "
-                       "(move the alias by hand if intended)")
+    why = _incomparable(tags, metric, settings_hash, evidence)
+    if why:
+        return False, (f"{NOT_COMPARABLE} {champion}: {why}; the champion stays (re-evaluate it on the same data "
+                       "and register it again, or move the alias by hand: docs/user-guide.md)")
     stored = tags.get("metric_value")
     if stored is None:
         champion_value = -math.inf

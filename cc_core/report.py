@@ -274,15 +274,19 @@ def report(params: Params, metrics_dir: str | Path = "metrics", eval_root: str |
     write_json(metrics_dir / "report.json", {"averages": means, "deltas": deltas, "incomplete": flagged,
                                               "protocols": sorted({scores[m][b].get("protocol", "lenient")
                                                                    for m in methods for b in scores[m]})})
-    _log_report(params, out_dir)
+    _log_report(params, out_dir, metrics_dir)
     return ReportResult(str(out_dir), methods, benchmarks, deltas)
 
 
-def _log_report(params: Params, out_dir: Path) -> None:
-    from cc_core.tracking import Tracker, read_run_id
+def _log_report(params: Params, out_dir: Path, metrics_dir: Path) -> None:
+    """The report goes into the CC model's training run (found by the checkpoint its scores name)."""
+    from cc_core.tracking import Tracker
 
-    run_id = read_run_id("models/cc")
+    evaluated = sorted((metrics_dir / "eval" / "cc").glob("*.json"))
+    checkpoint = read_json(evaluated[0]).get("checkpoint_sha256") if evaluated else None
+    tracker = Tracker(params.tracking)
+    run_id = tracker.training_run_id(checkpoint)
     if not run_id:
         return
-    with Tracker(params.tracking).run("report", run_id=run_id) as run:
+    with tracker.run("report", run_id=run_id) as run:
         run.log_artifacts(out_dir, "report")

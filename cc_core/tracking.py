@@ -35,7 +35,9 @@ LOCK_WAIT_S = 3.0  # how long a SQLite store locked by another writer is waited 
 
 
 class TrackingUnavailableError(RuntimeError):
-    pass
+    """The MLflow store cannot be reached or written (the message names it)."""
+
+    user_error = True  # cctune prints it as one line (cc_core.cli.is_user_error)
 
 
 def sqlite_path(uri: str) -> str | None:
@@ -320,6 +322,23 @@ class Tracker:
             if _is_store_failure(err):
                 raise
             return None
+
+    def training_run_id(self, checkpoint: str | None) -> str | None:
+        """The newest training run whose model has this content hash (its ``checkpoint_sha256`` tag,
+        set when training saved the model), or None: tracking off or skipped, or trained in another
+        store. Later stages log into that run; the model directory itself holds no run pointer, so
+        the same weights are the same DVC output whichever run produced them."""
+        client = self._connect()
+        if client is None or not checkpoint:
+            return None
+        try:
+            runs = client.search_runs([self.experiment_id(client)],
+                                      f"tags.checkpoint_sha256 = '{checkpoint}' and tags.stage = 'train'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+        except Exception as err:  # noqa: BLE001 - an unusable store, by policy (tracking.on_unavailable)
+            self._unavailable(_reason(err))
+            return None
+        return runs[0].info.run_id if runs else None
 
     def experiment_id(self, client) -> str:
         experiment = client.get_experiment_by_name(self.params.experiment)

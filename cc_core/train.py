@@ -53,6 +53,8 @@ COMPLETE = "cc_checkpoint_complete.json"
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradient norm stopped being finite (more than train.nonfinite_patience steps)."""
 
+    user_error = True  # cctune prints it as one line (cc_core.cli.is_user_error)
+
 
 class CheckpointWriteError(OSError):
     """Saving a checkpoint or the final model failed (typically a full disk); names the path."""
@@ -580,7 +582,8 @@ def _training_arguments(tp: TrainParams, work_dir: Path, deepspeed_config: dict 
 
 
 def train(params: Params, method: str, base_dir: str | Path = "models/base", data_dir: str | Path = "data/prepared",
-          out_dir: str | Path | None = None, metrics_dir: str | Path = "metrics", resume: bool = False) -> TrainResult:
+          out_dir: str | Path | None = None, metrics_dir: str | Path = "metrics", resume: bool = False,
+          checkpoint_dir: str | Path | None = None) -> TrainResult:
     from transformers import set_seed
 
     from cc_core.modeling.base import load_model_dir
@@ -592,7 +595,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     tp = params.train
     base_dir, data_file = Path(base_dir), Path(data_dir) / "train.jsonl"
     out = Path(out_dir or f"models/{method}")
-    work_dir = out.parent / f".{out.name}-checkpoints"
+    work_dir = Path(checkpoint_dir) if checkpoint_dir else out.parent / f".{out.name}-checkpoints"
     is_main = rank() == 0
 
     check_kernel_options(tp, base_dir)  # before anything loads: a clear error naming the key
@@ -693,7 +696,8 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
         )
         if is_main:
             tokenizer.save_pretrained(partial)
-            write_run_file(partial, run, tracking_uri(params.tracking))
+            # No MLflow run pointer inside the model: the model is exactly its content (DVC sees the same
+            # output when the same weights are trained again); stages find the run by checkpoint_sha256.
             result.checkpoint_sha256 = dir_sha256(partial, "*.safetensors")
             replace_path(partial, out)
             shutil.rmtree(work_dir, ignore_errors=True)  # finished: a rerun must not resume from these

@@ -390,12 +390,14 @@ def fit(params: FitParams, activations_dir: str | Path = "activations", out_dir:
 
 
 def _log_to_training_run(tracking, model_dir, summary: dict, metrics_dir: Path) -> None:
-    from cc_core.tracking import Tracker, read_run_id
+    from cc_core.lineage import checkpoint_sha256
+    from cc_core.tracking import Tracker
 
-    run_id = read_run_id(model_dir)
+    tracker = Tracker(tracking)
+    run_id = tracker.training_run_id(checkpoint_sha256(model_dir))
     if not run_id:
         return
-    with Tracker(tracking).run("fit", run_id=run_id) as run:
+    with tracker.run("fit", run_id=run_id) as run:
         flat = {f"transform_{split}_{m}_{k}": v for split in ("fit", "heldout")
                 for m, values in summary[split].items() for k, v in values.items()}
         run.log_metrics(flat)  # values without a held-out split are None: log_metrics leaves them out

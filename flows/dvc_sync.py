@@ -1,6 +1,6 @@
 """Stage artifacts through a DVC remote, so nodes share no working tree.
 
-    inputs = stage_inputs(project, ["eval_cc@XNLI"])      # {"models/cc": "train_cc", "transform": "fit"}
+    inputs = stage_graph.stage_inputs(project, ["eval_cc@XNLI"])   # {"models/cc": "train_cc", "transform": "fit"}
     pull(project, list(inputs), remote="cluster")          # before a stage runs on a node
     commit(project, ["fit"]); push(project, ["fit"], "cluster")   # after it produced its outputs
 
@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -60,14 +60,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_dvc(project: str | Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """``dvc ARGS`` in ``project`` under the checkout's lock (no exception on failure)."""
+def run_dvc(project: str | Path, *args: str, timeout: float | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``dvc ARGS`` in ``project`` under the checkout's lock (no exception on failure); ``env`` adds
+    variables to the environment."""
     with project_lock(project):
-        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=_env(), capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env={**_env(), **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
 
 
-def _error_text(out: subprocess.CompletedProcess) -> str:
+def error_text(out: subprocess.CompletedProcess) -> str:
     """DVC's own words: its WARNING lines, the ERROR line and what it lists after it (or the tail)."""
     text = (out.stderr or "") + (out.stdout or "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -113,7 +115,7 @@ def _remote_failure(project, verb: str, remote: str, what: str, out: subprocess.
     direction = "from" if verb == "pull" else "to"
     url = remote_url(project, remote)
     reason = probe(url)
-    return DvcError(f"{what}: dvc {verb} {direction} remote '{remote}' ({url}) failed: {_error_text(out)}"
+    return DvcError(f"{what}: dvc {verb} {direction} remote '{remote}' ({url}) failed: {error_text(out)}"
                     + (f" [the remote cannot be reached: {reason}]" if reason else ""))
 
 
@@ -142,7 +144,7 @@ def commit(project: str | Path, stages: list[str]) -> None:
         return
     out = run_dvc(project, "commit", "--force", *stages)
     if out.returncode:
-        raise DvcError(f"dvc commit {' '.join(stages)} failed: {_error_text(out)}")
+        raise DvcError(f"dvc commit {' '.join(stages)} failed: {error_text(out)}")
 
 
 def push(project: str | Path, stages: list[str], remote: str, what: str = "stage") -> None:
@@ -152,51 +154,6 @@ def push(project: str | Path, stages: list[str], remote: str, what: str = "stage
     out = run_dvc(project, "push", "--remote", remote, *stages)
     if out.returncode:
         raise _remote_failure(project, "push", remote, what, out)
-
-
-def _stage_index(project: str | Path) -> dict[str, tuple[list[str], list[str]]]:
-    """``{stage: (deps, cached outs)}`` from dvc.yaml (matrix stages expanded), paths relative to the root."""
-    from dvc.repo import Repo
-
-    root = Path(project).resolve()
-    with Repo(str(root)) as repo:
-        index = {}
-        for stage in repo.index.stages:
-            def rel(path) -> str:
-                return Path(os.path.relpath(str(path), root)).as_posix()
-
-            deps = [rel(dep.fs_path) for dep in stage.deps]
-            outs = [rel(out.fs_path) for out in stage.outs if out.use_cache]
-            index[stage.name] = (deps, outs)
-    return index
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or PurePosixPath(path).is_relative_to(folder)
-
-
-def stage_inputs(project: str | Path, stages: list[str], strict: bool = True) -> dict[str, str]:
-    """``{path: producing stage}``: the DVC-cached paths ``stages`` read that other stages produce
-    (what a node must pull before running them). ``strict=False`` skips stages dvc.yaml does not
-    have (e.g. an eval stage of a benchmark that only another params file lists)."""
-    index = _stage_index(project)
-    unknown = [name for name in stages if name not in index]
-    if unknown and strict:
-        raise DvcError(f"no stage {', '.join(unknown)} in dvc.yaml (stages: {', '.join(index)})")
-    stages = [name for name in stages if name in index]
-    wanted: dict[str, str] = {}
-    for name in stages:
-        deps, _ = index[name]
-        for other, (_, outs) in index.items():
-            if other in stages:
-                continue
-            for out in outs:
-                for dep in deps:
-                    if _inside(dep, out):        # a file inside another stage's output folder
-                        wanted[dep] = other
-                    elif _inside(out, dep):      # another stage's output inside a folder this stage reads
-                        wanted[out] = other
-    return wanted
 
 
 def _read_lock(project: str | Path) -> dict[str, Any]:

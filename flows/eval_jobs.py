@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import subprocess
@@ -38,6 +39,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.serializers import Serializer
 
 GPU_WAIT_LOG_S = 60
 MAX_API_ERRORS = 12  # consecutive failed polls of the server (about a minute) before the parent gives up
@@ -95,8 +97,24 @@ def git_revision(project: str | Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-@flow(name="cc-tuning-eval-job", persist_result=True, result_serializer="json", log_prints=True)
+class PlainJSON(Serializer):
+    """Job results as plain JSON: Prefect's own JSON serializer rebuilds objects named in the data
+    (``{"__class__": "module.Name"}`` imports ``module``), so a result that someone wrote into the
+    shared result storage could make the pipeline import code. This one only ever yields dicts,
+    lists, strings and numbers (what :func:`accept_result` then checks)."""
+
+    type: Literal["cc-tuning-plain-json"] = "cc-tuning-plain-json"
+
+    def dumps(self, obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+    def loads(self, blob: bytes) -> Any:
+        return json.loads(blob)
+
+
+@flow(name="cc-tuning-eval-job", persist_result=True, result_serializer=PlainJSON(), log_prints=True)
 def eval_job(method: Literal["base", "sft", "cc"], benchmark: str, langs: list[str], params: dict[str, Any],
+             model_dir: str | None = None, transform: str = "transform",
              dvc_remote: str | None = None, dvc_inputs: list[str] | None = None,
              dvc_lock: dict[str, Any] | None = None, code_version: str | None = None,
              project_dir: str = ".") -> dict[str, Any]:
@@ -108,6 +126,8 @@ def eval_job(method: Literal["base", "sft", "cc"], benchmark: str, langs: list[s
         benchmark: benchmark name, e.g. XNLI.
         langs: the languages of this job.
         params: the pipeline run's resolved parameters (every section of params.yaml).
+        model_dir: the model directory, as the eval stage's command names it (default: models/<method>).
+        transform: the Transform Matrix directory, as the eval stage's command names it (cc only).
         dvc_remote: DVC remote to pull the model (and Transform Matrix) from; none = use the checkout as is.
         dvc_inputs: DVC-tracked paths to pull, e.g. ["models/cc", "transform"].
         dvc_lock: the dvc.lock entries of the stages that produced them (the versions to pull).
@@ -116,7 +136,7 @@ def eval_job(method: Literal["base", "sft", "cc"], benchmark: str, langs: list[s
     """
     from cc_core.config import parse_params
     from cc_core.data.benchmarks import get_spec
-    from cc_core.evaluate import _generator, evaluate_language
+    from cc_core.evaluate import evaluate_languages, load_generator
     from cc_core.io import InputError
     from flows import dvc_sync
 
@@ -138,21 +158,48 @@ def eval_job(method: Literal["base", "sft", "cc"], benchmark: str, langs: list[s
     failed: dict[str, str] = {}
     with gpu_slot() as device:
         try:
-            generator = _generator(run_params, method, None, "transform", device)  # one model load per job
+            generator = load_generator(run_params, method, model_dir, transform, device)  # one model load per job
         except InputError as err:  # e.g. a Transform Matrix of another checkpoint: every language fails
             generator, failed = None, {lang: f"{type(err).__name__}: {err}" for lang in langs}
-        for lang in langs if generator is not None else []:  # the same code as the in-process backend's tasks
+        for lang in langs if generator is not None else []:  # the same unit as the in-process backend's tasks
             try:
-                result = evaluate_language(run_params, method, spec.name, lang, device=device, generator=generator)
+                result = evaluate_languages(run_params, method, spec.name, [lang], generator)[lang]
             except InputError as err:  # bad data is not retried: it would fail the same way
                 failed[lang] = f"{type(err).__name__}: {err}"
                 continue
-            results[lang] = {"summary": result.summary, "rows": result.rows}
+            results[lang] = {"summary": result.summary, "rows": result.rows, "mode": generator.mode}
     for lang, message in failed.items():
         logger.error("%s %s %s: %s", method, spec.name, lang, message)
     return {"method": method, "benchmark": spec.name, "langs": list(langs), "results": results, "failed": failed,
             "seconds": round(time.perf_counter() - started, 2), "device": device, "host": socket.gethostname(),
             "worker": os.environ.get("PREFECT__WORKER_NAME"), "workspace": str(project)}
+
+
+def accept_result(job: Job) -> tuple[dict[str, dict], dict[str, str]]:
+    """(results, failed) of a finished job, checked as every other input is: the job's own method,
+    benchmark and languages only (a language key becomes a file name), each result a summary and rows."""
+    from cc_core.data.benchmarks import check_lang, get_spec
+    from cc_core.io import InputError
+
+    data = job.result
+    where = f"eval job {job.key} (flow run {job.run_name})"
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: its result is {type(data).__name__}, not an object")
+    if data.get("method") != job.method or data.get("benchmark") != get_spec(job.benchmark).name:
+        raise InputError(f"{where}: its result is for {data.get('method')!r}/{data.get('benchmark')!r}")
+    results, failed = data.get("results"), data.get("failed")
+    if not isinstance(results, dict) or not isinstance(failed, dict) or not isinstance(data.get("seconds"), (int, float)):
+        raise InputError(f"{where}: its result lacks results/failed/seconds")
+    spec = get_spec(job.benchmark)
+    for lang in [*results, *failed]:
+        if not isinstance(lang, str) or lang not in job.langs:
+            raise InputError(f"{where}: its result has language {lang!r}, not one of the job's {job.langs}")
+        check_lang(spec, lang)
+    for lang, result in results.items():
+        if not isinstance(result, dict) or not isinstance(result.get("summary"), dict) \
+                or not isinstance(result.get("rows"), list):
+            raise InputError(f"{where}: its result for {lang} is not a summary with rows")
+    return results, {lang: str(message) for lang, message in failed.items()}
 
 
 # ----------------------------------------------------------------------------- the parent's side

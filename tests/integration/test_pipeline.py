@@ -157,9 +157,65 @@ def test_dvc_repro_tiny_profile(project):
     assert _stages_run(exp.stdout) == ["report"]
 
 
+def _dvc_clean(project: Path) -> None:
+    status = _run([str(BIN / "dvc"), "status"], project)
+    assert status.returncode == 0 and "Data and pipelines are up to date." in status.stdout, status.stdout[-3000:]
+    again = _run([str(BIN / "dvc"), "repro"], project)
+    assert again.returncode == 0 and _stages_run(again.stdout) == [], again.stdout[-3000:]
+
+
+def _set_param(project: Path, old: str, new: str) -> None:
+    path = project / "params.yaml"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_flow_run_leaves_dvc_clean_and_a_variant_is_an_experiment(project):
+    """python -m flows.pipeline runs dvc.yaml's changed stages and records them: dvc status is clean
+    and dvc repro has nothing to do. A run of another params file is a DVC experiment: the
+    workspace's outputs and dvc.lock are not touched, and dvc checkout needs no --force."""
+    if not (project / "dvc.lock").is_file():
+        pytest.skip("needs the DVC test's workspace first")
+    _run(["git", "checkout", "params.yaml"], project)  # the DVC test's experiment left report.seed=1 applied
+    _run([str(BIN / "dvc"), "checkout", "--force"], project)
+    _set_param(project, "  max_new_tokens: 8", "  max_new_tokens: 6")  # every eval stage and what follows
+    start = time.perf_counter()
+    run = _run([sys.executable, "-m", "flows.pipeline"], project, timeout=1200)
+    print(f"flow run (evaluation, report, register): {time.perf_counter() - start:.1f} s")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    for name in ("eval-cc-XNLI-ar", "eval-base-XLSum-ru", "eval-write-sft-XNLI", "report", "register"):
+        assert f"Task run '{name}' - Finished in state Completed()" in log, name
+    assert "Task run 'train-cc'" not in log  # up to date: not run again
+    _dvc_clean(project)
+
+    variant = project / "params.variant.yaml"
+    import yaml
+
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    data["report"]["seed"] = 5  # only the report reads it
+    variant.write_text(yaml.safe_dump(data))
+    lock, report = (project / "dvc.lock").read_bytes(), (project / "metrics/report.json").read_bytes()
+    run = _run([sys.executable, "-m", "flows.pipeline", "--params", "params.variant.yaml", "--experiment-name",
+                "seed5"], project, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    assert "Task run 'report' - Finished in state Completed()" in log and "Task run 'eval-" not in log
+    assert (project / "dvc.lock").read_bytes() == lock and (project / "metrics/report.json").read_bytes() == report
+    _dvc_clean(project)
+    checkout = _run([str(BIN / "dvc"), "checkout"], project)
+    assert checkout.returncode == 0, checkout.stderr[-2000:]
+    shown = _run([str(BIN / "dvc"), "exp", "show", "--json"], project)
+    assert shown.returncode == 0 and '"seed5"' in shown.stdout
+    assert not list((project / ".dvc/tmp/variants").glob("*"))  # the scratch worktree is gone
+    variant.unlink()
+
+
 def test_prefect_server_worker_runs_deployment(project):
     if not (project / "dvc.lock").is_file():
         pytest.skip("needs the DVC test's workspace first")
+    _set_param(project, "  max_new_tokens: 6", "  max_new_tokens: 8")  # work for the deployment: evaluation again
     port = _free_port()
     home = project.parent / "prefect-home"
     api = f"http://127.0.0.1:{port}/api"
@@ -182,34 +238,68 @@ def test_prefect_server_worker_runs_deployment(project):
         states = _run([sys.executable, "-c", _STATES_SCRIPT], project, **env)
         assert states.returncode == 0, states.stderr[-3000:]
         report = json.loads(states.stdout.strip().splitlines()[-1])
-        assert report["flow"] == "COMPLETED" and report["count"] == 2  # the pipeline and its eval subflow
+        assert report["flow"] == "COMPLETED" and report["count"] == 1
         names = report["tasks"]
-        assert {"base-model", "prepare", "train", "collect", "fit", "eval-language", "eval-write", "report",
-                "register", "dvc-commit"} <= set(names)
-        assert all(state == "COMPLETED" for states_ in names.values() for state in states_), names
-        assert len(names["eval-language"]) == 3 * 5  # 3 methods × (XNLI: ar ru zh + XLSum: ar ru)
+        assert all(state == "COMPLETED" for state in names.values()), names
+        evals = sorted(name for name in names if name.startswith("eval-") and not name.startswith("eval-write"))
+        assert len(evals) == 3 * 5  # 3 methods × (XNLI: ar ru zh + XLSum: ar ru), each named for what it is
+        assert {"eval-cc-XNLI-ar", "eval-sft-XLSum-ru", "eval-base-XNLI-zh", "report", "register"} <= set(names)
+        assert not any(name.startswith(("train-", "collect", "fit")) for name in names)  # up to date
     finally:
         if worker is not None:
             _stop(worker)
         _stop(server)
+    _dvc_clean(project)
 
 
-_STATES_SCRIPT = """
-import asyncio, json
-from prefect.client.orchestration import get_client
+def test_a_changed_scorer_or_gold_answer_is_never_an_old_or_unfair_result(project):
+    """Editing the standard-protocol scorer makes every eval stage stale; editing one gold answer
+    re-evaluates, registers a new version and leaves the champion where it was."""
+    if not (project / "metrics/register.json").is_file():
+        pytest.skip("needs the DVC test's workspace first")
+    scorer = project / "cc_core/metrics_standard.py"
+    original = scorer.read_text()
+    scorer.write_text(original + "\n# a scorer change\n")
+    try:
+        status = _run([str(BIN / "dvc"), "status", "--json"], project)
+        assert status.returncode == 0, status.stderr
+        stale = set(json.loads(status.stdout))
+        listed = _run([str(BIN / "dvc"), "stage", "list", "--name-only"], project).stdout.split()
+        expected = {name for name in listed if name.startswith("eval")}
+        assert expected and expected <= stale, (expected - stale)
+        assert not {"train_cc", "train_sft", "collect", "fit", "prepare"} & stale
+    finally:
+        scorer.write_text(original)
 
-async def main():
-    async with get_client() as client:   # a fresh server: the deployed run and its eval subflow only
-        runs = await client.read_flow_runs(limit=20)
-        tasks = await client.read_task_runs(limit=200)
-        names = {}
-        for task in tasks:
-            names.setdefault(task.name.rsplit("-", 1)[0], []).append(task.state.type.value)
-        print(json.dumps({"flows": {r.name: r.state.type.value for r in runs},
-                          "flow": "COMPLETED" if all(r.state.type.value == "COMPLETED" for r in runs) else "NOT",
-                          "count": len(runs), "tasks": names}))
+    before = json.loads((project / "metrics/register.json").read_text())
+    answers = project / "cc_core/data/bundled/benchmarks/XNLI/ans_sample/ar.json"
+    text = answers.read_text(encoding="utf-8")
+    labels = ("entailment", "neutral", "contradiction")
+    first = next(label for label in labels if f'"{label}"' in text)
+    answers.write_text(text.replace(f'"{first}"', f'"{labels[(labels.index(first) + 1) % 3]}"', 1), encoding="utf-8")
+    try:
+        repro = _run([str(BIN / "dvc"), "repro"], project, timeout=1200)
+        assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
+        assert {"eval_cc@XNLI", "register"} <= set(_stages_run(repro.stdout))
+        after = json.loads((project / "metrics/register.json").read_text())
+        assert int(after["version"]) == int(before["version"]) + 1
+        assert after["champion"] == before["champion"] and not after["promoted"]
+        check = _run([sys.executable, "-c", _NOT_COMPARED_SCRIPT, after["model_name"], after["version"],
+                      before["champion"]], project)
+        assert check.returncode == 0, check.stderr[-3000:]
+        tags = json.loads(check.stdout.strip().splitlines()[-1])
+        assert tags["same_checkpoint"] and "evaluation data differs" in tags["not_compared"]
+    finally:
+        answers.write_text(text, encoding="utf-8")
 
-asyncio.run(main())
+
+_NOT_COMPARED_SCRIPT = """
+import json, sys, mlflow
+client = mlflow.MlflowClient("sqlite:///mlflow.db")
+name, new, champion = sys.argv[1:]
+new_tags, old_tags = client.get_model_version(name, new).tags, client.get_model_version(name, champion).tags
+print(json.dumps({"not_compared": new_tags.get("not_compared", ""),
+                  "same_checkpoint": new_tags["checkpoint_sha256"] == old_tags["checkpoint_sha256"]}))
 """
 
 

@@ -49,3 +49,31 @@ def test_bad_param_is_one_line_naming_the_key(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert main(["prepare", "--params", "nowhere.yaml"]) == 2
     assert "nowhere.yaml" in capsys.readouterr().err
+
+
+def test_eval_flags_replace_eval_params_in_one_place():
+    """`cctune eval` and the flow's per-language fan-out of an eval stage evaluate with the same params."""
+    from cc_core.cli import eval_params, parse
+    from cc_core.config import parse_params
+
+    params = parse_params({"eval": {"protocol": "lenient", "limit": 5, "data_dir": "bundled"}})
+    args = parse(["eval", "--method", "cc", "--benchmark", "xnli", "--protocol", "standard", "--limit", "2",
+                  "--data-dir", "../shared/benchmarks", "--choice-scoring", "loglik", "--seeds", "3"])
+    settings = eval_params(args, params).eval
+    assert (settings.protocol, settings.limit, settings.data_dir, settings.choice_scoring, settings.seeds) == \
+        ("standard", 2, "../shared/benchmarks", "loglik", 3)
+    assert params.eval.protocol == "lenient" and params.eval.limit == 5  # the loaded params are not changed
+    unchanged = eval_params(parse(["eval", "--method", "cc", "--benchmark", "xnli"]), params).eval
+    assert unchanged.model_dump(exclude={"benchmarks"}) == params.eval.model_dump(exclude={"benchmarks"})
+
+
+def test_a_stage_loads_only_its_own_modules():
+    """`cctune prepare` never imports training, generation or tracking code (dvc.yaml deps stay exact)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cc_core import cli; args = cli.parse(['prepare', '--out', 'x']); "
+            "import cc_core.data.prepare; print(sorted(m for m in sys.modules if m.startswith('cc_core')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for heavy in ("cc_core.train", "cc_core.generate", "cc_core.tracking", "cc_core.evaluate", "cc_core.registry"):
+        assert f"'{heavy}'" not in out, heavy

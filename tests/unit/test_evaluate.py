@@ -13,6 +13,8 @@ from cc_core.config import parse_params
 from cc_core.data.benchmarks import get_spec, load_benchmark
 from cc_core.evaluate import evaluate, read_predictions, resolve_langs, score, score_item, summarize
 from cc_core.io import InputError
+
+REPO = Path(__file__).resolve().parents[2]
 from cc_core.metrics import tokenize
 from cc_core.report import paired_bootstrap, report
 
@@ -464,3 +466,56 @@ def test_write_results_records_lineage_protocol_and_the_paper_averages(tmp_path)
     results["ar"] = result("ar", 60.0, checkpoint="b" * 64)
     with pytest.raises(InputError, match="different checkpoints"):
         write_results(params, "sft", "XNLI", results, "none", 1.0, tmp_path / "eval", tmp_path / "m")
+
+
+def test_every_score_records_the_content_of_its_data_and_its_scorer(tmp_path, monkeypatch):
+    """An edited gold answer, another protocol or a changed scorer each give another identity (the
+    registry compares a champion only with equal ones); the same items give the same one."""
+    import shutil
+
+    import cc_core.evaluate as evaluate
+    from cc_core.data.benchmarks import load_benchmark
+    from cc_core.lineage import items_sha256
+
+    data = tmp_path / "bench"
+    shutil.copytree(REPO / "cc_core" / "data" / "bundled" / "benchmarks", data)
+    items = load_benchmark("XNLI", "ar", data, 2)
+    before = items_sha256(items)
+    assert items_sha256(load_benchmark("XNLI", "ar", data, 2)) == before
+    answers = data / "XNLI" / "ans_sample" / "ar.json"
+    text = answers.read_text(encoding="utf-8")
+    gold = str(items[0].gold)
+    other = next(label for label in ("entailment", "neutral", "contradiction") if label != gold)
+    answers.write_text(text.replace(f'"{gold}"', f'"{other}"', 1), encoding="utf-8")
+    assert items_sha256(load_benchmark("XNLI", "ar", data, 2)) != before
+
+    def written(protocol="lenient", scoring=None) -> dict:
+        summary = {"benchmark": "XNLI", "lang": "ar", "n": 1, "metric": "accuracy", "protocol": protocol,
+                   "score": 50.0, "unparsed": 0, "empty": 0, "data_sha256": before,
+                   **({"choice_scoring": scoring} if scoring else {})}
+        results = {"ar": evaluate.LangResult("ar", summary, [{"id": "XNLI-ar-00000", "score": 0.5}])}
+        evaluate.write_results(_params("tracking.enabled=false"), "cc", "XNLI", results, "transform", 1.0,
+                               tmp_path / "eval", tmp_path / "m")
+        return json.loads((tmp_path / "m" / "cc" / "XNLI.json").read_text())
+
+    lenient = written()
+    assert len(lenient["eval_data_sha256"]) == 64 and lenient["languages"]["ar"]["data_sha256"] == before
+    assert written()["scorer_sha256"] == lenient["scorer_sha256"]
+    assert written("standard")["scorer_sha256"] != lenient["scorer_sha256"]
+    assert written(scoring="loglik")["scorer_sha256"] != lenient["scorer_sha256"]
+    # a changed scorer file changes the identity of every score it makes
+    copy = tmp_path / "metrics.py"
+    copy.write_text((REPO / "cc_core" / "metrics.py").read_text() + "\n# changed\n")
+    monkeypatch.setattr(evaluate, "SCORING_SOURCES", {**evaluate.SCORING_SOURCES, "lenient": ("evaluate.py", copy)})
+    assert written()["scorer_sha256"] != lenient["scorer_sha256"]
+
+
+def test_results_are_written_only_under_the_benchmarks_languages(tmp_path):
+    from cc_core.evaluate import LangResult, write_results
+
+    summary = {"benchmark": "XNLI", "lang": "../../x", "n": 1, "metric": "accuracy", "score": 1.0, "unparsed": 0,
+               "empty": 0}
+    with pytest.raises(ValueError, match="XNLI has no language '../../x'"):
+        write_results(_params("tracking.enabled=false"), "cc", "XNLI", {"../../x": LangResult("../../x", summary, [])},
+                      "transform", 1.0, tmp_path / "eval", tmp_path / "m")
+    assert not (tmp_path / "x.jsonl").exists() and not any(tmp_path.rglob("*.jsonl"))

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from flows.pipeline import DevicePool
+from flows.evaluation import DevicePool
 
 
 def test_tasks_never_share_a_gpu_and_every_gpu_is_used(monkeypatch):

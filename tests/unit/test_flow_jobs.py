@@ -186,3 +186,45 @@ def test_gpu_slot_without_cuda_is_the_cpu(monkeypatch, tmp_path):
 
 def test_code_version_is_the_checkout_commit(tmp_path):
     assert eval_jobs.git_revision(tmp_path) is None  # not a git repository (e.g. the container image)
+
+
+def _finished(result) -> Job:
+    job = Job("cc", "XNLI", ["ar", "zh"], run_name="cc-XNLI-ar-zh-try1")
+    job.result = result
+    return job
+
+
+def _result(**changes) -> dict:
+    good = {"method": "cc", "benchmark": "XNLI", "langs": ["ar", "zh"], "seconds": 1.0, "failed": {"zh": "boom"},
+            "results": {"ar": {"summary": {"score": 50.0}, "rows": [{"id": "XNLI-ar-00000"}]}}}
+    return {**good, **changes}
+
+
+def test_a_job_result_is_accepted_only_for_the_jobs_own_languages():
+    results, failed = eval_jobs.accept_result(_finished(_result()))
+    assert list(results) == ["ar"] and failed == {"zh": "boom"}
+    for bad, named in [
+        (_result(results={"../../../../x/pwned": {"summary": {}, "rows": []}}), "../../../../x/pwned"),
+        (_result(failed={"hi": "x"}), "'hi'"),          # a real language, but not this job's
+        (_result(method="sft"), "'sft'"),
+        (_result(results={"ar": "not a summary"}), "for ar"),
+        ("a string", "not an object"),
+    ]:
+        with pytest.raises(ValueError, match="eval job cc/XNLI/ar\\+zh") as err:
+            eval_jobs.accept_result(_finished(bad))
+        assert named in str(err.value)
+
+
+def test_job_results_are_plain_json_never_objects_named_by_the_data():
+    serializer = eval_jobs.PlainJSON()
+    blob = b'{"__class__": "os.system", "data": "echo pwned"}'
+    assert serializer.loads(blob) == {"__class__": "os.system", "data": "echo pwned"}  # a dict, nothing imported
+    assert serializer.loads(serializer.dumps(_result())) == _result()
+    path = b'{"__class__": "pathlib.PurePosixPath", "data": "/etc"}'
+    assert serializer.loads(path) == {"__class__": "pathlib.PurePosixPath", "data": "/etc"}
+    # Prefect's own JSON serializer imports the module the data names and builds the object
+    from pathlib import PurePosixPath
+
+    from prefect.serializers import JSONSerializer
+
+    assert JSONSerializer().loads(path) == PurePosixPath("/etc")

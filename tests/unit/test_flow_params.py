@@ -43,7 +43,9 @@ def test_every_pipeline_parameter_is_a_typed_described_form_field():
     for name, prop in props.items():
         assert prop.get("description", "").strip(), f"{name} has no description on the run form"
     assert props["methods"]["items"]["enum"] == ["base", "sft", "cc"]
-    assert props["stages"]["default"] == list(pipeline.STAGES)
+    from flows.stage_graph import STAGE_KINDS
+
+    assert props["stages"]["default"] == list(STAGE_KINDS)
     assert props["eval_backend"]["enum"] == ["inprocess", "deployment"]
     assert props["launcher"]["enum"] == ["inprocess", "deepspeed", "torchrun"]
     assert props["num_gpus"]["minimum"] == 1 and props["job_heartbeat_timeout_s"]["minimum"] == 45
@@ -78,7 +80,7 @@ def test_prefect_yaml_deployments_are_valid_for_their_flows():
     assert {"gpu", "local"} <= set(by_flow["cc-tuning-eval-job"])
 
 
-def test_the_command_line_maps_onto_the_flow_parameters(monkeypatch):
+def test_the_command_line_is_made_from_the_flow_signature(monkeypatch):
     seen = {}
 
     class Done:
@@ -90,39 +92,63 @@ def test_the_command_line_maps_onto_the_flow_parameters(monkeypatch):
         return Done()
 
     monkeypatch.setattr(pipeline, "cc_tuning_pipeline", fake_flow)
-    assert pipeline.main(["--params", "params.tiny.yaml", "--set", "eval.limit=2", "--methods", "base", "cc",
-                          "--stages", "eval", "report", "--eval-backend", "deployment", "--dvc-remote", "cluster",
-                          "--eval-langs-per-job", "2", "--job-heartbeat-timeout", "90"]) == 0
     props = _schema(ENTRYPOINTS["cc-tuning-pipeline"])["properties"]
+    assert pipeline.main([]) == 0  # no option: exactly the run form's defaults
+    assert {k: v for k, v in seen.items() if k not in ("return_state", "project_dir")} == \
+        {k: p.get("default") for k, p in props.items() if k != "project_dir"}
+    seen.clear()
+    assert pipeline.main(["--params", "params.tiny.yaml", "--set", "eval.limit=2", "--set", "eval.seeds=2",
+                          "--methods", "base", "cc", "--stages", "eval", "report", "--eval-backend", "deployment",
+                          "--dvc-remote", "cluster", "--eval-langs-per-job", "2",
+                          "--job-heartbeat-timeout-s", "90"]) == 0
     assert set(seen) - {"return_state"} == set(props)
+    assert seen["params_file"] == "params.tiny.yaml" and seen["overrides"] == ["eval.limit=2", "eval.seeds=2"]
     assert seen["methods"] == ["base", "cc"] and seen["stages"] == ["eval", "report"]
     assert seen["eval_backend"] == "deployment" and seen["dvc_remote"] == "cluster"
     assert seen["eval_langs_per_job"] == 2 and seen["job_heartbeat_timeout_s"] == 90
+    parser = pipeline.build_cli()
+    for bad in (["--methods", "gpt"], ["--eval-backend", "slurm"], ["--num-gpus", "two"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
 
 
-def test_only_runs_of_params_yaml_as_is_are_recorded_in_dvc_lock():
-    make = pipeline.PipelineParameters
-    assert pipeline.recordable(make())
-    assert not pipeline.recordable(make(overrides=["eval.limit=2"]))
-    assert not pipeline.recordable(make(params_file="params.tiny.yaml"))
-    assert not pipeline.recordable(make(dvc_commit=False))
-    assert make(dvc_remote="  ").dvc_remote is None
-    with pytest.raises(ValueError, match="evl"):
-        make(overrides=["evl.limit=2"])
-    assert pipeline.eval_dvc_stage("cc", "XNLI") == "eval_cc@XNLI"
-    assert pipeline.eval_dvc_stage("sft", "XLSum") == "eval@sft-XLSum"
+def test_only_runs_of_params_yaml_as_is_are_recorded_in_the_workspace():
+    assert not pipeline.is_variant("params.yaml", [])
+    assert pipeline.is_variant("params.yaml", ["eval.limit=2"])
+    assert pipeline.is_variant("params.tiny.yaml", [])
 
 
 def test_stage_inputs_are_the_cached_outputs_of_other_stages():
-    # not source files, not params: what another stage produces and DVC caches
-    assert dvc_sync.stage_inputs(REPO, ["eval_cc@XNLI"]) == {"models/cc": "train_cc", "transform": "fit"}
+    from flows.stage_graph import stage_inputs
+
+    # not source files, not params, not metrics files (in git): what another stage produces and DVC caches
+    assert stage_inputs(REPO, ["eval_cc@XNLI"]) == {"models/cc": "train_cc", "transform": "fit"}
     # a stage's output read by another stage of the same set is not an input of the set
-    inputs = dvc_sync.stage_inputs(REPO, ["eval_cc@XNLI", "train_cc"])
+    inputs = stage_inputs(REPO, ["eval_cc@XNLI", "train_cc"])
     assert "models/cc" not in inputs and inputs["transform"] == "fit"
     assert inputs["models/base"] == "base_model" and inputs["data/prepared/train.jsonl"] == "prepare"
-    assert dvc_sync.stage_inputs(REPO, ["eval@base-XNLI"]) == {"models/base": "base_model"}
-    with pytest.raises(dvc_sync.DvcError, match="no stage nope"):
-        dvc_sync.stage_inputs(REPO, ["nope"])
+    assert stage_inputs(REPO, ["eval@base-XNLI"]) == {"models/base": "base_model"}
+    with pytest.raises(ValueError, match="no stage nope"):
+        stage_inputs(REPO, ["nope"])
+
+
+def test_the_flow_runs_dvc_yaml_stages_named_after_what_they_are():
+    from flows.stage_graph import load_stages, methods_of, select
+
+    stages = load_stages(REPO)
+    names = [s.name for s in stages]
+    assert names.index("train_cc") < names.index("collect") < names.index("fit") < names.index("eval_cc@XNLI") \
+        < names.index("report") < names.index("register")
+    labels = {s.name: s.label for s in stages}
+    assert labels["train_cc"] == "train-cc" and labels["train_sft"] == "train-sft"
+    assert labels["eval_cc@XNLI"] == "eval-cc-XNLI" and labels["base_model"] == "base-model"
+    served = methods_of(stages)
+    assert served["collect"] == {"cc"} and served["report"] == {"base", "sft", "cc"} and not served["prepare"]
+    assert [s.name for s in select(stages, ["train", "collect", "report"], ["sft"])] == ["train_sft", "report"]
+    # the flow has no path of its own: every path it uses comes from dvc.yaml
+    source = (REPO / "flows" / "pipeline.py").read_text()
+    for path in ("models/", "data/prepared", "activations", "transform/", "metrics/", "eval/"):
+        assert f'"{path}' not in source, path
 
 
 def test_lock_entries_move_between_checkouts(tmp_path):

@@ -273,7 +273,7 @@ def test_eval_params_reach_the_generator(monkeypatch):
     monkeypatch.setattr(Generator, "from_dirs", classmethod(lambda cls, *a, **kw: seen.update(kw) or "gen"))
     params = load_params(REPO / "params.yaml", overrides=["eval.batch_size=auto", "eval.cache=static",
                                                     "eval.compile=true"])
-    assert evaluate._generator(params, "base", "models/base", "transform") == "gen"
+    assert evaluate.load_generator(params, "base", "models/base", "transform") == "gen"
     assert (seen["batch_size"], seen["cache"], seen["compile"]) == ("auto", "static", True)
     defaults = load_params(REPO / "params.yaml")
     assert defaults.eval.cache in ("static", "dynamic") and defaults.eval.compile is False

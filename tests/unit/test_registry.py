@@ -59,6 +59,9 @@ def test_register_metric_is_checked_when_params_load():
         parse_params({}, overrides=["register.metric=bleu"])
 
 
+EV = {"eval_data_sha256": "d" * 64, "scorer_sha256": "s" * 64}  # what both versions' scores were computed on
+
+
 class FakeClient:
     def __init__(self, tags: dict[str, str]) -> None:
         self.tags = tags
@@ -68,45 +71,73 @@ class FakeClient:
 
 
 def test_alias_policy():
-    same = {"register_metric": "mean", "eval_settings_sha256": "h1", "metric_value": "50.0"}
-    assert _should_promote(FakeClient(same), "m", None, 10.0, "mean", "h1", {}) == (True, "first version")
-    assert _should_promote(FakeClient(same), "m", "1", 60.0, "mean", "h1", {})[0]
-    promoted, why = _should_promote(FakeClient(same), "m", "1", 40.0, "mean", "h1", {})
+    same = {"register_metric": "mean", "eval_settings_sha256": "h1", "metric_value": "50.0", **EV}
+    assert _should_promote(FakeClient(same), "m", None, 10.0, "mean", "h1", {}, EV) == (True, "first version")
+    assert _should_promote(FakeClient(same), "m", "1", 60.0, "mean", "h1", {}, EV)[0]
+    promoted, why = _should_promote(FakeClient(same), "m", "1", 40.0, "mean", "h1", {}, EV)
     assert not promoted and "does not beat 50.0000" in why
     # a score from another evaluation (other langs / limit / data) or another metric is not comparable
-    promoted, why = _should_promote(FakeClient(same), "m", "1", 90.0, "mean", "h2", {})
+    promoted, why = _should_promote(FakeClient(same), "m", "1", 90.0, "mean", "h2", {}, EV)
     assert not promoted and "not comparable with version 1" in why
-    assert not _should_promote(FakeClient(same), "m", "1", 90.0, "XNLI", "h1", {})[0]
+    assert not _should_promote(FakeClient(same), "m", "1", 90.0, "XNLI", "h1", {}, EV)[0]
     # an evaluation with failed languages never takes the champion alias, even as the first version
-    promoted, why = _should_promote(FakeClient(same), "m", None, 90.0, "mean", "h1", {"XNLI": ["zh"]})
+    promoted, why = _should_promote(FakeClient(same), "m", None, 90.0, "mean", "h1", {"XNLI": ["zh"]}, EV)
     assert not promoted and "failed languages" in why
+
+
+def test_a_score_on_other_data_or_by_another_scorer_is_never_compared():
+    champion = {"register_metric": "mean", "eval_settings_sha256": "h1", "metric_value": "50.0", **EV}
+    edited = {**EV, "eval_data_sha256": "e" * 64}  # one gold answer edited: the same items hash differently
+    promoted, why = _should_promote(FakeClient(champion), "m", "1", 90.0, "mean", "h1", {}, edited)
+    assert not promoted and why.startswith("not comparable with version 1: evaluation data differs")
+    assert "dddddddddddd… (champion) vs eeeeeeeeeeee… (this version)" in why
+    promoted, why = _should_promote(FakeClient(champion), "m", "1", 90.0, "mean", "h1", {},
+                                    {**EV, "scorer_sha256": "t" * 64})
+    assert not promoted and "scoring code or protocol differs" in why
+    # a champion registered before scores recorded their data cannot be shown comparable
+    old = {k: v for k, v in champion.items() if k not in EV}
+    promoted, why = _should_promote(FakeClient(old), "m", "1", 90.0, "mean", "h1", {}, EV)
+    assert not promoted and "evaluation data differs: eval_data_sha256 none (champion)" in why
+
+
+def test_the_version_records_what_its_scores_were_computed_on():
+    from cc_core.registry import score_identity
+
+    evaluated = {"XNLI": {"eval_data_sha256": "a" * 64, "scorer_sha256": "s" * 64},
+                 "MKQA": {"eval_data_sha256": "b" * 64, "scorer_sha256": "t" * 64}}
+    tags = score_identity(evaluated)
+    assert json.loads(tags["eval_data_by_benchmark"]) == {"MKQA": "b" * 64, "XNLI": "a" * 64}
+    assert len(tags["eval_data_sha256"]) == 64 and len(tags["scorer_sha256"]) == 64
+    changed = score_identity({**evaluated, "XNLI": {**evaluated["XNLI"], "eval_data_sha256": "c" * 64}})
+    assert changed["eval_data_sha256"] != tags["eval_data_sha256"] and changed["scorer_sha256"] == tags["scorer_sha256"]
+    assert score_identity({"XNLI": {"average": 1.0}})["eval_data_sha256"] == "none"
 
 
 # --- promotion: like with like, ties keep the champion -----------------------------------------------
 
 def _tags(value: float, **extra) -> dict[str, str]:
-    return {"register_metric": "mean", "eval_settings_sha256": "h1", **metric_tags(value), **extra}
+    return {"register_metric": "mean", "eval_settings_sha256": "h1", **metric_tags(value), **EV, **extra}
 
 
 def test_equal_scores_never_move_the_champion():
     # the repro: the same model registered three times kept being promoted ("54.1667 > 54.1667")
     value = (50.0 + 58.3333) / 2 + 1e-9
-    promoted, why = _should_promote(FakeClient(_tags(value)), "m", "1", value, "mean", "h1", {})
+    promoted, why = _should_promote(FakeClient(_tags(value)), "m", "1", value, "mean", "h1", {}, EV)
     assert not promoted and "tie keeps the champion" in why
 
 
 def test_scores_that_differ_only_past_the_sixth_decimal_compare_exactly():
     champion = 54.1666664
     # 6-decimal tags would have stored "54.166666" and promoted this lower score
-    promoted, why = _should_promote(FakeClient(_tags(champion)), "m", "1", 54.1666662, "mean", "h1", {})
+    promoted, why = _should_promote(FakeClient(_tags(champion)), "m", "1", 54.1666662, "mean", "h1", {}, EV)
     assert not promoted and why == "54.1666662 does not beat 54.1666664"
-    promoted, why = _should_promote(FakeClient(_tags(champion)), "m", "1", 54.1666666, "mean", "h1", {})
+    promoted, why = _should_promote(FakeClient(_tags(champion)), "m", "1", 54.1666666, "mean", "h1", {}, EV)
     assert promoted and why == "54.1666666 > 54.1666664"  # enough digits to see the difference
 
 
 def test_a_champion_tagged_by_an_older_version_is_compared_in_its_rounding():
-    legacy = {"register_metric": "mean", "eval_settings_sha256": "h1", "metric_value": f"{54.16666666666667:.6f}"}
-    promoted, why = _should_promote(FakeClient(legacy), "m", "1", 54.16666666666667, "mean", "h1", {})
+    legacy = {"register_metric": "mean", "eval_settings_sha256": "h1", "metric_value": f"{54.16666666666667:.6f}", **EV}
+    promoted, why = _should_promote(FakeClient(legacy), "m", "1", 54.16666666666667, "mean", "h1", {}, EV)
     assert not promoted and "tie" in why
 
 

@@ -562,13 +562,15 @@ def test_fit_metrics_land_in_the_training_run(tmp_path):
     import mlflow
 
     from cc_core.config import TrackingParams
-    from cc_core.tracking import Tracker, write_run_file
+    from cc_core.tracking import Tracker
 
     model_dir = _dummy_model_dir(tmp_path)
     acts, _, _ = _good(tmp_path, model_sha256=dir_sha256(model_dir, "*.safetensors"))
     tracking = TrackingParams(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "art"))
-    with Tracker(tracking).run("train-cc") as run:
-        write_run_file(model_dir, run, tracking.uri)
+    # the training run is found by the content hash of the model it saved (no pointer file in the model)
+    checkpoint = dir_sha256(model_dir, "*.safetensors")
+    with Tracker(tracking).run("train-cc", tags={"stage": "train", "checkpoint_sha256": checkpoint}) as run:
+        pass
     fit(FitParams(), acts, out_dir=tmp_path / "transform", metrics_dir=tmp_path / "metrics",
         model_dir=model_dir, tracking=tracking)
     logged = mlflow.MlflowClient(tracking.uri).get_run(run.run_id).data.metrics
