@@ -129,7 +129,7 @@ def eval_job(method: Literal["base", "sft", "cc"], benchmark: str, langs: list[s
         model_dir: the model directory, as the eval stage's command names it (default: models/<method>).
         transform: the Transform Matrix directory, as the eval stage's command names it (cc only).
         dvc_remote: DVC remote to pull the model (and Transform Matrix) from; none = use the checkout as is.
-        dvc_inputs: DVC-tracked paths to pull, e.g. ["models/cc", "transform"].
+        dvc_inputs: DVC-tracked paths to pull, e.g. models/cc and transform (from the eval stage's inputs in dvc.yaml).
         dvc_lock: the dvc.lock entries of the stages that produced them (the versions to pull).
         code_version: the git commit of the pipeline run; this worker's checkout must be at it.
         project_dir: the worker's checkout (relative to the deployment's working directory).

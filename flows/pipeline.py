@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     args["project_dir"] = os.path.abspath(args["project_dir"])
     state = cc_tuning_pipeline(**args, return_state=True)
     if not state.is_completed():
-        print(f"cc-tuning-pipeline ended {state.name}: {state.message}", file=sys.stderr)
+        error = state.result(raise_on_failure=False)
+        print(f"cc-tuning-pipeline ended {state.name}: "
+              f"{error if isinstance(error, BaseException) else state.message}", file=sys.stderr)
         return 1
     return 0
 

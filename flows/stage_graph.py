@@ -1,7 +1,7 @@
 """dvc.yaml's stage graph, as the Prefect flow runs it (dvc.yaml is its only declaration).
 
     stages = load_stages(".")               # topological order, matrix stages expanded
-    stages[0].name, stages[0].argv          # "base_model", ("base-model", "--out", "models/base")
+    stages[0].name, stages[0].argv          # "base_model", base-model --out models/base (as its command spells it)
     changed(".", ["prepare"])               # {"prepare": True}: what `dvc status` says
 
 A stage's command is ``cctune ARGS``; the flow runs ARGS through ``cc_core.cli`` (in-process, or

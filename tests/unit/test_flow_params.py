@@ -146,9 +146,10 @@ def test_the_flow_runs_dvc_yaml_stages_named_after_what_they_are():
     assert served["collect"] == {"cc"} and served["report"] == {"base", "sft", "cc"} and not served["prepare"]
     assert [s.name for s in select(stages, ["train", "collect", "report"], ["sft"])] == ["train_sft", "report"]
     # the flow has no path of its own: every path it uses comes from dvc.yaml
-    source = (REPO / "flows" / "pipeline.py").read_text()
-    for path in ("models/", "data/prepared", "activations", "transform/", "metrics/", "eval/"):
-        assert f'"{path}' not in source, path
+    for module in ("pipeline", "evaluation", "variants", "stage_graph", "eval_jobs"):
+        source = (REPO / "flows" / f"{module}.py").read_text()
+        for path in ("models/", "data/prepared", "activations", "transform/", "metrics/", "eval/"):
+            assert f'"{path}' not in source, (module, path)
 
 
 def test_lock_entries_move_between_checkouts(tmp_path):
