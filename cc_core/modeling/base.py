@@ -20,11 +20,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from cc_core.config import ModelParams
 from cc_core.io import atomic_dir, dir_sha256, file_sha256
+from cc_core.modeling.loading import ModelSourceError
 from cc_core.prompts import set_chat_template
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,20 @@ TINY_PREFIX = "tiny-random-"
 TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma2")
 
 
-class ModelSourceError(ValueError):
-    """``model.base`` names nothing that can be loaded; the message says what would work."""
+class ModelSource(Protocol):
+    """What names a base model: params.yaml's ``model`` section has these fields, and so does
+    :class:`BaseModelSpec` (modeling/ never reads the params schema itself)."""
+
+    base: str
+    chat_template: str | None
+    trust_remote_code: bool
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    base: str = SMOLLM2
+    chat_template: str | None = None  # a Jinja template (or a .jinja path) for tokenizers that ship none
+    trust_remote_code: bool = False
 
 
 def smollm2_gguf_path() -> Path:
@@ -150,7 +163,7 @@ def load_pretrained(source: str, trust_remote_code: bool = False, dtype=torch.fl
     return model, tokenizer
 
 
-def load_base(params: ModelParams):
+def load_base(params: ModelSource):
     """Dispatch on ``model.base``; returns (model, tokenizer, provenance dict)."""
     base = params.base
     if base == SMOLLM2:
@@ -180,7 +193,7 @@ class BaseModelResult:
     content_sha256: str
 
 
-def build_base_model(params: ModelParams, out_dir: str | Path = "models/base") -> BaseModelResult:
+def build_base_model(params: ModelSource, out_dir: str | Path = "models/base") -> BaseModelResult:
     """Write ``model.base`` as a plain HF directory (safetensors, config, tokenizer + template)."""
     model, tokenizer, provenance = load_base(params)
     with atomic_dir(out_dir) as tmp:
@@ -195,31 +208,3 @@ def build_base_model(params: ModelParams, out_dir: str | Path = "models/base") -
     log.info("base model %s (%s, %d layers, d=%d, %.1fM params) → %s", params.base, result.model_type,
              result.num_layers, result.hidden_size, result.parameters / 1e6, out_dir)
     return result
-
-
-def load_model_dir(path: str | Path, dtype=torch.float32, trust_remote_code: bool = False):
-    """(model, tokenizer) from a directory written by this project (or any HF directory)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ModelSourceError(f"{path}: no model here (run the stage that writes it first)")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    check_finite_weights(model, path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-class NonFiniteWeightsError(ValueError):
-    """A checkpoint holds NaN or inf weights (a diverged training): no stage may use it."""
-
-
-@torch.no_grad()
-def check_finite_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Refuse a model with any NaN/inf parameter, naming the first one (one pass over the weights)."""
-    for name, param in model.named_parameters():
-        if param.device.type != "meta" and param.numel() and not bool(torch.isfinite(param).all()):
-            raise NonFiniteWeightsError(f"{path}: weight {name!r} contains NaN or inf (a diverged training?); "
-                                        "retrain this model before using it")
