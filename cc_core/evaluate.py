@@ -125,10 +125,10 @@ def resolve_langs(spec: BenchmarkSpec, data_dir, explicit: list[str] | None, con
     return present
 
 
-def _generator(params: Params, method: str, model_dir: str | Path | None, transform: str | Path,
-               device: str = "cpu"):
-    from cc_core.generate import Generator
-
+def load_generator(params: Params, method: str, model_dir: str | Path | None, transform: str | Path,
+                   device: str = "cpu"):
+    """The Generator ``eval`` uses for ``method`` (its model directory unless ``model_dir`` is given),
+    set up from ``eval.*``; for cc, in ``eval.cc_mode`` with the Transform Matrix of ``transform``."""
     mode = params.eval.cc_mode if method == "cc" else "none"
     return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode, device=device,
                                decision_mode=params.eval.decision_mode, max_new_tokens=params.eval.max_new_tokens,
@@ -306,7 +306,7 @@ def evaluate_language(params: Params, method: str, benchmark: str, lang: str, mo
                       choice_scoring: str | None = None) -> LangResult:
     """One benchmark × one language (the unit the Prefect flow fans out over)."""
     spec = get_spec(benchmark)
-    generator = generator or _generator(params, method, model_dir, transform, device)
+    generator = generator or load_generator(params, method, model_dir, transform, device)
     items = load_benchmark(spec.name, lang, params.eval.data_dir, params.eval.limit_for(spec.name))
     return run_items_seeds(generator, spec, items, choice_scoring or params.eval.choice_scoring,
                            params.eval.protocol, params.eval.seeds)[lang]
@@ -323,7 +323,7 @@ def evaluate(params: Params, method: str, benchmark: str, langs: list[str] | Non
     data_dir = params.eval.data_dir
     langs = resolve_langs(spec, data_dir, langs, params.eval.langs)
     limit = limit or params.eval.limit_for(spec.name)
-    generator = generator or _generator(params, method, model_dir, transform)
+    generator = generator or load_generator(params, method, model_dir, transform)
     started = time.perf_counter()
     items = [item for lang in langs for item in load_benchmark(spec.name, lang, data_dir, limit)]
     results = run_items_seeds(generator, spec, items, choice_scoring or params.eval.choice_scoring,
@@ -351,14 +351,4 @@ def _log_to_run(params: Params, method: str, model_dir, report: dict) -> None:
 
 def base_run_id(tracker, params: Params) -> str | None:
     """The newest run tagged method=base for this base model (created on first use)."""
-    client = tracker._connect()
-    if client is None:
-        return None
-    experiment = tracker.experiment_id(client)
-    runs = client.search_runs([experiment], f"tags.method = 'base' and tags.base_model = '{params.model.base}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if runs:
-        return runs[0].info.run_id
-    run = client.create_run(experiment, run_name="base", tags={"method": "base", "base_model": params.model.base})
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    return tracker.find_or_create_run("base", {"method": "base", "base_model": params.model.base})

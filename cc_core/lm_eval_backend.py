@@ -258,10 +258,10 @@ class CCTuningLM(TemplateLM):
         logits, cache, _ = prefill_ids(gen, ids, mask, anchor, [self.lang] * len(contexts))
         saved, gen.max_new_tokens = gen.max_new_tokens, max_new
         try:
-            rows = gen._greedy(logits, cache, mask)
+            rows = gen.decode(logits, cache, mask)
         finally:
             gen.max_new_tokens = saved
-        return [self.tok_decode(row[:gen._count(row)]) for row in rows]
+        return [self.tok_decode(row[:gen.new_tokens(row)]) for row in rows]
 
 
 def main() -> None:

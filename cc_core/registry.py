@@ -315,7 +315,7 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
 
     tracker = Tracker(params.tracking, required_by=REQUIRED_BY)
     uri = tracker.uri
-    client = tracker._connect()
+    client = tracker.client()
     name = model_name(params)
     training_run = read_run_id(model_dir)
     storage = "artifacts" if params.register.log_weights else "reference"

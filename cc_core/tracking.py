@@ -161,7 +161,7 @@ def git_commit(cwd: str | Path = ".") -> str:
         return "unknown"
 
 
-class _NullRun:
+class NullRun:
     """Stands in for a run when tracking is disabled or skipped: every call is a no-op."""
 
     run_id: str | None = None
@@ -267,10 +267,10 @@ class Tracker:
 
     def check(self) -> None:
         """Connect now: with tracking.on_unavailable=fail an unreachable server fails here, before any work."""
-        self._connect()
+        self.client()
 
-    def _connect(self):
-        """The client for this URI (made once), or None when tracking is off or skipped."""
+    def client(self):
+        """The ``MlflowClient`` for this URI (made once), or None when tracking is off or skipped."""
         if self._checked:
             return self._client
         self._checked = True
@@ -332,13 +332,42 @@ class Tracker:
             location = None if urlparse(self.uri).scheme in ("http", "https") else Path(location).resolve().as_uri()
         return client.create_experiment(self.params.experiment, artifact_location=location)
 
+    def mark_killed(self, run_id: str | None) -> None:
+        """Mark a run that was abandoned (a killed training's, whose checkpoints a fresh start discards)
+        KILLED, so MLflow does not show it RUNNING forever; a failure only warns."""
+        client = self.client() if run_id else None
+        if client is None:
+            return
+        found = self.find_run(client, run_id)
+        if found is not None and found.info.status == "RUNNING":
+            try:
+                client.set_terminated(run_id, status="KILLED")
+                log.info("MLflow run %s of the abandoned checkpoints marked KILLED", run_id)
+            except Exception as err:  # noqa: BLE001 - tracking must not stop the work (on_unavailable=skip)
+                log.warning("could not mark MLflow run %s KILLED: %s", run_id, err)
+
+    def find_or_create_run(self, name: str, tags: dict[str, str]) -> str | None:
+        """The id of the newest run carrying all of ``tags`` in the experiment, or of a new (finished) run
+        named ``name`` with them; None when tracking is off or skipped."""
+        client = self.client()
+        if client is None:
+            return None
+        experiment = self.experiment_id(client)
+        query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+        runs = client.search_runs([experiment], query, order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            return runs[0].info.run_id
+        run = client.create_run(experiment, run_name=name, tags=tags)
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
     @contextlib.contextmanager
     def run(self, name: str, params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
-            run_id: str | None = None) -> Iterator[Run | _NullRun]:
+            run_id: str | None = None) -> Iterator[Run | NullRun]:
         """Start (or, with ``run_id``, reopen) a run; yields a no-op run when tracking is off."""
-        client = self._connect()
+        client = self.client()
         if client is None:
-            yield _NullRun()
+            yield NullRun()
             return
         try:
             existing = self.find_run(client, run_id) if run_id is not None else None
@@ -352,7 +381,7 @@ class Tracker:
             raise
         except Exception as err:  # noqa: BLE001 - the store failed before the run began: policy decides
             self._unavailable(_reason(err))
-            yield _NullRun()
+            yield NullRun()
             return
         run = Run(run_id, client, tolerant=self.params.on_unavailable == "skip")
         if params and existing:
@@ -376,7 +405,7 @@ class Tracker:
             run.terminate(status)
 
 
-def write_run_file(directory: str | Path, run: Run | _NullRun, uri: str) -> None:
+def write_run_file(directory: str | Path, run: Run | NullRun, uri: str) -> None:
     from cc_core.io import write_json  # atomic: a kill mid-write must not leave a torn run file
 
     write_json(Path(directory, RUN_FILE), {"run_id": run.run_id, "tracking_uri": uri})
