@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from cc_core.config import CollectParams
-from cc_core.data.prepare import read_records
+from cc_core.data.records import read_records
 from cc_core.io import InputError, atomic_dir, write_json
 from cc_core.lineage import checkpoint_sha256
 from cc_core.modeling.architectures import arch_paths

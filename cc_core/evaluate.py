@@ -18,29 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from cc_core.config import Params
-from cc_core.data.benchmarks import BenchmarkItem, BenchmarkSpec, available_langs, get_spec, load_benchmark
+from cc_core.data.benchmarks import BenchmarkItem, BenchmarkSpec, available_langs, check_lang, get_spec, load_benchmark
 from cc_core.io import InputError, atomic_dir, iter_jsonl, write_json, write_jsonl
-from cc_core.metrics import ItemScore, score_choice, score_qa, score_summary
+from cc_core.generate import Generator
+from cc_core.loglik import score_choice_items
+from cc_core.metrics import ItemScore, check_protocol, score_item
+from cc_core.tracking import Tracker, read_run_id
 
 log = logging.getLogger(__name__)
 METHOD_DIRS = {"base": "models/base", "sft": "models/sft", "cc": "models/cc"}
 
 
-def score_item(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str = "lenient") -> ItemScore:
-    """One item's score under ``protocol``: ``lenient`` (cc_core.metrics: option words, look-alike
-    letters, one spelling per number; good for CC-vs-SFT deltas) or ``standard`` (the field's reference
-    scripts, cc_core.metrics_standard: comparable with published numbers)."""
-    if protocol != "lenient":
-        from cc_core.metrics_standard import score_item as score_standard
-
-        return score_standard(spec.kind, protocol, output, item.gold, lang=item.lang, prompt=item.prompt,
-                              labels=spec.labels, benchmark=spec.name)
-    if spec.kind == "choice":
-        return score_choice(output, str(item.gold), item.lang, item.prompt, spec.labels)
-    if spec.kind == "qa":
-        golds = item.gold if isinstance(item.gold, list) else [item.gold]
-        return score_qa(output, golds, item.lang)
-    return score_summary(output, str(item.gold), item.lang)
+def _score(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str) -> ItemScore:
+    return score_item(spec.kind, protocol, output, item.gold, lang=item.lang, prompt=item.prompt,
+                      labels=spec.labels, benchmark=spec.name)
 
 
 def summarize(spec: BenchmarkSpec, lang: str, scores: list[ItemScore], outputs: list[str],
@@ -83,13 +74,11 @@ def read_predictions(path: str | Path, items: list[BenchmarkItem]) -> list[str]:
 
 def score(benchmark: str, data_dir: str | Path, lang: str, predictions: str | Path, limit: int | None = None,
           output: str | Path | None = None, protocol: str = "lenient") -> dict[str, Any]:
-    from cc_core.metrics_standard import check_protocol
-
     protocol = check_protocol(protocol)
     spec = get_spec(benchmark)
     items = load_benchmark(spec.name, lang, data_dir, limit)
     outputs = read_predictions(predictions, items)
-    summary = summarize(spec, lang, [score_item(spec, i, o, protocol) for i, o in zip(items, outputs)], outputs,
+    summary = summarize(spec, lang, [_score(spec, i, o, protocol) for i, o in zip(items, outputs)], outputs,
                         protocol)
     if output:
         write_json(output, summary)
@@ -111,8 +100,6 @@ class EvalResult:
 def resolve_langs(spec: BenchmarkSpec, data_dir, explicit: list[str] | None, configured: list[str]) -> list[str]:
     """``--langs`` must be valid for the benchmark; ``eval.langs`` is intersected with it (it is
     shared by all benchmarks); neither: every non-English language present in ``data_dir``."""
-    from cc_core.data.benchmarks import check_lang
-
     if explicit:
         return [check_lang(spec, lang) for lang in explicit]
     present = available_langs(spec, data_dir)  # English too: the authors evaluate it (METHOD.md)
@@ -161,7 +148,7 @@ def run_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem],
     for lang in dict.fromkeys(i.lang for i in items):
         picked = [(item, gen) for item, gen in zip(items, generations) if item.lang == lang]
         outputs = [gen.text for _, gen in picked]
-        scores = [score_item(spec, item, out, protocol) for (item, _), out in zip(picked, outputs)]
+        scores = [_score(spec, item, out, protocol) for (item, _), out in zip(picked, outputs)]
         summary = summarize(spec, lang, scores, outputs, protocol)
         summary["prompts_truncated"] = sum(gen.prompt_truncated for _, gen in picked)
         summary["new_tokens"] = sum(gen.new_tokens for _, gen in picked)
@@ -230,8 +217,6 @@ def _lineage(benchmark: str, per_lang: dict[str, dict]) -> dict[str, str]:
 
 def run_loglik_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem]) -> dict[str, LangResult]:
     """Score every option of ``items`` by log-likelihood (cc_core.loglik); ``parsed`` = the acc choice."""
-    from cc_core.loglik import score_choice_items
-
     scored = score_choice_items(generator, spec, items)
     results: dict[str, LangResult] = {}
     for lang in dict.fromkeys(i.lang for i in items):
@@ -338,8 +323,6 @@ def _mean(values: list[float]) -> float | None:
 
 def _log_to_run(params: Params, method: str, model_dir, report: dict) -> None:
     """Scores go into the method's training run (the base model gets a run of its own)."""
-    from cc_core.tracking import Tracker, read_run_id
-
     tracker = Tracker(params.tracking)
     run_id = read_run_id(model_dir or METHOD_DIRS[method]) if method != "base" else None
     name = report["benchmark"]

@@ -14,7 +14,7 @@ log-probability after the chat-formatted prompt, and the best option is the answ
   ``acc_bytes``) is kept too. Ties go to the first option, as ``numpy.argmax`` does.
 
 The continuation of option ``k`` is the answer as the model would write it: ``"(2) Neutral"`` /
-``"(B) <option text>"``, built from :func:`cc_core.metrics.parse_options` on the prompt. No
+``"(B) <option text>"``, built from :func:`cc_core.scoring.choice.parse_options` on the prompt. No
 end-of-turn marker is appended (lm-eval does not score one either).
 
 The connection applies exactly as in generation (``cc_core.generate``): the prompts of a batch
@@ -44,6 +44,7 @@ import torch
 
 from cc_core.generation.decoding import position_ids
 from cc_core.prompts import anchor_positions, encode_prompt, pad_sequences, render_prompt
+from cc_core.scoring.choice import parse_options
 
 log = logging.getLogger(__name__)
 SCORINGS = ("generate", "loglik")
@@ -212,8 +213,6 @@ class ChoiceResult:
 
 def option_continuations(spec, item) -> tuple[list[str], list[str]]:
     """(labels, continuations "(label) text") of a choice item; a clear error if any option is missing."""
-    from cc_core.metrics import parse_options
-
     options = parse_options(item.prompt, spec.labels)
     missing = [label for label in spec.labels if not options.get(label, "").strip()]
     if missing:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+from urllib.request import urlopen
 
 from cc_core.config import TrackingParams
 
@@ -121,6 +122,7 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
     ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to this process's environment,
     which ``tracking_uri`` honours: left set, it would send every later run of this process (a flow,
     a test) to this store. Both are restored on exit."""
+    # why: mlflow takes seconds to import; cctune imports this module at start-up
     import mlflow
     from mlflow.tracking._tracking_service import utils as mlflow_uri
 
@@ -141,10 +143,8 @@ def _server_up(uri: str, timeout: float = 3.0) -> bool:
     parsed = urlparse(uri)
     if parsed.scheme not in ("http", "https"):
         return True  # sqlite / file stores are local
-    import urllib.request
-
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+        with urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False
@@ -211,6 +211,7 @@ class Run:
                         "(tracking.on_unavailable=skip)", what, type(err).__name__, str(err)[:200], self.run_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        # why: mlflow takes seconds to import; cctune imports this module at start-up
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -219,6 +220,7 @@ class Run:
             self._call("log_metrics", self.client.log_batch, self.run_id, metrics=clean)
 
     def log_params(self, params: dict[str, Any]) -> None:
+        # why: mlflow takes seconds to import; cctune imports this module at start-up
         from mlflow.entities import Param
 
         items = [Param(k, param_text(v)) for k, v in params.items()]
@@ -299,6 +301,7 @@ class Tracker:
             # should not stall that long on a server that went away.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # why: mlflow takes seconds to import; cctune imports this module at start-up
         import mlflow
 
         # A client bound to this URI, not mlflow's process-global fluent state (which also
@@ -312,6 +315,7 @@ class Tracker:
     @staticmethod
     def find_run(client, run_id: str):
         """The run with this id in the client's store, or None (a store that fails is an error, not None)."""
+        # why: mlflow takes seconds to import; cctune imports this module at start-up
         from mlflow.exceptions import MlflowException
 
         try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 from transformers import set_seed
 
 from cc_core.config import Params
-from cc_core.data.prepare import read_records
+from cc_core.data.records import read_records
 from cc_core.io import InputError, dir_sha256, replace_path, write_json
 from cc_core.modeling.architectures import ArchPaths
 from cc_core.modeling.cc_model import CCTuningModel

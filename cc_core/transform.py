@@ -1,4 +1,4 @@
-"""The ``fit`` stage: the Transform Matrix M with B M ≈ A (METHOD.md, Transform Matrix).
+"""The ``fit`` stage: the Transform Matrix M with B M ≈ A (docs/method.md, Transform Matrix).
 
     cctune fit                      # activations/ → transform/transform.safetensors + metrics/transform.json
 
@@ -12,7 +12,6 @@ transform), so a user sees at a glance whether the matrix helps.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -24,13 +23,18 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from cc_core.config import FitParams
 from cc_core.io import InputError, atomic_dir, read_json, write_json
+from cc_core.lineage import checkpoint_sha256
 from cc_core.modeling.transform_matrix import TRANSFORM_FILE, TransformMatrix, TransformShapeError, load_transform
+from cc_core.tracking import Tracker, read_run_id
 
 log = logging.getLogger(__name__)
+# The matrix itself lives in cc_core.modeling.transform_matrix; its loader and error are named here too
+# because callers of the fit stage (cctune, tests) reach them through this module.
+__all__ = ["FitResult", "TransformMatrix", "TransformShapeError", "fit", "fit_transform", "load_transform",
+           "read_index", "iter_shards", "split_ids", "NormalEquations"]
 
 
 # --- reading activations ---------------------------------------------------------------------------
@@ -287,8 +291,6 @@ def fit(params: FitParams, activations_dir: str | Path = "activations", out_dir:
     if model_dir and not Path(model_dir).is_dir():
         raise InputError(f"{model_dir}: no such model directory (the CC checkpoint the activations were "
                          "collected from; it is checked against their model hash)")
-    from cc_core.lineage import checkpoint_sha256
-
     expected = checkpoint_sha256(model_dir) if model_dir else None
     read_index(activations_dir, expected)
     transform, report = fit_transform(params, activations_dir)
@@ -310,8 +312,6 @@ def fit(params: FitParams, activations_dir: str | Path = "activations", out_dir:
 
 
 def _log_to_training_run(tracking, model_dir, summary: dict, metrics_dir: Path) -> None:
-    from cc_core.tracking import Tracker, read_run_id
-
     run_id = read_run_id(model_dir)
     if not run_id:
         return

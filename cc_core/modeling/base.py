@@ -24,6 +24,7 @@ from typing import Protocol
 
 import torch
 
+from cc_core.hub import require_hub
 from cc_core.io import atomic_dir, dir_sha256, file_sha256
 from cc_core.modeling.loading import ModelSourceError
 from cc_core.prompts import set_chat_template
@@ -75,6 +76,7 @@ def smollm2_tokenizer():
 
     Reading the tokenizer out of the GGUF file takes ~15 s; the cached copy loads in < 1 s.
     """
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoTokenizer
 
     gguf = smollm2_gguf_path()
@@ -88,6 +90,7 @@ def smollm2_tokenizer():
 
 def tiny_config(arch: str, vocab_size: int, tokenizer=None):
     """A 2-layer, 64-wide config of ``arch``: real code paths, random weights, seconds to run."""
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoConfig
 
     common = dict(
@@ -107,6 +110,7 @@ def tiny_config(arch: str, vocab_size: int, tokenizer=None):
 
 def build_tiny(arch: str, seed: int = 0):
     """(model, tokenizer) for ``tiny-random-<arch>``."""
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoModelForCausalLM
 
     if arch not in TINY_ARCHS:
@@ -121,6 +125,7 @@ def build_tiny(arch: str, seed: int = 0):
 
 def load_smollm2():
     """(model, tokenizer) from the packaged GGUF, as a normal (saveable) transformers model."""
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoModelForCausalLM
 
     gguf = smollm2_gguf_path()
@@ -144,6 +149,7 @@ def load_smollm2():
 
 def load_pretrained(source: str, trust_remote_code: bool = False, dtype=torch.float32):
     """(model, tokenizer) from a local directory or a hub id."""
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(source).expanduser()
@@ -154,8 +160,6 @@ def load_pretrained(source: str, trust_remote_code: bool = False, dtype=torch.fl
     elif source.startswith((".", "/", "~")) or os.sep in source and source.count("/") != 1:
         raise ModelSourceError(f"model.base={source!r}: directory not found")
     else:
-        from cc_core.hub import require_hub
-
         require_hub(f"model {source!r}", "download it on a connected machine (huggingface-cli download "
                     f"{source} --local-dir DIR) and set model.base to that local directory")
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
