@@ -124,6 +124,10 @@ def load_generator(params: Params, method: str, model_dir: str | Path | None, tr
                                cache=params.eval.cache, compile=params.eval.compile)
 
 
+# flows/ calls it by its old private name until the flows rewrite merges; drop this alias then.
+_generator = load_generator
+
+
 @dataclass
 class LangResult:
     """One language of one benchmark: its summary and its prediction rows."""

@@ -41,7 +41,7 @@ def test_failing_language_is_retried_then_reported(tmp_path, monkeypatch):
         return object()
 
     monkeypatch.setattr(evaluate, "evaluate_language", fake_language)
-    monkeypatch.setattr(evaluate, "_generator", fake_generator)
+    monkeypatch.setattr(evaluate, "_generator", fake_generator)  # flows/ still calls it by its old name
     monkeypatch.setattr(flow_module.eval_language_task, "retry_delay_seconds", 0)
     pipeline = flow_module.PipelineParameters(project_dir=str(tmp_path), overrides=["tracking.enabled=false"],
                                               methods=["base"])

@@ -6,7 +6,8 @@ import torch
 
 from cc_core.config import ModelParams
 from cc_core.hub import HubUnreachableError
-from cc_core.modeling.base import ModelSourceError, build_base_model, build_tiny, load_base, load_model_dir
+from cc_core.modeling.base import ModelSourceError, build_base_model, build_tiny, load_base
+from cc_core.modeling.loading import load_model_dir
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2"])

@@ -13,7 +13,7 @@ from cc_core.config import parse_params
 from cc_core.data.benchmarks import get_spec, load_benchmark
 from cc_core.evaluate import evaluate, read_predictions, resolve_langs, score, score_item, summarize
 from cc_core.io import InputError
-from cc_core.metrics import tokenize
+from cc_core.scoring.common import tokenize
 from cc_core.report import paired_bootstrap, report
 
 # benchmark → (a language of the bundled fixture, how a correct answer is written)
