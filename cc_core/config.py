@@ -90,7 +90,7 @@ class TrainParams(_Section):
     inject_layer: int = Field(0, ge=0)
     decision_mode: Literal["gumbel", "soft", "argmax"] = "gumbel"
     gumbel_tau: float = Field(1.0, gt=0)
-    detach_english: bool = True  # the authors' effective computation (reentrant checkpointing): METHOD.md
+    detach_english: bool = True  # the authors' effective computation (reentrant checkpointing): docs/method.md
     on_truncated: Literal["drop", "error"] = "drop"
     nonfinite_patience: int = Field(0, ge=0)  # consecutive non-finite steps skipped before training stops
     decision_maker_init: Literal["model", "linear"] = "model"  # normal(0, initializer_range) as the reference

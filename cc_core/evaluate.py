@@ -102,7 +102,7 @@ def resolve_langs(spec: BenchmarkSpec, data_dir, explicit: list[str] | None, con
     shared by all benchmarks); neither: every non-English language present in ``data_dir``."""
     if explicit:
         return [check_lang(spec, lang) for lang in explicit]
-    present = available_langs(spec, data_dir)  # English too: the authors evaluate it (METHOD.md)
+    present = available_langs(spec, data_dir)  # English too: the authors evaluate it (docs/method.md)
     if configured:
         chosen = [lang for lang in present if lang in configured]
         if not chosen:

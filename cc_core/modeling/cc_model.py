@@ -4,7 +4,7 @@
     out = model(**batch)          # batch from cc_core.train.CCCollator
     out.loss.backward()
 
-METHOD.md, Training: (1) English prompt pass → FFN outputs at the English anchor for all L
+docs/method.md, Training: (1) English prompt pass → FFN outputs at the English anchor for all L
 layers; (2) the Decision Maker picks one from mean_l(a_l) + the non-English anchor
 embedding; (3) non-English prompt+response pass with that vector added to the FFN output of
 ``inject_layer`` at the non-English anchor; (4) cross-entropy on response tokens only.

@@ -11,7 +11,8 @@ import pytest
 
 from cc_core.config import parse_params
 from cc_core.data.benchmarks import get_spec, load_benchmark
-from cc_core.evaluate import evaluate, read_predictions, resolve_langs, score, score_item, summarize
+from cc_core.evaluate import evaluate, read_predictions, resolve_langs, score, summarize
+from cc_core.metrics import score_item
 from cc_core.io import InputError
 from cc_core.scoring.common import tokenize
 from cc_core.report import paired_bootstrap, report
@@ -148,7 +149,8 @@ def test_score_limit_and_blank_lines(tmp_path):
 def test_summarize_and_score_item_scale():
     spec = get_spec("MKQA")
     item = load_benchmark("MKQA", "de", "bundled")[0]
-    right, wrong = score_item(spec, item, item.gold[-1]), score_item(spec, item, "")
+    right, wrong = (score_item(spec.kind, "lenient", output, item.gold, lang=item.lang, benchmark=spec.name)
+                    for output in (item.gold[-1], ""))
     assert right.score == 1.0 and right.extra["em"] == 1.0
     assert wrong.score == 0.0 and wrong.parsed is None
     summary = summarize(spec, "de", [right, wrong, right], [item.gold[-1], "", item.gold[-1]])
