@@ -299,12 +299,27 @@ def test_signature_declares_prompt_lang_and_max_new_tokens():
     assert [(p["name"], p["type"], p["default"]) for p in params] == [("max_new_tokens", "long", 12)]
 
 
-def test_log_weights_is_the_default():
-    assert parse_params({}).register.log_weights is True
-    for name in ("params.yaml", "params.tiny.yaml"):
-        import yaml
+def test_a_version_registered_with_the_defaults_keeps_its_own_weights(tmp_path):
+    """Without register.* settings a version carries a copy of its files: overwriting the checkpoint
+    after registration leaves what the version loads verified and unchanged (a by-reference version
+    refuses instead: test_by_reference_version_refuses_a_changed_file)."""
+    import mlflow
 
-        assert yaml.safe_load((CONSTRAINTS_FILE.parent / name).read_text())["register"]["log_weights"] is True
+    from cc_core.pyfunc_model import resolve_checkpoint
+    from cc_core.tracking import fluent_tracking_uri
+
+    paths = _fake_project(tmp_path)
+    weights = paths["model"] / "model.safetensors"
+    registered = file_sha256(weights)
+    result = _register(tmp_path, paths)
+    weights.write_bytes(b"retrained")  # the checkout moves on
+    with fluent_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db"):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=result.model_uri, dst_path=str(tmp_path / "v")))
+    config = mlflow.models.Model.load(local).flavors["python_function"]["config"]
+    model_dir, _ = resolve_checkpoint(config, {"model": str(local / "artifacts" / "model"),
+                                               "transform": str(local / "artifacts" / "transform")})
+    assert result.storage == config["storage"] == "artifacts" and "model_dir" not in config
+    assert file_sha256(model_dir / "model.safetensors") == registered != file_sha256(weights)
 
 
 # --- loading verifies every file ----------------------------------------------------------------------------
