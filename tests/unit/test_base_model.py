@@ -10,6 +10,7 @@ from cc_core.modeling.base import ModelSourceError, build_base_model, build_tiny
 from cc_core.modeling.loading import load_model_dir
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2"])
 def test_tiny_models_build_fast_with_real_tokenizer(arch, smol_tokenizer):
     start = time.perf_counter()
@@ -24,6 +25,7 @@ def test_tiny_models_build_fast_with_real_tokenizer(arch, smol_tokenizer):
     assert time.perf_counter() - start < 30  # seconds, not minutes
 
 
+@pytest.mark.model
 def test_tiny_models_are_seeded():
     a, _ = build_tiny("llama", seed=5)
     b, _ = build_tiny("llama", seed=5)
@@ -35,6 +37,7 @@ def test_unknown_tiny_arch():
         build_tiny("gpt9")
 
 
+@pytest.mark.model
 def test_base_stage_writes_plain_hf_dir_and_local_dir_round_trips(tmp_path):
     result = build_base_model(ModelParams(base="tiny-random-qwen2"), tmp_path / "base")
     out = tmp_path / "base"
