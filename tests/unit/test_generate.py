@@ -12,7 +12,7 @@ import torch
 
 from cc_core.generate import Generation, Generator
 from cc_core.modeling import CCTuningModel, capture_ffn, connected
-from cc_core.transform import TransformMatrix, TransformShapeError
+from cc_core.modeling.transform_matrix import TransformMatrix, TransformShapeError
 from cc_helpers import random_cc, random_transform
 
 ARCHS = ("llama", "qwen2", "mistral", "gemma2")

@@ -118,7 +118,7 @@ def _fake_project(root: Path, average: float = 50.0) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     from cc_core.modeling.checkpoint import FORMAT_VERSION
-    from cc_core.transform import TransformMatrix
+    from cc_core.modeling.transform_matrix import TransformMatrix
 
     model = root / "models" / "cc"
     model.mkdir(parents=True)
@@ -159,7 +159,7 @@ def _metrics_file(paths) -> Path:
 def test_register_refuses_a_transform_fitted_for_another_checkpoint(tmp_path):
     import torch
 
-    from cc_core.transform import TransformMatrix
+    from cc_core.modeling.transform_matrix import TransformMatrix
 
     paths = _fake_project(tmp_path)
     TransformMatrix(torch.eye(2), None, {}, {"model_sha256": "f" * 64}).save(paths["transform"] / "transform.safetensors")
@@ -383,7 +383,7 @@ def test_pyfunc_refuses_a_transform_fitted_for_another_checkpoint(tmp_path):
     import torch
 
     from cc_core.pyfunc_model import resolve_checkpoint
-    from cc_core.transform import TransformMatrix
+    from cc_core.modeling.transform_matrix import TransformMatrix
 
     paths = _fake_project(tmp_path)
     TransformMatrix(torch.eye(2), None, {}, {"model_sha256": "c" * 64}).save(paths["transform"] / "transform.safetensors")

@@ -19,9 +19,8 @@ from safetensors.torch import save_file
 
 from cc_core.config import FitParams
 from cc_core.io import InputError, dir_sha256
-from cc_core.transform import (
-    NormalEquations, TransformShapeError, fit, fit_transform, load_transform, read_index, split_ids,
-)
+from cc_core.modeling.transform_matrix import TransformShapeError, load_transform
+from cc_core.transform import NormalEquations, fit, fit_transform, read_index, split_ids
 
 SHA = "ab" * 32
 LANGS = ("de", "fr", "ja")
