@@ -21,6 +21,7 @@ killed run's MLflow run and its token and layer-choice counters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -86,23 +87,32 @@ class _Setup:
 
 def train(params: Params, method: str, base_dir: str | Path = "models/base", data_dir: str | Path = "data/prepared",
           out_dir: str | Path | None = None, metrics_dir: str | Path = "metrics", resume: bool = False) -> TrainResult:
+    """Train ``method`` (cc | sft) on ``data_dir/train.jsonl`` from ``base_dir``: set up, run the
+    Trainer's loop, save ``models/<method>/`` and its metrics, all inside the method's MLflow run."""
     setup = _setup(params, method, Path(base_dir), Path(data_dir) / "train.jsonl", Path(out_dir or f"models/{method}"),
                    resume)
-    is_main = rank() == 0
-    # A resumed training continues the killed run, so MLflow shows one run with every step.
-    previous_run = read_run_id(setup.work_dir) if setup.resume_from else None
-    run_tags = {"method": method, "git_commit": git_commit(), "data_sha256": setup.fingerprint["data_sha256"],
-                "base_model": params.model.base, "stage": "train"}
-    run_ctx = setup.tracker.run(f"train-{method}", params=params.flat(), tags=run_tags, run_id=previous_run) \
-        if is_main else _no_run()
-    with run_ctx as run:
-        if is_main and run.run_id:
-            write_run_file(setup.work_dir, run, tracking_uri(params.tracking))
-        run.log_metrics({f"data_{k}": v for k, v in asdict(setup.stats).items()}, step=0)
+    with _tracked_run(params, setup) as run:
         trainer, output = _run_trainer(params, setup, run)
         result = _save(params, setup, trainer, output, run, Path(metrics_dir))
     barrier()
     return result
+
+
+@contextlib.contextmanager
+def _tracked_run(params: Params, setup: _Setup):
+    """The training's MLflow run on rank 0 (a resumed training continues the killed run, so MLflow
+    shows one run with every step); a no-op run on the other ranks."""
+    if rank() != 0:
+        yield NullRun()
+        return
+    previous_run = read_run_id(setup.work_dir) if setup.resume_from else None
+    tags = {"method": setup.method, "git_commit": git_commit(), "data_sha256": setup.fingerprint["data_sha256"],
+            "base_model": params.model.base, "stage": "train"}
+    with setup.tracker.run(f"train-{setup.method}", params=params.flat(), tags=tags, run_id=previous_run) as run:
+        if run.run_id:
+            write_run_file(setup.work_dir, run, tracking_uri(params.tracking))
+        run.log_metrics({f"data_{k}": v for k, v in asdict(setup.stats).items()}, step=0)
+        yield run
 
 
 def _setup(params: Params, method: str, base_dir: Path, data_file: Path, out: Path, resume: bool) -> _Setup:
@@ -260,13 +270,3 @@ def write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: P
     write_json(metrics_dir / f"train_{method}.json", metrics)
     write_json(metrics_dir / f"train_{method}_loss.json",
                [{"step": h["step"], "loss": h["loss"]} for h in history])  # a DVC plot
-
-
-class _no_run:
-    """Non-zero ranks do not track."""
-
-    def __enter__(self):
-        return NullRun()
-
-    def __exit__(self, *exc):
-        return False
