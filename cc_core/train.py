@@ -163,7 +163,7 @@ def _setup(params: Params, method: str, base_dir: Path, data_file: Path, out: Pa
     # Only now, with the input checked, may a fresh start discard the old checkpoints (and close the
     # killed run that made them, which MLflow would otherwise show RUNNING forever).
     if is_main and resume_from is None and work_dir.exists():
-        tracker.mark_killed(read_run_id(work_dir), "of the abandoned checkpoints")
+        tracker.mark_killed(read_run_id(work_dir))
         shutil.rmtree(work_dir)
     barrier()
     if is_main:

@@ -167,3 +167,30 @@ def test_fluent_tracking_uri_does_not_outlive_its_block(tmp_path, monkeypatch, o
     assert os.environ.get("MLFLOW_TRACKING_URI") == outer
     own = f"sqlite:///{tmp_path}/own.db"
     assert tracking_uri(TrackingParams(uri=own)) == (outer or own)
+
+
+def test_mark_killed_closes_only_a_running_run(store):
+    """A fresh start that abandons a killed training's checkpoints closes its run; a finished run, an
+    unknown id, no id and tracking turned off are left alone."""
+    tracker = Tracker(_params(store))
+    client = tracker.client()
+    experiment = tracker.experiment_id(client)
+    abandoned = client.create_run(experiment, run_name="train-sft").info.run_id  # RUNNING, as a kill leaves it
+    with tracker.run("train-cc") as finished:
+        pass
+    for run_id in (abandoned, finished.run_id, "no-such-run", None):
+        tracker.mark_killed(run_id)
+    assert client.get_run(abandoned).info.status == "KILLED"
+    assert client.get_run(finished.run_id).info.status == "FINISHED"
+    Tracker(_params(store, enabled=False)).mark_killed(finished.run_id)
+    assert client.get_run(finished.run_id).info.status == "FINISHED"
+
+
+def test_find_or_create_run_reuses_the_newest_run_with_the_tags(store):
+    tracker = Tracker(_params(store))
+    tags = {"method": "base", "base_model": "tiny-random-llama"}
+    first = tracker.find_or_create_run("base", tags)
+    assert tracker.find_or_create_run("base", tags) == first
+    assert tracker.client().get_run(first).data.tags["base_model"] == "tiny-random-llama"
+    assert tracker.find_or_create_run("base", {**tags, "base_model": "other"}) != first
+    assert Tracker(_params(store, enabled=False)).find_or_create_run("base", tags) is None
