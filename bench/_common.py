@@ -34,7 +34,8 @@ def bench_tokenizer():
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu", layers: int | None = None):
     """(model, tokenizer) for smollm2-135m-instruct | tiny-random-<arch> | llama-1b | llama-8b-shape | a local HF dir.
     ``layers``: llama-8b-shape with fewer decoder layers (same width)."""
-    from cc_core.modeling.base import build_tiny, load_model_dir, load_smollm2
+    from cc_core.modeling.base import build_tiny, load_smollm2
+    from cc_core.modeling.loading import load_model_dir
 
     if name == "smollm2-135m-instruct":
         model, tokenizer = load_smollm2()

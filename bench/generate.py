@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import footer, interleaved, load_model, sync  # noqa: E402
 
 from cc_core.data.benchmarks import load_benchmark  # noqa: E402
-from cc_core.generate import Generator, fixed_batches, padding_fraction, plan_batches  # noqa: E402
+from cc_core.generate import Generator  # noqa: E402
+from cc_core.generation.batching import fixed_batches, padding_fraction, plan_batches  # noqa: E402
 from cc_core.modeling import CCTuningModel, capture_ffn, connected  # noqa: E402
 from cc_core.prompts import encode_prompt  # noqa: E402
-from cc_core.transform import TransformMatrix  # noqa: E402
+from cc_core.modeling.transform_matrix import TransformMatrix  # noqa: E402
 
 
 def bench_prompts(count: int) -> tuple[list[str], list[str], list[str | None]]:

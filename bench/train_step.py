@@ -35,7 +35,8 @@ from _common import bench_tokenizer, footer, load_model, sync  # noqa: E402
 from cc_core.data.records import load_bundled  # noqa: E402
 from cc_core.modeling import CCTuningModel  # noqa: E402
 from cc_core.prompts import pad_token_id  # noqa: E402
-from cc_core.train import CCCollator, PackedCollator, apply_liger, compile_decoder, encode_records  # noqa: E402
+from cc_core.training.data import CCCollator, PackedCollator, encode_records  # noqa: E402
+from cc_core.training.kernels import apply_liger, compile_decoder  # noqa: E402
 
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}  # dense bf16
 
@@ -67,7 +68,7 @@ def engine_for(model, lr: float, deepspeed_stage: str | None, batch: int, device
 
     import deepspeed
 
-    from cc_core.train import init_distributed_for_deepspeed, resolve_deepspeed
+    from cc_core.training.distributed import init_distributed_for_deepspeed, resolve_deepspeed
 
     if torch.cuda.is_available():
         for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",

@@ -1,4 +1,4 @@
-"""The ``collect`` stage: FFN outputs at the anchor for held-out parallel pairs (METHOD.md, Transform Matrix).
+"""The ``collect`` stage: FFN outputs at the anchor for held-out parallel pairs (docs/method.md, Transform Matrix).
 
     cctune collect                 # models/cc + data/prepared/pairs.jsonl → activations/
 
@@ -16,7 +16,6 @@ Shards are written as they fill, so memory stays bounded by ``collect.shard_size
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,12 @@ import torch
 from safetensors.torch import save_file
 
 from cc_core.config import CollectParams
-from cc_core.data.prepare import read_records
+from cc_core.data.records import read_records
 from cc_core.io import InputError, atomic_dir, write_json
 from cc_core.lineage import checkpoint_sha256
+from cc_core.modeling.architectures import arch_paths
+from cc_core.modeling.hooks import capture_ffn
+from cc_core.modeling.loading import load_inference_model
 from cc_core.prompts import encode_prompt, pad_sequences, pad_token_id
 
 log = logging.getLogger(__name__)
@@ -46,31 +48,10 @@ class CollectResult:
     model_sha256: str
 
 
-# transformers initialises weights under a process-global meta-device context: two threads
-# loading at once (concurrent Prefect eval tasks) corrupt each other's models. One at a time.
-_LOAD_LOCK = threading.Lock()
-
-
-def load_inference_model(model_dir: str | Path, dtype=torch.float32):
-    """(causal LM, tokenizer, CCTuningModel or None) from a CC checkpoint or a plain HF directory."""
-    from cc_core.modeling.base import load_model_dir
-    from cc_core.modeling.checkpoint import CC_CONFIG, load_cc_checkpoint
-
-    model_dir = Path(model_dir)
-    with _LOAD_LOCK:
-        if (model_dir / CC_CONFIG).is_file():
-            cc, tokenizer = load_cc_checkpoint(model_dir, dtype=dtype)
-            return cc.model.eval(), tokenizer, cc
-        model, tokenizer = load_model_dir(model_dir, dtype=dtype)
-        return model.eval(), tokenizer, None
-
-
 @torch.no_grad()
 def anchor_activations(model, tokenizer, prompts: list[str], batch_size: int, max_len: int | None = None,
                        paths=None) -> torch.Tensor:
     """``[n, L, d]`` FFN outputs at each prompt's anchor; batches sorted by length to cut padding."""
-    from cc_core.modeling.hooks import capture_ffn
-
     encoded = [encode_prompt(tokenizer, p, max_len).input_ids for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[torch.Tensor | None] = [None] * len(encoded)
@@ -89,8 +70,6 @@ def anchor_activations(model, tokenizer, prompts: list[str], batch_size: int, ma
 def collect(params: CollectParams, model_dir: str | Path = "models/cc",
             pairs_file: str | Path = "data/prepared/pairs.jsonl", out_dir: str | Path = "activations",
             max_prompt_len: int = 1024) -> CollectResult:
-    from cc_core.modeling.architectures import arch_paths
-
     pairs_file = Path(pairs_file)
     records = read_records(pairs_file)[: params.num_pairs]
     if not records:

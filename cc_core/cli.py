@@ -51,7 +51,7 @@ def _base_model_args(p: argparse.ArgumentParser) -> None:
 
 @stage("base-model", "write model.base as a plain HF directory (safetensors + tokenizer)")(_base_model_args)
 def _base_model(args, params):
-    from cc_core.modeling.base import build_base_model
+    from cc_core.modeling.base import build_base_model  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return build_base_model(params.model, args.out)
 
@@ -62,7 +62,7 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
 
 @stage("prepare", "validate parallel records; write train.jsonl and held-out pairs.jsonl")(_prepare_args)
 def _prepare(args, params):
-    from cc_core.data.prepare import prepare
+    from cc_core.data.prepare import prepare  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return prepare(params.data, args.out)
 
@@ -83,7 +83,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @stage("train", "fine-tune with CC-Tuning (--method cc) or the vanilla SFT baseline (--method sft)")(_train_args)
 def _train(args, params):
-    from cc_core.train import train
+    from cc_core.train import train  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return train(params, args.method, args.base, args.data, args.out, args.metrics_dir, args.resume,
                  checkpoint_dir=args.checkpoint_dir)
@@ -97,7 +97,7 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
 
 @stage("collect", "FFN activations at the anchor for held-out parallel pairs → activations/")(_collect_args)
 def _collect(args, params):
-    from cc_core.activations import collect
+    from cc_core.activations import collect  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return collect(params.collect, args.model, args.pairs, args.out, params.collect.max_prompt_len)
 
@@ -112,7 +112,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 @stage("fit", "fit the Transform Matrix (streaming least squares) → transform/")(_fit_args)
 def _fit(args, params):
-    from cc_core.transform import fit
+    from cc_core.transform import fit  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return fit(params.fit, args.activations, args.out, args.metrics_dir, args.model, params.tracking)
 
@@ -141,7 +141,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 @stage("eval", "generate and score one benchmark for one method → eval/, metrics/eval/")(_eval_args)
 def _eval(args, params):
-    from cc_core.evaluate import evaluate
+    from cc_core.evaluate import evaluate  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return evaluate(eval_params(args, params), args.method, args.benchmark, args.langs, None, args.model,
                     args.transform, args.out, args.metrics_dir)
@@ -170,7 +170,7 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 
 @stage("score", "score a predictions file from any inference engine against a benchmark's golds")(_score_args)
 def _score(args, params):
-    from cc_core.evaluate import score
+    from cc_core.evaluate import score  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return score(args.benchmark, args.data_dir or params.eval.data_dir, args.lang, args.predictions, args.limit,
                  args.output, args.protocol or params.eval.protocol)
@@ -184,7 +184,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 @stage("report", "summary tables (CC - SFT deltas with bootstrap CIs) and plots → reports/")(_report_args)
 def _report(args, params):
-    from cc_core.report import report
+    from cc_core.report import report  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return report(params, args.metrics_dir, args.eval_dir, args.out)
 
@@ -197,7 +197,7 @@ def _register_args(p: argparse.ArgumentParser) -> None:
 
 @stage("register", "register the CC checkpoint in the MLflow Model Registry; move champion if it wins")(_register_args)
 def _register(args, params):
-    from cc_core.registry import register
+    from cc_core.registry import register  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return register(params, args.model, args.transform, args.metrics_dir)
 
@@ -223,7 +223,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
-        import transformers
+        import transformers  # why: heavy; only once a stage runs, not for --help
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
@@ -254,7 +254,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace):
     """Run the stage ``args`` name and return its result; errors propagate (the Prefect flow runs
     dvc.yaml's commands through here, in-process, exactly as ``cctune`` would)."""
-    from cc_core.config import load_params, parse_params
+    from cc_core.config import load_params, parse_params  # why: pydantic schema; not needed for --help
 
     if args.stage == "score" and args.params == "params.yaml" and not Path("params.yaml").is_file():
         params = parse_params({}, overrides=args.overrides)  # scoring needs no project: run it anywhere

@@ -18,6 +18,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cc_core.data.benchmarks import canonical_benchmark
+from cc_core.data.records import FIELDS
+from cc_core.languages import check_language
+
 
 class ConfigError(ValueError):
     """A params file or override is wrong; the message names the file and key."""
@@ -54,8 +58,6 @@ class DataParams(_Section):
     @field_validator("hub_columns")
     @classmethod
     def _record_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        from cc_core.data.records import FIELDS
-
         unknown = sorted(set(value) - set(FIELDS))
         if unknown:
             raise ValueError(f"unknown record field(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
@@ -64,8 +66,6 @@ class DataParams(_Section):
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, value: list[str]) -> list[str]:
-        from cc_core.languages import check_language
-
         return [check_language(code) for code in value]
 
 
@@ -90,7 +90,7 @@ class TrainParams(_Section):
     inject_layer: int = Field(0, ge=0)
     decision_mode: Literal["gumbel", "soft", "argmax"] = "gumbel"
     gumbel_tau: float = Field(1.0, gt=0)
-    detach_english: bool = True  # the authors' effective computation (reentrant checkpointing): METHOD.md
+    detach_english: bool = True  # the authors' effective computation (reentrant checkpointing): docs/method.md
     on_truncated: Literal["drop", "error"] = "drop"
     nonfinite_patience: int = Field(0, ge=0)  # consecutive non-finite steps skipped before training stops
     decision_maker_init: Literal["model", "linear"] = "model"  # normal(0, initializer_range) as the reference
@@ -138,30 +138,24 @@ class EvalParams(_Section):
     # XNLI/XStoryCloze/MMMLU: parse the option from generated text, or score each option's
     # log-likelihood as lm-evaluation-harness does (cc_core.loglik)
     choice_scoring: Literal["generate", "loglik"] = "generate"
-    # How generated text is compared with the gold: lenient (cc_core.metrics) | standard (the
-    # reference scripts: SQuAD/MLQA, MKQA, rouge-score with XL-Sum's tokenisation; cc_core.metrics_standard)
+    # How generated text is compared with the gold (cc_core.metrics): lenient (option words, look-alike letters,
+    # one spelling per number) | standard (the reference scripts: SQuAD/MLQA, MKQA, rouge-score with XL-Sum's tokenisation)
     protocol: Literal["lenient", "standard"] = "lenient"
 
     @field_validator("benchmarks")
     @classmethod
     def _known_benchmarks(cls, value: list[str]) -> list[str]:
-        from cc_core.data.benchmarks import canonical_benchmark
-
         return [canonical_benchmark(name) for name in value]
 
     @field_validator("limit")
     @classmethod
     def _known_limit_benchmarks(cls, value):
-        from cc_core.data.benchmarks import canonical_benchmark
-
         if isinstance(value, dict):
             return {canonical_benchmark(name): n for name, n in value.items()}
         return value
 
     def limit_for(self, benchmark: str) -> int | None:
         """Items per language for ``benchmark`` (None: all)."""
-        from cc_core.data.benchmarks import canonical_benchmark
-
         if isinstance(self.limit, dict):
             return self.limit.get(canonical_benchmark(benchmark))
         return self.limit
@@ -169,8 +163,6 @@ class EvalParams(_Section):
     @field_validator("langs")
     @classmethod
     def _known_langs(cls, value: list[str]) -> list[str]:
-        from cc_core.languages import check_language
-
         return [check_language(code) for code in value]
 
 
@@ -190,8 +182,6 @@ class RegisterParams(_Section):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         # checked when params load, not at the end of a pipeline run
-        from cc_core.data.benchmarks import canonical_benchmark
-
         return "mean" if value.lower() == "mean" else canonical_benchmark(value)
 
 

@@ -18,42 +18,34 @@ from pathlib import Path
 from typing import Any
 
 from cc_core.config import Params
-from cc_core.data.benchmarks import BenchmarkItem, BenchmarkSpec, available_langs, get_spec, load_benchmark
+from cc_core.data.benchmarks import BenchmarkItem, BenchmarkSpec, available_langs, check_lang, get_spec, load_benchmark
 from cc_core.io import InputError, atomic_dir, iter_jsonl, write_json, write_jsonl
 from cc_core.lineage import combined_sha256, items_sha256, scorer_sha256
-from cc_core.metrics import ItemScore, score_choice, score_qa, score_summary
+from cc_core.generate import Generator
+from cc_core.loglik import score_choice_items
+from cc_core.metrics import ItemScore, check_protocol, score_item
+from cc_core.tracking import Tracker
 
 log = logging.getLogger(__name__)
 METHOD_DIRS = {"base": "models/base", "sft": "models/sft", "cc": "models/cc"}  # the CLI's defaults
 PACKAGE = Path(__file__).resolve().parent
-# The code that turns outputs into scores, per way of scoring: its content hash goes into every
-# metrics file (scorer_sha256), so a changed scorer never compares with scores of the old one.
-SCORING_SOURCES = {"lenient": ("evaluate.py", "metrics.py"),
-                   "standard": ("evaluate.py", "metrics.py", "metrics_standard.py"),
-                   "loglik": ("evaluate.py", "loglik.py")}
+# The code that turns outputs into scores, per way of scoring (the dispatch, the task kind's scorer and
+# what they share; loglik: option log-likelihoods): its content hash goes into every metrics file
+# (scorer_sha256), so a changed scorer never compares with scores of the old one.
+SCORING_SOURCES = {kind: ("metrics.py", "scoring/common.py", f"scoring/{kind}.py") for kind in ("choice", "qa", "summary")}
+SCORING_SOURCES["loglik"] = ("loglik.py",)
 
 
 def scoring_identity(spec: BenchmarkSpec, protocol: str, choice_scoring: str) -> str:
     """``scorer_sha256`` of a benchmark's scores: the scoring code that ran and its settings."""
-    way = "loglik" if spec.kind == "choice" and choice_scoring == "loglik" else protocol
-    return scorer_sha256([PACKAGE / name for name in SCORING_SOURCES[way]], scoring=way, kind=spec.kind)
+    way = "loglik" if spec.kind == "choice" and choice_scoring == "loglik" else spec.kind
+    return scorer_sha256([PACKAGE / name for name in SCORING_SOURCES[way]], scoring=way, protocol=protocol,
+                         kind=spec.kind)
 
 
-def score_item(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str = "lenient") -> ItemScore:
-    """One item's score under ``protocol``: ``lenient`` (cc_core.metrics: option words, look-alike
-    letters, one spelling per number; good for CC-vs-SFT deltas) or ``standard`` (the field's reference
-    scripts, cc_core.metrics_standard: comparable with published numbers)."""
-    if protocol != "lenient":
-        from cc_core.metrics_standard import score_item as score_standard
-
-        return score_standard(spec.kind, protocol, output, item.gold, lang=item.lang, prompt=item.prompt,
-                              labels=spec.labels, benchmark=spec.name)
-    if spec.kind == "choice":
-        return score_choice(output, str(item.gold), item.lang, item.prompt, spec.labels)
-    if spec.kind == "qa":
-        golds = item.gold if isinstance(item.gold, list) else [item.gold]
-        return score_qa(output, golds, item.lang)
-    return score_summary(output, str(item.gold), item.lang)
+def _score(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str) -> ItemScore:
+    return score_item(spec.kind, protocol, output, item.gold, lang=item.lang, prompt=item.prompt,
+                      labels=spec.labels, benchmark=spec.name)
 
 
 def summarize(spec: BenchmarkSpec, lang: str, scores: list[ItemScore], outputs: list[str],
@@ -96,13 +88,11 @@ def read_predictions(path: str | Path, items: list[BenchmarkItem]) -> list[str]:
 
 def score(benchmark: str, data_dir: str | Path, lang: str, predictions: str | Path, limit: int | None = None,
           output: str | Path | None = None, protocol: str = "lenient") -> dict[str, Any]:
-    from cc_core.metrics_standard import check_protocol
-
     protocol = check_protocol(protocol)
     spec = get_spec(benchmark)
     items = load_benchmark(spec.name, lang, data_dir, limit)
     outputs = read_predictions(predictions, items)
-    summary = summarize(spec, lang, [score_item(spec, i, o, protocol) for i, o in zip(items, outputs)], outputs,
+    summary = summarize(spec, lang, [_score(spec, i, o, protocol) for i, o in zip(items, outputs)], outputs,
                         protocol)
     if output:
         write_json(output, summary)
@@ -124,11 +114,9 @@ class EvalResult:
 def resolve_langs(spec: BenchmarkSpec, data_dir, explicit: list[str] | None, configured: list[str]) -> list[str]:
     """``--langs`` must be valid for the benchmark; ``eval.langs`` is intersected with it (it is
     shared by all benchmarks); neither: every non-English language present in ``data_dir``."""
-    from cc_core.data.benchmarks import check_lang
-
     if explicit:
         return [check_lang(spec, lang) for lang in explicit]
-    present = available_langs(spec, data_dir)  # English too: the authors evaluate it (METHOD.md)
+    present = available_langs(spec, data_dir)  # English too: the authors evaluate it (docs/method.md)
     if configured:
         chosen = [lang for lang in present if lang in configured]
         if not chosen:
@@ -140,16 +128,17 @@ def resolve_langs(spec: BenchmarkSpec, data_dir, explicit: list[str] | None, con
 
 def load_generator(params: Params, method: str, model_dir: str | Path | None, transform: str | Path,
                    device: str = "cpu"):
-    """The generator ``method`` is evaluated with: its model (``model_dir``, default models/<method>),
-    for cc the Transform Matrix in ``transform``, eval.* generation settings, on ``device``."""
-    from cc_core.generate import Generator
-
+    """The Generator ``eval`` uses for ``method`` (its model directory unless ``model_dir`` is given),
+    set up from ``eval.*``; for cc, in ``eval.cc_mode`` with the Transform Matrix of ``transform``."""
     mode = params.eval.cc_mode if method == "cc" else "none"
     return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode, device=device,
                                decision_mode=params.eval.decision_mode, max_new_tokens=params.eval.max_new_tokens,
                                batch_size=params.eval.batch_size, max_prompt_len=params.eval.max_prompt_len,
                                on_long_prompt=params.eval.on_long_prompt, seed=params.eval.seed,
                                cache=params.eval.cache, compile=params.eval.compile)
+
+
+# flows/ calls it by its old private name until the flows rewrite merges; drop this alias then.
 
 
 @dataclass
@@ -176,7 +165,7 @@ def run_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem],
     for lang in dict.fromkeys(i.lang for i in items):
         picked = [(item, gen) for item, gen in zip(items, generations) if item.lang == lang]
         outputs = [gen.text for _, gen in picked]
-        scores = [score_item(spec, item, out, protocol) for (item, _), out in zip(picked, outputs)]
+        scores = [_score(spec, item, out, protocol) for (item, _), out in zip(picked, outputs)]
         summary = summarize(spec, lang, scores, outputs, protocol)
         summary["prompts_truncated"] = sum(gen.prompt_truncated for _, gen in picked)
         summary["new_tokens"] = sum(gen.new_tokens for _, gen in picked)
@@ -245,8 +234,6 @@ def _lineage(benchmark: str, per_lang: dict[str, dict]) -> dict[str, str]:
 
 def run_loglik_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem]) -> dict[str, LangResult]:
     """Score every option of ``items`` by log-likelihood (cc_core.loglik); ``parsed`` = the acc choice."""
-    from cc_core.loglik import score_choice_items
-
     scored = score_choice_items(generator, spec, items)
     results: dict[str, LangResult] = {}
     for lang in dict.fromkeys(i.lang for i in items):
@@ -284,8 +271,6 @@ def write_results(params: Params, method: str, benchmark: str, results: dict[str
     could not be evaluated (e.g. a task that failed after its retries), recorded, not fatal.
     ``requested``: the languages asked for (default: the evaluated and failed ones); the metrics
     file says when the average covers fewer, and the report flags it."""
-    from cc_core.data.benchmarks import check_lang
-
     spec = get_spec(benchmark)
     for lang, result in results.items():  # file names below come from these keys: only real languages
         check_lang(spec, lang)
@@ -366,8 +351,6 @@ def _mean(values: list[float]) -> float | None:
 
 def _log_to_run(params: Params, method: str, model_dir, report: dict) -> None:
     """Scores go into the method's training run (the base model gets a run of its own)."""
-    from cc_core.tracking import Tracker
-
     tracker = Tracker(params.tracking)
     run_id = tracker.training_run_id(report.get("checkpoint_sha256")) if method != "base" else None
     name = report["benchmark"]
@@ -379,14 +362,4 @@ def _log_to_run(params: Params, method: str, model_dir, report: dict) -> None:
 
 def base_run_id(tracker, params: Params) -> str | None:
     """The newest run tagged method=base for this base model (created on first use)."""
-    client = tracker._connect()
-    if client is None:
-        return None
-    experiment = tracker.experiment_id(client)
-    runs = client.search_runs([experiment], f"tags.method = 'base' and tags.base_model = '{params.model.base}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if runs:
-        return runs[0].info.run_id
-    run = client.create_run(experiment, run_name="base", tags={"method": "base", "base_model": params.model.base})
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    return tracker.find_or_create_run("base", {"method": "base", "base_model": params.model.base})

@@ -57,7 +57,9 @@ except ImportError as err:  # an optional extra: cc_core itself never needs it
 
 import torch
 
+from cc_core.generate import Generator
 from cc_core.loglik import LoglikScorer, prefill_ids, split_continuation
+from cc_core.modeling.checkpoint import CC_CONFIG
 from cc_core.prompts import anchor_positions, pad_sequences
 
 log = logging.getLogger(__name__)
@@ -91,9 +93,6 @@ class CCTuningLM(TemplateLM):
                  device: str | None = None, dtype=None, batch_size=8, max_batch_size=None,
                  max_length: int | None = None, max_gen_toks: int = 256, **unused) -> None:
         super().__init__()
-        from cc_core.generate import Generator
-        from cc_core.modeling.checkpoint import CC_CONFIG
-
         model_dir = checkpoint or pretrained
         if not model_dir:
             raise ValueError(f"{NAME}: give the model directory, e.g. --model_args checkpoint=models/cc")
@@ -258,15 +257,15 @@ class CCTuningLM(TemplateLM):
         logits, cache, _ = prefill_ids(gen, ids, mask, anchor, [self.lang] * len(contexts))
         saved, gen.max_new_tokens = gen.max_new_tokens, max_new
         try:
-            rows = gen._greedy(logits, cache, mask)
+            rows = gen.decode(logits, cache, mask)
         finally:
             gen.max_new_tokens = saved
-        return [self.tok_decode(row[:gen._count(row)]) for row in rows]
+        return [self.tok_decode(row[:gen.new_tokens(row)]) for row in rows]
 
 
 def main() -> None:
     """``cctune-lm-eval``: lm-eval's CLI with ``cc-tuning`` registered (this module is imported)."""
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval.__main__ import cli_evaluate  # why: lm-eval's command-line module, for this console script only
 
     cli_evaluate()
 

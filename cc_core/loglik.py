@@ -14,7 +14,7 @@ log-probability after the chat-formatted prompt, and the best option is the answ
   ``acc_bytes``) is kept too. Ties go to the first option, as ``numpy.argmax`` does.
 
 The continuation of option ``k`` is the answer as the model would write it: ``"(2) Neutral"`` /
-``"(B) <option text>"``, built from :func:`cc_core.metrics.parse_options` on the prompt. No
+``"(B) <option text>"``, built from :func:`cc_core.scoring.choice.parse_options` on the prompt. No
 end-of-turn marker is appended (lm-eval does not score one either).
 
 The connection applies exactly as in generation (``cc_core.generate``): the prompts of a batch
@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cc_core.generation.decoding import position_ids
 from cc_core.prompts import anchor_positions, encode_prompt, pad_sequences, render_prompt
+from cc_core.scoring.choice import parse_options
 
 log = logging.getLogger(__name__)
 SCORINGS = ("generate", "loglik")
@@ -102,16 +104,10 @@ def prefill_ids(generator, ids: torch.Tensor, mask: torch.Tensor, anchor: torch.
                 connect: bool = True):
     """``Generator.prefill`` on already tokenized, left-padded prompts: (last logits [B, V], cache, choice).
 
-    The same per-mode prefill generation runs (``_transform_prefill`` / ``_parallel_prefill``);
-    ``connect=False`` runs the plain model whatever the mode (rolling log-likelihoods).
+    The same per-mode prefill generation runs (``Generator.prefill_ids``); ``connect=False`` runs the
+    plain model whatever the mode (rolling log-likelihoods).
     """
-    mode = generator.mode if connect else "none"
-    if mode == "none":
-        logits, cache = generator._forward(ids, mask)
-        return logits, cache, None
-    if mode == "transform":
-        return generator._transform_prefill(ids, mask, anchor, list(langs))
-    return generator._parallel_prefill(ids, mask, anchor, list(english_prompts or [None] * ids.shape[0]))
+    return generator.prefill_ids(ids, mask, anchor, list(langs), english_prompts, connect=connect)
 
 
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +185,7 @@ class LoglikScorer:
         targets, _ = pad_sequences([option[1:] for option in flat], gen.pad_id, "right")
         inputs, input_mask, targets = inputs.to(gen.device), input_mask.to(gen.device), targets.to(gen.device)
         full_mask = torch.cat([mask[row_index], input_mask], dim=1)
-        positions = gen._positions(full_mask)[:, -inputs.shape[1]:]
+        positions = position_ids(full_mask)[:, -inputs.shape[1]:]
         out = gen.model(input_ids=inputs, attention_mask=full_mask, cache=cache, use_cache=True,
                         position_ids=positions)
         lp, hit = _token_logprobs(out.logits, targets)
@@ -217,8 +213,6 @@ class ChoiceResult:
 
 def option_continuations(spec, item) -> tuple[list[str], list[str]]:
     """(labels, continuations "(label) text") of a choice item; a clear error if any option is missing."""
-    from cc_core.metrics import parse_options
-
     options = parse_options(item.prompt, spec.labels)
     missing = [label for label in spec.labels if not options.get(label, "").strip()]
     if missing:

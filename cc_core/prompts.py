@@ -1,4 +1,4 @@
-"""Chat-formatting and the anchor position (METHOD.md, Notation).
+"""Chat-formatting and the anchor position (docs/method.md, Notation).
 
 The anchor p is the last token of the chat-formatted prompt, i.e. the token right before
 the first response token. It is computed by tokenizing the prompt rendered with the

@@ -23,10 +23,15 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+from safetensors import safe_open
 
-TRANSFORM_FILE = "transform.safetensors"
-
+from cc_core.generate import Generator
+from cc_core.io import file_sha256
+from cc_core.lineage import LineageError, require_same_checkpoint
+from cc_core.modeling.transform_matrix import TRANSFORM_FILE
 
 class ModelFilesError(ValueError):
     """A registered version's files are missing or not the ones it was registered with."""
@@ -52,8 +57,6 @@ def _hint(config: dict) -> str:
 def verify_files(config: dict, roots: dict[str, Path]) -> None:
     """Every file of ``config['files']`` is present under its root with its recorded sha256, and the
     model holds no other weights (the checkpoint hash covers every ``*.safetensors`` below it)."""
-    from cc_core.io import file_sha256
-
     where, manifest = describe(config), config.get("files")
     if not isinstance(manifest, dict) or not manifest.get("model") or not manifest.get("transform"):
         raise ModelFilesError(f"{where}: its model config lists no file hashes (registered by an older cc-tuning); "
@@ -77,10 +80,6 @@ def verify_files(config: dict, roots: dict[str, Path]) -> None:
 
 def check_transform_lineage(config: dict, transform_file: Path, model_dir: Path) -> None:
     """Refuse a Transform Matrix fitted for another checkpoint than this version's."""
-    from safetensors import safe_open
-
-    from cc_core.lineage import LineageError, require_same_checkpoint
-
     with safe_open(str(transform_file), framework="pt") as handle:
         meta = json.loads((handle.metadata() or {}).get("cc_transform", "{}"))
     try:
@@ -111,8 +110,6 @@ def resolve_checkpoint(config: dict, artifacts: dict) -> tuple[Path, Path]:
 
 class CCTuningPyfunc(PythonModel):
     def load_context(self, context):
-        from cc_core.generate import Generator
-
         config = dict(context.model_config or {})
         model_dir, transform = resolve_checkpoint(config, dict(context.artifacts or {}))
         self.generator = Generator.from_dirs(
@@ -141,9 +138,6 @@ class CCTuningPyfunc(PythonModel):
 
 
 def _bad_request(message: str) -> Exception:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # the scoring server answers 400
 
 

@@ -50,9 +50,18 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+from safetensors import safe_open
+
 from cc_core.config import Params
+from cc_core.data.benchmarks import canonical_benchmark
 from cc_core.io import InputError, file_sha256, read_json, write_json
-from cc_core.lineage import LineageError, checkpoint_sha256, require_same_checkpoint, short
+from cc_core.lineage import LineageError, checkpoint_sha256, combined_sha256, require_same_checkpoint, short
+from cc_core.modeling.checkpoint import read_cc_metadata
+from cc_core.modeling.transform_matrix import TRANSFORM_FILE
 from cc_core.tracking import RUN_FILE, Tracker, fluent_tracking_uri, git_commit, store_errors
 
 log = logging.getLogger(__name__)
@@ -61,7 +70,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PYFUNC_FILE = PACKAGE_DIR / "pyfunc_model.py"
 CONSTRAINTS_FILE = PACKAGE_DIR.parent / "constraints.txt"
 LOGGED_MODEL_NAME = "cc_tuning_model"
-TRANSFORM_FILE = "transform.safetensors"
 REQUIRED_BY = "cctune register"
 # What the pyfunc imports at serving time (cc_core travels as code): pinned from constraints.txt.
 # Training-only tools (deepspeed, prefect, dvc, datasets, accelerate) are deliberately absent.
@@ -119,8 +127,6 @@ def _read_metrics(path: Path) -> dict:
 def eval_metrics(metrics_dir: Path, benchmarks: list[str] | None = None, method: str = "cc") -> dict[str, dict]:
     """``{benchmark: metrics json}`` of the benchmarks in ``eval.benchmarks`` (files left over from
     benchmarks no longer listed are ignored: DVC does not delete them)."""
-    from cc_core.data.benchmarks import canonical_benchmark
-
     folder = Path(metrics_dir) / "eval" / method
     wanted = None if benchmarks is None else {canonical_benchmark(b) for b in benchmarks}
     found = {}
@@ -140,8 +146,6 @@ def eval_settings_hash(params: Params) -> str:
 def pick_metric(averages: dict[str, float], metric: str) -> float:
     if metric == "mean":
         return sum(averages.values()) / len(averages)
-    from cc_core.data.benchmarks import canonical_benchmark
-
     name = canonical_benchmark(metric)
     if name not in averages:
         raise RegistryError(f"register.metric={metric!r}: no evaluation of {name} for the cc model "
@@ -154,8 +158,6 @@ def pick_metric(averages: dict[str, float], metric: str) -> float:
 def transform_model_sha256(transform_file: Path) -> str | None:
     """The checkpoint the Transform Matrix was fitted for (its safetensors metadata; transform.json
     next to it for files that carry none)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(transform_file), framework="pt") as handle:
             meta = json.loads((handle.metadata() or {}).get("cc_transform", "{}"))
@@ -267,9 +269,6 @@ def serving_requirements(constraints: Path = CONSTRAINTS_FILE) -> list[str]:
 def model_signature(max_new_tokens: int):
     """Input: ``prompt`` (string, required), ``lang`` (string, optional); param ``max_new_tokens``
     (int); output: one string per prompt."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
     return ModelSignature(
         inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "lang", required=False)]),
         outputs=Schema([ColSpec("string")]),
@@ -308,8 +307,6 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     failed = {name: data["failed_languages"] for name, data in evaluated.items() if data.get("failed_languages")}
     settings_hash = eval_settings_hash(params)
     evidence = score_identity(evaluated)
-    from cc_core.modeling.checkpoint import read_cc_metadata
-
     read_cc_metadata(model_dir)  # a clear error if this is not a CC checkpoint
     transform_file = transform_dir / TRANSFORM_FILE
     if not transform_file.is_file():
@@ -318,7 +315,7 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
 
     tracker = Tracker(params.tracking, required_by=REQUIRED_BY)
     uri = tracker.uri
-    client = tracker._connect()
+    client = tracker.client()
     name = model_name(params)
     training_run = tracker.training_run_id(checkpoint)
     storage = "artifacts" if params.register.log_weights else "reference"
@@ -338,9 +335,6 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
               "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if storage == "reference":
         config.update(model_dir=str(model_dir.resolve()), transform_dir=str(transform_dir.resolve()))
-
-    import mlflow
-    from mlflow.exceptions import MlflowException
 
     try:  # next to the checkpoint: its files are hard-linked, not copied, into the staging folder
         staging = Path(tempfile.mkdtemp(prefix=".register-", dir=model_dir.resolve().parent))
@@ -425,8 +419,6 @@ def score_identity(evaluated: dict[str, dict]) -> dict[str, str]:
     benchmark, and one over all) and the scoring code and protocol. "none" when a metrics file predates them."""
     data = {name: m.get("eval_data_sha256") or "none" for name, m in sorted(evaluated.items())}
     scorers = {name: m.get("scorer_sha256") or "none" for name, m in sorted(evaluated.items())}
-    from cc_core.lineage import combined_sha256
-
     return {"eval_data_sha256": "none" if "none" in data.values() else combined_sha256(data),
             "eval_data_by_benchmark": json.dumps(data),
             "scorer_sha256": "none" if "none" in scorers.values() else combined_sha256(scorers)}
@@ -474,8 +466,6 @@ def _should_promote(client, name: str, champion: str | None, value: float, metri
 
 
 def _alias_version(client, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
     try:
         return client.get_model_version_by_alias(name, alias).version
     except MlflowException as err:

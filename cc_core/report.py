@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from cc_core.config import Params
-from cc_core.data.benchmarks import BENCHMARKS
+from cc_core.data.benchmarks import BENCHMARKS, canonical_benchmark
 from cc_core.io import atomic_dir, atomic_file, iter_jsonl, read_json, write_json
+from cc_core.tracking import Tracker
 
 log = logging.getLogger(__name__)
 METHODS = ("base", "sft", "cc")
@@ -42,8 +43,6 @@ def incomplete(data: dict) -> str | None:
 def load_scores(metrics_root: Path, benchmarks: list[str] | None = None) -> dict[str, dict[str, dict]]:
     """``{method: {benchmark: metrics json}}`` for the evaluated ones among ``benchmarks`` (all six
     if None; files left over from benchmarks no longer in eval.benchmarks are ignored)."""
-    from cc_core.data.benchmarks import canonical_benchmark
-
     wanted = set(BENCHMARKS) if benchmarks is None else {canonical_benchmark(b) for b in benchmarks}
     found: dict[str, dict[str, dict]] = {}
     for method in METHODS:
@@ -157,6 +156,8 @@ def _markdown(scores, deltas, benchmarks, methods, confidence, paper: bool = Fal
 
 
 def _plots(plot_dir: Path, scores, benchmarks, methods, metrics_dir: Path) -> list[str]:
+    # why: only the plots need matplotlib (a second to import), and its Agg backend must be chosen
+    # before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,8 +281,6 @@ def report(params: Params, metrics_dir: str | Path = "metrics", eval_root: str |
 
 def _log_report(params: Params, out_dir: Path, metrics_dir: Path) -> None:
     """The report goes into the CC model's training run (found by the checkpoint its scores name)."""
-    from cc_core.tracking import Tracker
-
     evaluated = sorted((metrics_dir / "eval" / "cc").glob("*.json"))
     checkpoint = read_json(evaluated[0]).get("checkpoint_sha256") if evaluated else None
     tracker = Tracker(params.tracking)

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+from urllib.request import urlopen
 
 from cc_core.config import TrackingParams
+from cc_core.io import write_json
 
 log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
@@ -123,6 +125,7 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
     ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to this process's environment,
     which ``tracking_uri`` honours: left set, it would send every later run of this process (a flow,
     a test) to this store. Both are restored on exit."""
+    # why: mlflow takes seconds to import; cctune imports this module at start-up
     import mlflow
     from mlflow.tracking._tracking_service import utils as mlflow_uri
 
@@ -143,10 +146,8 @@ def _server_up(uri: str, timeout: float = 3.0) -> bool:
     parsed = urlparse(uri)
     if parsed.scheme not in ("http", "https"):
         return True  # sqlite / file stores are local
-    import urllib.request
-
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+        with urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False
@@ -163,7 +164,7 @@ def git_commit(cwd: str | Path = ".") -> str:
         return "unknown"
 
 
-class _NullRun:
+class NullRun:
     """Stands in for a run when tracking is disabled or skipped: every call is a no-op."""
 
     run_id: str | None = None
@@ -213,6 +214,7 @@ class Run:
                         "(tracking.on_unavailable=skip)", what, type(err).__name__, str(err)[:200], self.run_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        # why: mlflow takes seconds to import; cctune imports this module at start-up
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -221,6 +223,7 @@ class Run:
             self._call("log_metrics", self.client.log_batch, self.run_id, metrics=clean)
 
     def log_params(self, params: dict[str, Any]) -> None:
+        # why: mlflow takes seconds to import; cctune imports this module at start-up
         from mlflow.entities import Param
 
         items = [Param(k, param_text(v)) for k, v in params.items()]
@@ -269,10 +272,10 @@ class Tracker:
 
     def check(self) -> None:
         """Connect now: with tracking.on_unavailable=fail an unreachable server fails here, before any work."""
-        self._connect()
+        self.client()
 
-    def _connect(self):
-        """The client for this URI (made once), or None when tracking is off or skipped."""
+    def client(self):
+        """The ``MlflowClient`` for this URI (made once), or None when tracking is off or skipped."""
         if self._checked:
             return self._client
         self._checked = True
@@ -301,6 +304,7 @@ class Tracker:
             # should not stall that long on a server that went away.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # why: mlflow takes seconds to import; cctune imports this module at start-up
         import mlflow
 
         # A client bound to this URI, not mlflow's process-global fluent state (which also
@@ -314,6 +318,7 @@ class Tracker:
     @staticmethod
     def find_run(client, run_id: str):
         """The run with this id in the client's store, or None (a store that fails is an error, not None)."""
+        # why: mlflow takes seconds to import; cctune imports this module at start-up
         from mlflow.exceptions import MlflowException
 
         try:
@@ -351,13 +356,42 @@ class Tracker:
             location = None if urlparse(self.uri).scheme in ("http", "https") else Path(location).resolve().as_uri()
         return client.create_experiment(self.params.experiment, artifact_location=location)
 
+    def mark_killed(self, run_id: str | None) -> None:
+        """Mark a run that was abandoned (a killed training's, whose checkpoints a fresh start discards)
+        KILLED, so MLflow does not show it RUNNING forever; a failure only warns."""
+        client = self.client() if run_id else None
+        if client is None:
+            return
+        found = self.find_run(client, run_id)
+        if found is not None and found.info.status == "RUNNING":
+            try:
+                client.set_terminated(run_id, status="KILLED")
+                log.info("MLflow run %s of the abandoned checkpoints marked KILLED", run_id)
+            except Exception as err:  # noqa: BLE001 - tracking must not stop the work (on_unavailable=skip)
+                log.warning("could not mark MLflow run %s KILLED: %s", run_id, err)
+
+    def find_or_create_run(self, name: str, tags: dict[str, str]) -> str | None:
+        """The id of the newest run carrying all of ``tags`` in the experiment, or of a new (finished) run
+        named ``name`` with them; None when tracking is off or skipped."""
+        client = self.client()
+        if client is None:
+            return None
+        experiment = self.experiment_id(client)
+        query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+        runs = client.search_runs([experiment], query, order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            return runs[0].info.run_id
+        run = client.create_run(experiment, run_name=name, tags=tags)
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
     @contextlib.contextmanager
     def run(self, name: str, params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
-            run_id: str | None = None) -> Iterator[Run | _NullRun]:
+            run_id: str | None = None) -> Iterator[Run | NullRun]:
         """Start (or, with ``run_id``, reopen) a run; yields a no-op run when tracking is off."""
-        client = self._connect()
+        client = self.client()
         if client is None:
-            yield _NullRun()
+            yield NullRun()
             return
         try:
             existing = self.find_run(client, run_id) if run_id is not None else None
@@ -371,7 +405,7 @@ class Tracker:
             raise
         except Exception as err:  # noqa: BLE001 - the store failed before the run began: policy decides
             self._unavailable(_reason(err))
-            yield _NullRun()
+            yield NullRun()
             return
         run = Run(run_id, client, tolerant=self.params.on_unavailable == "skip")
         if params and existing:
@@ -395,9 +429,9 @@ class Tracker:
             run.terminate(status)
 
 
-def write_run_file(directory: str | Path, run: Run | _NullRun, uri: str) -> None:
-    from cc_core.io import write_json  # atomic: a kill mid-write must not leave a torn run file
-
+def write_run_file(directory: str | Path, run: Run | NullRun, uri: str) -> None:
+    """The run a training's checkpoints belong to (in its checkpoint folder: a resume reopens it);
+    written atomically, so a kill mid-write cannot leave a torn file."""
     write_json(Path(directory, RUN_FILE), {"run_id": run.run_id, "tracking_uri": uri})
 
 

@@ -1,4 +1,11 @@
-"""Shared fixtures: tiny models of four architectures, SmolLM2's tokenizer, the shared benchmarks."""
+"""Shared fixtures: tiny models of four architectures, SmolLM2's tokenizer, the shared benchmarks.
+
+Tests that build a torch model carry the ``model`` marker: every test that uses a tiny-model fixture
+(directly or through another fixture) gets it here, and the few that build one by hand are marked
+where they are written. The pure-Python tests alone:
+
+    python -m pytest -q -m "not integration and not model"
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,13 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
 TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma2")
+MODEL_FIXTURES = {"tiny_factory", "lively_factory", "tiny_any"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")

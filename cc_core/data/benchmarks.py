@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cc_core.data.hub_templates import hub_template
+from cc_core.hub import require_hub
 from cc_core.io import InputError, iter_jsonl
 
 BUNDLED_BENCHMARKS_DIR = Path(__file__).parent / "bundled" / "benchmarks"
@@ -179,9 +181,7 @@ XLSUM_CONFIGS = {"ar": "arabic", "en": "english", "fr": "french", "hi": "hindi",
 
 def _hub_rows(spec: BenchmarkSpec, lang: str) -> list[tuple[str, Any]]:
     """(prompt, gold) rows from the hub dataset of ``spec`` in ``lang``, with that language's template."""
-    import datasets
-
-    from cc_core.data.hub_templates import hub_template
+    import datasets  # why: seconds to import, and only the hub path needs it
 
     template = hub_template(spec.name, lang)
     if spec.name == "XNLI":
@@ -215,8 +215,6 @@ def _hub_rows(spec: BenchmarkSpec, lang: str) -> list[tuple[str, Any]]:
 
 
 def load_hub(spec: BenchmarkSpec, lang: str, limit: int | None = None) -> list[BenchmarkItem]:
-    from cc_core.hub import require_hub
-
     lang = check_lang(spec, lang)
     require_hub(f"benchmark {spec.name} ({spec.hub_id})",
                 "set eval.data_dir to 'bundled' or to a directory in the authors' layout")

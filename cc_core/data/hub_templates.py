@@ -17,7 +17,7 @@ from __future__ import annotations
 
 # benchmark -> language -> template. Every language's template has exactly the placeholders
 # of the English one (which equals ``cc_core.data.benchmarks.HUB_TEMPLATES``) and keeps the
-# option markers "(1) " / "(A) " in ASCII, so ``cc_core.metrics.parse_options`` finds them.
+# option markers "(1) " / "(A) " in ASCII, so ``cc_core.scoring.choice.parse_options`` finds them.
 # The authors' wording is kept even where it reads oddly (XNLI sw "kati ya dhana na dhana",
 # el "της υπόθεσης και της υπόθεσης"): the prompts must be theirs, not better ones.
 TEMPLATES: dict[str, dict[str, str]] = {

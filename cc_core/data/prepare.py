@@ -95,10 +95,3 @@ def prepare(params: DataParams, out_dir: str | Path = "data/prepared") -> Prepar
         write_json(tmp / "stats.json", stats)
     log.info("prepared %d train records and %d pairs over %d languages", len(train), len(pairs), len(langs))
     return PrepareResult(Path(out_dir), len(train), len(pairs), report.skipped, dict(langs))
-
-
-def read_records(path: str | Path) -> list[Record]:
-    """Read a prepared JSONL file back (strict: errors name file:line)."""
-    from cc_core.data.records import load_file
-
-    return load_file(path).records

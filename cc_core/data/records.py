@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cc_core.hub import require_hub
 from cc_core.io import InputError, iter_jsonl
 from cc_core.languages import LANGUAGES, NON_ENGLISH
 
@@ -213,10 +214,8 @@ def load_hub(dataset_id: str, languages: list[str], on_bad_record: str = "error"
       instruction_en: inputs_en, lang: language_code}``; unmapped fields keep their names and a
       missing ``id`` becomes the row index. Language codes are normalised ("arb" → "ar").
     """
-    from cc_core.hub import require_hub
-
     require_hub(f"dataset {dataset_id!r}", "set data.source to a local .jsonl/.json file or 'bundled'")
-    import datasets
+    import datasets  # why: seconds to import, and only the hub path needs it
 
     try:
         configs = datasets.get_dataset_config_names(dataset_id)
@@ -292,3 +291,9 @@ def load_source(source: str, languages: list[str] | None = None, on_bad_record: 
     if languages:
         report.records = [r for r in report.records if r.lang in languages]
     return report
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read a prepared JSONL file (``data/prepared/train.jsonl``, ``pairs.jsonl``) back; strict:
+    errors name file:line."""
+    return load_file(path).records

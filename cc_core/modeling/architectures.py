@@ -14,11 +14,10 @@ modules (``residual_multiplier``, ``embedding_multiplier``), so it is not listed
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch.nn as nn
-
-from cc_core.config import ArchMap
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,11 @@ class ArchPaths:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, str]) -> "ArchPaths":
+        """From ``cc_tuning.json``'s ``arch_map`` or params.yaml's ``model.arch_map`` (as a dict)."""
+        return cls(**dict(data))
 
 
 _LLAMA_LIKE = ArchPaths("model.layers", "mlp")
@@ -54,11 +58,11 @@ class UnsupportedArchitectureError(ValueError):
     pass
 
 
-def arch_paths(model: nn.Module, override: ArchMap | dict | None = None) -> ArchPaths:
-    """Paths for ``model`` (by ``config.model_type``) or from ``model.arch_map`` in params."""
+def arch_paths(model: nn.Module, override: ArchPaths | Mapping[str, str] | None = None) -> ArchPaths:
+    """Paths for ``model`` (by ``config.model_type``), or ``override`` (params.yaml's ``model.arch_map``,
+    or a checkpoint's ``cc_tuning.json``) when given."""
     if override is not None:
-        data = override.model_dump() if isinstance(override, ArchMap) else dict(override)
-        return ArchPaths(**data)
+        return override if isinstance(override, ArchPaths) else ArchPaths.from_mapping(override)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(

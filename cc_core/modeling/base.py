@@ -20,11 +20,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from cc_core.config import ModelParams
+from cc_core.hub import require_hub
 from cc_core.io import atomic_dir, dir_sha256, file_sha256
+from cc_core.modeling.loading import ModelSourceError
 from cc_core.prompts import set_chat_template
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,20 @@ TINY_PREFIX = "tiny-random-"
 TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma2")
 
 
-class ModelSourceError(ValueError):
-    """``model.base`` names nothing that can be loaded; the message says what would work."""
+class ModelSource(Protocol):
+    """What names a base model: params.yaml's ``model`` section has these fields, and so does
+    :class:`BaseModelSpec` (modeling/ never reads the params schema itself)."""
+
+    base: str
+    chat_template: str | None
+    trust_remote_code: bool
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    base: str = SMOLLM2
+    chat_template: str | None = None  # a Jinja template (or a .jinja path) for tokenizers that ship none
+    trust_remote_code: bool = False
 
 
 def smollm2_gguf_path() -> Path:
@@ -62,6 +76,7 @@ def smollm2_tokenizer():
 
     Reading the tokenizer out of the GGUF file takes ~15 s; the cached copy loads in < 1 s.
     """
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoTokenizer
 
     gguf = smollm2_gguf_path()
@@ -75,6 +90,7 @@ def smollm2_tokenizer():
 
 def tiny_config(arch: str, vocab_size: int, tokenizer=None):
     """A 2-layer, 64-wide config of ``arch``: real code paths, random weights, seconds to run."""
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoConfig
 
     common = dict(
@@ -94,6 +110,7 @@ def tiny_config(arch: str, vocab_size: int, tokenizer=None):
 
 def build_tiny(arch: str, seed: int = 0):
     """(model, tokenizer) for ``tiny-random-<arch>``."""
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoModelForCausalLM
 
     if arch not in TINY_ARCHS:
@@ -108,6 +125,7 @@ def build_tiny(arch: str, seed: int = 0):
 
 def load_smollm2():
     """(model, tokenizer) from the packaged GGUF, as a normal (saveable) transformers model."""
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoModelForCausalLM
 
     gguf = smollm2_gguf_path()
@@ -131,6 +149,7 @@ def load_smollm2():
 
 def load_pretrained(source: str, trust_remote_code: bool = False, dtype=torch.float32):
     """(model, tokenizer) from a local directory or a hub id."""
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(source).expanduser()
@@ -141,8 +160,6 @@ def load_pretrained(source: str, trust_remote_code: bool = False, dtype=torch.fl
     elif source.startswith((".", "/", "~")) or os.sep in source and source.count("/") != 1:
         raise ModelSourceError(f"model.base={source!r}: directory not found")
     else:
-        from cc_core.hub import require_hub
-
         require_hub(f"model {source!r}", "download it on a connected machine (huggingface-cli download "
                     f"{source} --local-dir DIR) and set model.base to that local directory")
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -150,7 +167,7 @@ def load_pretrained(source: str, trust_remote_code: bool = False, dtype=torch.fl
     return model, tokenizer
 
 
-def load_base(params: ModelParams):
+def load_base(params: ModelSource):
     """Dispatch on ``model.base``; returns (model, tokenizer, provenance dict)."""
     base = params.base
     if base == SMOLLM2:
@@ -180,7 +197,7 @@ class BaseModelResult:
     content_sha256: str
 
 
-def build_base_model(params: ModelParams, out_dir: str | Path = "models/base") -> BaseModelResult:
+def build_base_model(params: ModelSource, out_dir: str | Path = "models/base") -> BaseModelResult:
     """Write ``model.base`` as a plain HF directory (safetensors, config, tokenizer + template)."""
     model, tokenizer, provenance = load_base(params)
     with atomic_dir(out_dir) as tmp:
@@ -195,31 +212,3 @@ def build_base_model(params: ModelParams, out_dir: str | Path = "models/base") -
     log.info("base model %s (%s, %d layers, d=%d, %.1fM params) → %s", params.base, result.model_type,
              result.num_layers, result.hidden_size, result.parameters / 1e6, out_dir)
     return result
-
-
-def load_model_dir(path: str | Path, dtype=torch.float32, trust_remote_code: bool = False):
-    """(model, tokenizer) from a directory written by this project (or any HF directory)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ModelSourceError(f"{path}: no model here (run the stage that writes it first)")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    check_finite_weights(model, path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-class NonFiniteWeightsError(ValueError):
-    """A checkpoint holds NaN or inf weights (a diverged training): no stage may use it."""
-
-
-@torch.no_grad()
-def check_finite_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Refuse a model with any NaN/inf parameter, naming the first one (one pass over the weights)."""
-    for name, param in model.named_parameters():
-        if param.device.type != "meta" and param.numel() and not bool(torch.isfinite(param).all()):
-            raise NonFiniteWeightsError(f"{path}: weight {name!r} contains NaN or inf (a diverged training?); "
-                                        "retrain this model before using it")

@@ -4,7 +4,7 @@
     out = model(**batch)          # batch from cc_core.train.CCCollator
     out.loss.backward()
 
-METHOD.md, Training: (1) English prompt pass → FFN outputs at the English anchor for all L
+docs/method.md, Training: (1) English prompt pass → FFN outputs at the English anchor for all L
 layers; (2) the Decision Maker picks one from mean_l(a_l) + the non-English anchor
 embedding; (3) non-English prompt+response pass with that vector added to the FFN output of
 ``inject_layer`` at the non-English anchor; (4) cross-entropy on response tokens only.
@@ -12,13 +12,13 @@ embedding; (3) non-English prompt+response pass with that vector added to the FF
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from cc_core.config import ArchMap
-from cc_core.modeling.architectures import arch_paths, decoder_layers, get_module
+from cc_core.modeling.architectures import ArchPaths, arch_paths, decoder_layers, get_module
 from cc_core.modeling.decision import DecisionMaker
 from cc_core.modeling.hooks import capture_ffn, connected
 
@@ -42,7 +42,7 @@ class CCTuningModel(nn.Module):
 
     def __init__(self, model: nn.Module, decision_maker: DecisionMaker | None = None, inject_layer: int = 0,
                  decision_mode: str = "gumbel", gumbel_tau: float = 1.0, detach_english: bool = True,
-                 arch_map: ArchMap | dict | None = None, decision_maker_init: str = "model") -> None:
+                 arch_map: ArchPaths | Mapping[str, str] | None = None, decision_maker_init: str = "model") -> None:
         """``decision_maker_init`` (a new Decision Maker only): ``model`` = normal(0, the model's
         ``initializer_range``), the reference's effective init; ``linear`` = ``nn.Linear``'s default."""
         super().__init__()

@@ -1,11 +1,11 @@
 """CC checkpoint format: a plain HF model directory + ``cc_tuning.json`` + ``decision_maker.safetensors``.
 
     save_cc_checkpoint(cc_model, "models/cc", tokenizer)
-    cc_model, tokenizer = load_cc_checkpoint("models/cc")
+    cc_model, tokenizer = load_cc_checkpoint("models/cc")     # cc_core.modeling.loading
 
 ``AutoModelForCausalLM.from_pretrained("models/cc")`` still loads the fine-tuned base model
 for anyone who ignores CC. The Transform Matrix, fitted later, lives in its own file
-(``transform/transform.safetensors``; see cc_core.transform).
+(``transform/transform.safetensors``; see cc_core.modeling.transform_matrix).
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from cc_core.io import write_json
 from cc_core.modeling.cc_model import CCTuningModel
-from cc_core.modeling.decision import DecisionMaker
 
 FORMAT_VERSION = 1
 CC_CONFIG = "cc_tuning.json"
@@ -92,24 +91,3 @@ def read_cc_metadata(path: str | Path) -> dict:
     if missing:
         raise NotACCCheckpointError(f"{meta_file}: missing key(s) {', '.join(missing)}")
     return meta
-
-
-def load_cc_checkpoint(path: str | Path, dtype=torch.float32, device: str | torch.device = "cpu"):
-    """(CCTuningModel, tokenizer) from a directory written by :func:`save_cc_checkpoint`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    meta = read_cc_metadata(path)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    decision = DecisionMaker(meta["hidden_size"], meta["num_layers"], meta["gumbel_tau"])
-    decision.load_state_dict(load_file(str(Path(path) / DM_WEIGHTS)))
-    decision.to(device=device, dtype=torch.float32)  # float32 whatever the model's dtype (METHOD.md, Inference)
-    from cc_core.modeling.base import check_finite_weights
-
-    check_finite_weights(base, path)
-    check_finite_weights(decision, Path(path) / DM_WEIGHTS)
-    model = CCTuningModel(base, decision, meta["inject_layer"], meta["decision_mode_train"], meta["gumbel_tau"],
-                          meta["detach_english"], arch_map=meta["arch_map"])
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer

@@ -1,4 +1,4 @@
-"""The Decision Maker: picks which layer's English FFN activation to inject (METHOD.md, step 2)."""
+"""The Decision Maker: picks which layer's English FFN activation to inject (docs/method.md, step 2)."""
 
 from __future__ import annotations
 

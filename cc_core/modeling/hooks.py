@@ -1,4 +1,4 @@
-"""Capture and connection hooks on a stock Hugging Face decoder (METHOD.md, Training/Inference).
+"""Capture and connection hooks on a stock Hugging Face decoder (docs/method.md, Training/Inference).
 
     acts, embeds = capture_ffn(model, input_ids, attention_mask, anchor, with_embed=True)   # [B, L, d], [B, d]
     with connected(model, anchor, vectors, inject_layer=0):

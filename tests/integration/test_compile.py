@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cc_core.modeling import CCTuningModel
-from cc_core.train import PackedCollator, compile_decoder, encode_records
+from cc_core.training.data import PackedCollator, encode_records
+from cc_core.training.kernels import compile_decoder
 
 pytestmark = pytest.mark.integration
 

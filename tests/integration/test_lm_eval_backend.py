@@ -34,7 +34,7 @@ def checkpoints(tmp_path_factory, lively_factory):
     from cc_core.lineage import checkpoint_sha256
     from cc_core.modeling import CCTuningModel
     from cc_core.modeling.checkpoint import save_cc_checkpoint
-    from cc_core.transform import TransformMatrix
+    from cc_core.modeling.transform_matrix import TransformMatrix
 
     root = tmp_path_factory.mktemp("lm_eval")
     model, tok = lively_factory("llama")

@@ -52,7 +52,7 @@ def _build(root: Path, seed: int) -> str:
     from cc_core.modeling import CCTuningModel
     from cc_core.modeling.base import build_tiny
     from cc_core.modeling.checkpoint import save_cc_checkpoint
-    from cc_core.transform import TransformMatrix
+    from cc_core.modeling.transform_matrix import TransformMatrix
 
     model, tokenizer = build_tiny("llama", seed=seed)
     gen = torch.Generator().manual_seed(seed)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cc_core.config import ModelParams
-from cc_core.modeling.base import build_base_model, load_model_dir, smollm2_gguf_path
+from cc_core.modeling.base import build_base_model, smollm2_gguf_path
+from cc_core.modeling.loading import load_model_dir
 
 pytestmark = pytest.mark.integration
 

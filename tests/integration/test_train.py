@@ -103,7 +103,7 @@ def _losses(root: Path, method: str) -> list[float]:
 
 def _load_trained(root: Path, method: str, out: str):
     from cc_core.modeling import load_cc_checkpoint
-    from cc_core.modeling.base import load_model_dir
+    from cc_core.modeling.loading import load_model_dir
 
     if method == "cc":
         cc, _ = load_cc_checkpoint(root / out)
@@ -248,7 +248,7 @@ def test_bad_inputs_fail_clearly_and_leave_no_output(workspace, tmp_path):
 def test_tokenizer_model_mismatch(workspace, tmp_path):
     import shutil
 
-    from cc_core.modeling.base import load_model_dir
+    from cc_core.modeling.loading import load_model_dir
 
     model, tok = load_model_dir(workspace / "models/base")
     small = tmp_path / "base-small"
@@ -276,22 +276,16 @@ def test_diverged_training_stops_with_a_clear_error(workspace):
 def test_nonfinite_patience_skips_bad_steps(workspace, monkeypatch, caplog):
     """One NaN step within the patience: its update is skipped, the weights stay finite."""
     import cc_core.train as train_module
+    from cc_core.training import trainer as trainer_lib
 
-    make = train_module._make_trainer_class
+    class Poisoned(trainer_lib.CCTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.state.global_step == 1:  # the second step's loss (and gradients) are NaN
+                return (loss[0] * float("nan"), loss[1]) if return_outputs else loss * float("nan")
+            return loss
 
-    def poisoned():
-        base = make()
-
-        class Poisoned(base):
-            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                if self.state.global_step == 1:  # the second step's loss (and gradients) are NaN
-                    return (loss[0] * float("nan"), loss[1]) if return_outputs else loss * float("nan")
-                return loss
-
-        return Poisoned
-
-    monkeypatch.setattr(train_module, "_make_trainer_class", poisoned)
+    monkeypatch.setattr(trainer_lib, "CCTrainer", Poisoned)
     with caplog.at_level("WARNING"):
         result = _train_api(workspace, "sft", "models/sft-patience", **{"train.nonfinite_patience": 1,
                                                                         "train.max_steps": 3})
@@ -303,6 +297,7 @@ def test_nonfinite_patience_skips_bad_steps(workspace, monkeypatch, caplog):
 
 def test_full_disk_during_a_checkpoint_save_is_one_error_and_resume_skips_it(workspace, monkeypatch, caplog):
     import cc_core.train as train_module
+    from cc_core.training.checkpoints import COMPLETE
 
     real_save = torch.save
 
@@ -316,8 +311,8 @@ def test_full_disk_during_a_checkpoint_save_is_one_error_and_resume_skips_it(wor
         _train_api(workspace, "sft", "models/sft-disk", **{"train.max_steps": 6})
     work = workspace / "models/.sft-disk-checkpoints"
     assert str(caught.value).startswith(f"{work / 'checkpoint-4'}: writing failed (disk full?)")
-    assert (work / "checkpoint-2" / train_module.COMPLETE).is_file()
-    assert not (work / "checkpoint-4" / train_module.COMPLETE).exists()
+    assert (work / "checkpoint-2" / COMPLETE).is_file()
+    assert not (work / "checkpoint-4" / COMPLETE).exists()
     monkeypatch.setattr(torch, "save", real_save)  # space freed
     params = parse_params({}, overrides=_overrides(workspace, **{"train.max_steps": 6}))
     with caplog.at_level("INFO"):

@@ -19,9 +19,9 @@ def main(base_dir: str) -> None:
     import deepspeed
 
     from cc_core.modeling import capture_ffn, connected
-    from cc_core.modeling.base import load_model_dir
+    from cc_core.modeling.loading import load_model_dir
     from cc_core.prompts import anchor_positions, encode_prompt, pad_sequences, pad_token_id
-    from cc_core.train import init_distributed_for_deepspeed
+    from cc_core.training.distributed import init_distributed_for_deepspeed
 
     init_distributed_for_deepspeed()
     plain, tokenizer = load_model_dir(base_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cc_core.modeling import CCTuningModel
-from cc_core.transform import TransformMatrix
+from cc_core.modeling.transform_matrix import TransformMatrix
 
 
 def random_cc(model, seed: int = 1) -> CCTuningModel:

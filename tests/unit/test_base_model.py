@@ -4,11 +4,12 @@ import time
 import pytest
 import torch
 
-from cc_core.config import ModelParams
 from cc_core.hub import HubUnreachableError
-from cc_core.modeling.base import ModelSourceError, build_base_model, build_tiny, load_base, load_model_dir
+from cc_core.modeling.base import BaseModelSpec, ModelSourceError, build_base_model, build_tiny, load_base
+from cc_core.modeling.loading import load_model_dir
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2"])
 def test_tiny_models_build_fast_with_real_tokenizer(arch, smol_tokenizer):
     start = time.perf_counter()
@@ -23,6 +24,7 @@ def test_tiny_models_build_fast_with_real_tokenizer(arch, smol_tokenizer):
     assert time.perf_counter() - start < 30  # seconds, not minutes
 
 
+@pytest.mark.model
 def test_tiny_models_are_seeded():
     a, _ = build_tiny("llama", seed=5)
     b, _ = build_tiny("llama", seed=5)
@@ -34,8 +36,9 @@ def test_unknown_tiny_arch():
         build_tiny("gpt9")
 
 
+@pytest.mark.model
 def test_base_stage_writes_plain_hf_dir_and_local_dir_round_trips(tmp_path):
-    result = build_base_model(ModelParams(base="tiny-random-qwen2"), tmp_path / "base")
+    result = build_base_model(BaseModelSpec(base="tiny-random-qwen2"), tmp_path / "base")  # no params schema needed
     out = tmp_path / "base"
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
@@ -43,7 +46,7 @@ def test_base_stage_writes_plain_hf_dir_and_local_dir_round_trips(tmp_path):
     assert result.model_type == "qwen2" and len(result.content_sha256) == 64
     assert not list(tmp_path.glob(".base.tmp-*"))
     # any local HF directory is an accepted model.base
-    model, tokenizer, provenance = load_base(ModelParams(base=str(out)))
+    model, tokenizer, provenance = load_base(BaseModelSpec(base=str(out)))
     reloaded, _ = load_model_dir(out)
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
@@ -54,13 +57,13 @@ def test_base_stage_writes_plain_hf_dir_and_local_dir_round_trips(tmp_path):
 def test_hub_id_offline_fails_fast_with_hint():
     start = time.perf_counter()
     with pytest.raises(HubUnreachableError, match=r"unreachable.*local directory"):
-        load_base(ModelParams(base="meta-llama/Llama-3.1-8B"))
+        load_base(BaseModelSpec(base="meta-llama/Llama-3.1-8B"))
     assert time.perf_counter() - start < 5
 
 
 def test_missing_local_directory(tmp_path):
     with pytest.raises(ModelSourceError, match="directory not found"):
-        load_base(ModelParams(base=str(tmp_path / "nope")))
+        load_base(BaseModelSpec(base=str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelSourceError, match="no config.json"):
-        load_base(ModelParams(base=str(tmp_path / "empty")))
+        load_base(BaseModelSpec(base=str(tmp_path / "empty")))

@@ -441,7 +441,7 @@ def hub_stub(monkeypatch):
 
 def test_hub_xnli_uses_each_languages_template_and_the_english_parallel(hub_stub):
     from cc_core.data.hub_templates import hub_template
-    from cc_core.metrics import parse_options
+    from cc_core.scoring.choice import parse_options
 
     row = {"premise": "P", "hypothesis": "H", "label": 2}
     hub_stub.tables[("facebook/xnli", "zh")] = [{**row, "premise": "前提"}]

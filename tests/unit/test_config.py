@@ -3,17 +3,21 @@ from pathlib import Path
 import pytest
 
 from cc_core.config import ConfigError, Params, load_params, parse_params
+from cc_core.data.benchmarks import get_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_repo_params_files_validate():
-    params = load_params(REPO / "params.yaml")
-    assert params.model.base == "smollm2-135m-instruct"
-    assert params.eval.benchmarks == ["XNLI", "XStoryCloze", "MMMLU", "XQuAD", "MKQA", "XLSum"]
-    tiny = REPO / "params.tiny.yaml"
-    if tiny.exists():
-        assert load_params(tiny).model.base.startswith("tiny-random-")
+@pytest.mark.parametrize("name", sorted(path.name for path in REPO.glob("params*.yaml")))
+def test_every_params_file_in_the_repository_loads_and_names_real_benchmarks(name):
+    """Each profile a user can copy to params.yaml validates, and what the eval and register stages look
+    up by name exists: every benchmark has a spec, every per-benchmark limit and the register metric
+    name a benchmark being evaluated."""
+    params = load_params(REPO / name)
+    assert [get_spec(bench).name for bench in params.eval.benchmarks] == params.eval.benchmarks
+    if isinstance(params.eval.limit, dict):
+        assert set(params.eval.limit) <= set(params.eval.benchmarks)
+    assert params.register.metric == "mean" or params.register.metric in params.eval.benchmarks
 
 
 def test_every_default_key_is_commented_in_params_yaml():

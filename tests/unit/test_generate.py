@@ -12,7 +12,7 @@ import torch
 
 from cc_core.generate import Generation, Generator
 from cc_core.modeling import CCTuningModel, capture_ffn, connected
-from cc_core.transform import TransformMatrix, TransformShapeError
+from cc_core.modeling.transform_matrix import TransformMatrix, TransformShapeError
 from cc_helpers import random_cc, random_transform
 
 ARCHS = ("llama", "qwen2", "mistral", "gemma2")
@@ -50,7 +50,7 @@ def test_transform_prefill_matches_naive_and_manual(lively_factory, arch):
     assert truncated == [False] * len(PROMPTS)
 
     # manual: capture on the left-padded batch → M → argmax Decision Maker → connected full forward
-    ids, mask_m, anchor, _ = reuse._encode(PROMPTS)
+    ids, mask_m, anchor, _ = reuse.encode(PROMPTS)
     assert torch.equal(mask, mask_m)
     assert (anchor == ids.shape[1] - 1).all()  # left padding: the anchor is the last column
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_transform_reuse_cache_recomputes_only_the_anchor(lively_factory):
 
     handle = model.register_forward_pre_hook(spy, with_kwargs=True)
     try:
-        ids, *_ = gen._encode(PROMPTS[:2])
+        ids, *_ = gen.encode(PROMPTS[:2])
         gen.prefill(PROMPTS[:2], LANGS[:2])
     finally:
         handle.remove()
@@ -101,17 +101,17 @@ def test_transform_reuse_cache_recomputes_only_the_anchor(lively_factory):
 def test_mode_none_equals_hf_greedy_generate(lively_factory, arch):
     model, tok = lively_factory(arch)
     gen = Generator(model, tok, max_new_tokens=8)
-    ids, mask, _, _ = gen._encode(PROMPTS)
+    ids, mask, _, _ = gen.encode(PROMPTS)
     assert (mask[:, 0] == 0).any() and (mask[:, -1] == 1).all()  # a real left-padded batch
     logits, cache, mask2, choice, _ = gen.prefill(PROMPTS)
     assert choice is None
-    rows = gen._greedy(logits, cache, mask2)
+    rows = gen.decode(logits, cache, mask2)
     with torch.no_grad():
         hf = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
                             pad_token_id=gen.pad_id)[:, ids.shape[1]:].tolist()
     results = gen.generate(PROMPTS)
     for row, hf_row, result in zip(rows, hf, results):
-        count = gen._count(row)
+        count = gen.new_tokens(row)
         assert row[:count] == hf_row[:count]
         assert result.new_tokens == count
         assert result.text == tok.decode(row[:count], skip_special_tokens=True).strip()
@@ -123,7 +123,7 @@ def test_mode_none_stops_at_eos(lively_factory):
     model, tok = lively_factory("llama")
     plain = Generator(model, tok, max_new_tokens=8)
     logits, cache, mask, _, _ = plain.prefill(PROMPTS)
-    rows = plain._greedy(logits, cache, mask)
+    rows = plain.decode(logits, cache, mask)
     stop = rows[0][0]  # make the first token greedily produced for prompt 0 an end of sequence
     assert stop not in plain.eos_ids
     model.generation_config.eos_token_id = [*plain.eos_ids, stop]
@@ -200,8 +200,8 @@ def test_parallel_mode_equals_manual_connection(lively_factory):
     english = ["What is the capital of Kenya?", "Where is Tokyo?"]
     gen = Generator(model, tok, cc, mode="parallel", max_new_tokens=4)
     logits, *_ = gen.prefill(PROMPTS[:2], LANGS[:2], english)
-    ids, mask, anchor, _ = gen._encode(PROMPTS[:2])
-    en_ids, en_mask, en_anchor, _ = gen._encode(english)
+    ids, mask, anchor, _ = gen.encode(PROMPTS[:2])
+    en_ids, en_mask, en_anchor, _ = gen.encode(english)
     with torch.no_grad():
         acts = capture_ffn(model, en_ids, en_mask, en_anchor, paths=cc.paths)
         vectors, _ = cc.decision_maker.select(acts, cc.anchor_embeds(ids, anchor), "argmax")
@@ -227,7 +227,7 @@ def test_argmax_decisions_are_deterministic(lively_factory):
 def test_long_prompts_are_cut_from_the_left_and_flagged(lively_factory):
     model, tok = lively_factory("llama")
     gen = Generator(model, tok, max_new_tokens=3, max_prompt_len=48)
-    ids, mask, _, truncated = gen._encode([LONG, "hi"])
+    ids, mask, _, truncated = gen.encode([LONG, "hi"])
     assert truncated == [True, False]
     assert ids.shape[1] <= 48 and int(mask[0].sum()) <= 48
     kept = tok.decode(ids[0][mask[0].bool()].tolist())

@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import StaticCache
 
-from cc_core import generate as gen_mod
-from cc_core.generate import (Generator, batch_from_memory, batch_order, fixed_batches, padding_fraction,
-                               plan_batches)
+from cc_core.generate import Generator
+from cc_core.generation import batching, decoding
+from cc_core.generation.batching import batch_from_memory, batch_order, fixed_batches, padding_fraction, plan_batches
 from cc_helpers import random_cc, random_transform
 
 ARCHS = ("llama", "qwen2", "mistral", "gemma2")
@@ -93,7 +93,7 @@ def test_static_transform_recomputes_only_the_anchor_over_its_slot(lively_factor
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         seen.append((kwargs["input_ids"].shape[1], int(cache.get_seq_length()), id(cache)))
 
-    ids, *_ = gen._encode(PROMPTS[:3])
+    ids, *_ = gen.encode(PROMPTS[:3])
     handle = model.register_forward_pre_hook(spy, with_kwargs=True)
     try:
         logits, cache, *_ = gen.prefill(PROMPTS[:3], LANGS[:3])
@@ -102,7 +102,7 @@ def test_static_transform_recomputes_only_the_anchor_over_its_slot(lively_factor
     width = ids.shape[1]
     assert seen == [(1, width - 1, id(cache))]  # pass 1 ran on the decoder body, into this same cache
     assert int(cache.get_seq_length()) == width
-    assert cache.get_max_length() == gen._cache_len(width) == width + 5  # eager: no slot to spare
+    assert cache.get_max_length() == gen.decoder.cache_len(width, gen.max_new_tokens) == width + 5  # eager: no slot to spare
 
 
 def test_static_cache_without_reuse_equals_reuse(lively_factory):
@@ -118,9 +118,9 @@ def test_gemma2_prompt_past_the_window_falls_back_to_a_full_recompute(lively_fac
     model, tok = lively_factory("gemma2")
     prompts, langs = [LONG, PROMPTS[0]], ["de", "de"]
     gen = _generators(model, tok, "transform", cache="static", max_new_tokens=6)
-    ids, *_ = gen._encode(prompts)
+    ids, *_ = gen.encode(prompts)
     assert ids.shape[1] > model.config.sliding_window  # the sliding layers dropped states in pass 1
-    with caplog.at_level(logging.WARNING, logger="cc_core.generate"):
+    with caplog.at_level(logging.WARNING, logger="cc_core.generation.decoding"):
         static = gen.generate(prompts, langs)
     assert "cannot drop the anchor" in caplog.text
     dynamic = _generators(model, tok, "transform", cache="dynamic", max_new_tokens=6).generate(prompts, langs)
@@ -131,7 +131,7 @@ def test_gemma2_prompt_past_the_window_falls_back_to_a_full_recompute(lively_fac
     # within the window the static cache is cropped in place (no fallback)
     short = _generators(model, tok, "transform", cache="static", max_new_tokens=6)
     _, cache, *_ = short.prefill(PROMPTS[:2], LANGS[:2])
-    assert gen_mod._static_croppable(cache)
+    assert decoding.static_croppable(cache)
 
 
 # --- compiled decoding -------------------------------------------------------------------------------
@@ -147,11 +147,11 @@ def test_compiled_decoding_gives_the_dynamic_tokens(lively_factory, mode):
     compiled = _generators(model, tok, mode, cache="static", compile=True, compile_backend="aot_eager", **kwargs)
     first = _run(compiled)
     _same(first, dynamic)
-    assert compiled._step is not None and len(compiled._caches) == 1
-    (batch, length), kept = next(iter(compiled._caches.items()))
-    assert batch == len(PROMPTS) and length % gen_mod.CACHE_BUCKET == 0  # compiled: bucketed lengths
+    assert compiled.decoder._step is not None and len(compiled.decoder._caches) == 1
+    (batch, length), kept = next(iter(compiled.decoder._caches.items()))
+    assert batch == len(PROMPTS) and length % decoding.CACHE_BUCKET == 0  # compiled: bucketed lengths
     _same(_run(compiled), dynamic)  # the kept cache, reset: same tokens again
-    assert next(iter(compiled._caches.values())) is kept
+    assert next(iter(compiled.decoder._caches.values())) is kept
 
 
 @pytest.mark.integration
@@ -239,7 +239,7 @@ def test_auto_batch_size_is_a_positive_int(lively_factory):
     assert gen.batch_size_setting == "auto"
     size = gen.batch_size  # what other code (loglik, lm-eval) reads: an int
     assert isinstance(size, int) and size >= 1
-    assert gen.auto_batch_size(300) == gen_mod.AUTO_BATCH_CPU  # off an accelerator: fixed
+    assert gen.auto_batch_size(300) == batching.AUTO_BATCH_CPU  # off an accelerator: fixed
     gen.batch_size = 3
     assert gen.batch_size == 3
     for bad in (0, -1, "big", 2.5):
@@ -249,10 +249,10 @@ def test_auto_batch_size_is_a_positive_int(lively_factory):
 
 def test_auto_batch_rule():
     gib = 2**30
-    assert batch_from_memory(10 * gib, gib) == int(10 * gen_mod.AUTO_MEMORY_FRACTION)
+    assert batch_from_memory(10 * gib, gib) == int(10 * batching.AUTO_MEMORY_FRACTION)
     assert batch_from_memory(0.5 * gib, gib) == 1  # never below one
-    assert batch_from_memory(1000 * gib, 1) == gen_mod.AUTO_BATCH_MAX  # never above the cap
-    assert batch_from_memory(gib, 0) == gen_mod.AUTO_BATCH_MAX
+    assert batch_from_memory(1000 * gib, 1) == batching.AUTO_BATCH_MAX  # never above the cap
+    assert batch_from_memory(gib, 0) == batching.AUTO_BATCH_MAX
 
 
 # --- options and wiring -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 from cc_core.data.benchmarks import BENCHMARKS, HUB_TEMPLATES
 from cc_core.data.hub_templates import TEMPLATES, hub_template
-from cc_core.metrics import parse_options
+from cc_core.scoring.choice import parse_options
 
 OPTION_MARKERS = {
     "XNLI": ("(1) ", "(2) ", "(3) "),

@@ -13,7 +13,7 @@ from cc_core.config import parse_params
 from cc_core.generate import Generator
 from cc_core.lineage import LineageError, checkpoint_sha256, require_same_checkpoint
 from cc_core.modeling import CCTuningModel, save_cc_checkpoint
-from cc_core.transform import TransformMatrix
+from cc_core.modeling.transform_matrix import TransformMatrix
 
 
 def _checkpoint(path, tiny_factory, seed: int):

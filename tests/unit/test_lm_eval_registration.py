@@ -47,7 +47,7 @@ def _backend_dirs(tmp_path, lively_factory):
     from cc_core.lineage import checkpoint_sha256
     from cc_core.modeling import CCTuningModel
     from cc_core.modeling.checkpoint import save_cc_checkpoint
-    from cc_core.transform import TransformMatrix
+    from cc_core.modeling.transform_matrix import TransformMatrix
 
     model, tok = lively_factory("llama")
     cc = CCTuningModel(model, inject_layer=0).eval()

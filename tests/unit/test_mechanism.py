@@ -379,7 +379,7 @@ def _loss_and_grads(cc, batch, seed: int):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_detached_default_equals_the_authors_reentrant_checkpointing(tiny_factory, arch):
-    """METHOD.md, Training step 1: the authors' code does not detach the English pass, but their
+    """docs/method.md, Training step 1: the authors' code does not detach the English pass, but their
     reentrant gradient checkpointing runs it without autograd. Our default (detach_english=True,
     no checkpointing) must give their loss and gradients; letting gradients flow must differ."""
     base, tok = tiny_factory(arch, seed=5)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from cc_core.data.records import Record
 from cc_core.modeling import CCTuningModel, capture_ffn
-from cc_core.train import CCCollator, PackedCollator, encode_records, pack_layout, pack_rows
+from cc_core.training.data import CCCollator, PackedCollator, encode_records, pack_layout, pack_rows
 
 PAIRS = [
     ("Was ist 2+2?", "Vier.", "What is 2+2?"),

@@ -12,7 +12,7 @@ import pytest
 
 import cc_core.data.prepare as prepare_mod
 from cc_core.config import DataParams
-from cc_core.data.prepare import prepare, read_records, split_records
+from cc_core.data.prepare import prepare, split_records
 from cc_core.data.records import (
     Record,
     collect_records,
@@ -20,6 +20,7 @@ from cc_core.data.records import (
     load_file,
     load_hub,
     load_source,
+    read_records,
     validate_record,
 )
 from cc_core.hub import HubUnreachableError

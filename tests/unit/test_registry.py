@@ -149,7 +149,7 @@ def _fake_project(root: Path, average: float = 50.0) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     from cc_core.modeling.checkpoint import FORMAT_VERSION
-    from cc_core.transform import TransformMatrix
+    from cc_core.modeling.transform_matrix import TransformMatrix
 
     model = root / "models" / "cc"
     model.mkdir(parents=True)
@@ -190,7 +190,7 @@ def _metrics_file(paths) -> Path:
 def test_register_refuses_a_transform_fitted_for_another_checkpoint(tmp_path):
     import torch
 
-    from cc_core.transform import TransformMatrix
+    from cc_core.modeling.transform_matrix import TransformMatrix
 
     paths = _fake_project(tmp_path)
     TransformMatrix(torch.eye(2), None, {}, {"model_sha256": "f" * 64}).save(paths["transform"] / "transform.safetensors")
@@ -330,12 +330,27 @@ def test_signature_declares_prompt_lang_and_max_new_tokens():
     assert [(p["name"], p["type"], p["default"]) for p in params] == [("max_new_tokens", "long", 12)]
 
 
-def test_log_weights_is_the_default():
-    assert parse_params({}).register.log_weights is True
-    for name in ("params.yaml", "params.tiny.yaml"):
-        import yaml
+def test_a_version_registered_with_the_defaults_keeps_its_own_weights(tmp_path):
+    """Without register.* settings a version carries a copy of its files: overwriting the checkpoint
+    after registration leaves what the version loads verified and unchanged (a by-reference version
+    refuses instead: test_by_reference_version_refuses_a_changed_file)."""
+    import mlflow
 
-        assert yaml.safe_load((CONSTRAINTS_FILE.parent / name).read_text())["register"]["log_weights"] is True
+    from cc_core.pyfunc_model import resolve_checkpoint
+    from cc_core.tracking import fluent_tracking_uri
+
+    paths = _fake_project(tmp_path)
+    weights = paths["model"] / "model.safetensors"
+    registered = file_sha256(weights)
+    result = _register(tmp_path, paths)
+    weights.write_bytes(b"retrained")  # the checkout moves on
+    with fluent_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db"):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=result.model_uri, dst_path=str(tmp_path / "v")))
+    config = mlflow.models.Model.load(local).flavors["python_function"]["config"]
+    model_dir, _ = resolve_checkpoint(config, {"model": str(local / "artifacts" / "model"),
+                                               "transform": str(local / "artifacts" / "transform")})
+    assert result.storage == config["storage"] == "artifacts" and "model_dir" not in config
+    assert file_sha256(model_dir / "model.safetensors") == registered != file_sha256(weights)
 
 
 # --- loading verifies every file ----------------------------------------------------------------------------
@@ -399,7 +414,7 @@ def test_pyfunc_refuses_a_transform_fitted_for_another_checkpoint(tmp_path):
     import torch
 
     from cc_core.pyfunc_model import resolve_checkpoint
-    from cc_core.transform import TransformMatrix
+    from cc_core.modeling.transform_matrix import TransformMatrix
 
     paths = _fake_project(tmp_path)
     TransformMatrix(torch.eye(2), None, {}, {"model_sha256": "c" * 64}).save(paths["transform"] / "transform.safetensors")

@@ -170,20 +170,20 @@ def test_every_stage_depends_on_exactly_the_code_it_runs_and_the_data_it_reads()
 
 def test_the_closure_follows_function_local_imports_and_package_inits(tmp_path):
     code = closure(cli_entry_modules("eval"))
-    assert "cc_core/metrics_standard.py" in code  # imported inside evaluate.score_item
+    assert {"cc_core/scoring/qa.py", "cc_core/scoring/summary.py"} <= code  # both protocols' scorers
     assert "cc_core/modeling/__init__.py" in code and "cc_core/modeling/hooks.py" in code
     assert "cc_core/train.py" not in code  # evaluation never loads training code
     assert closure(cli_entry_modules("prepare")) >= {"cc_core/data/records.py", "cc_core/data/prepare.py"}
 
 
 def test_a_missing_scorer_dependency_is_reported():
-    """The drift this test exists for: an eval stage without the standard-protocol scorer."""
+    """The drift this test exists for: an eval stage without the scorers (e.g. the standard protocol's)."""
     stage = dict(dvc_stages()["eval_cc@XNLI"])
-    stage["deps"] = [d for d in stage["deps"] if d != "cc_core/metrics_standard.py"]
-    if "cc_core" in stage["deps"]:
-        pytest.skip("dvc.yaml depends on the whole package")
-    assert "eval_cc@XNLI: add to deps (the stage runs it): cc_core/metrics_standard.py" in \
-        stage_problems("eval_cc@XNLI", stage)
+    stage["deps"] = [d for d in stage["deps"] if not d.startswith("cc_core/scoring")]
+    problems = stage_problems("eval_cc@XNLI", stage)
+    assert "eval_cc@XNLI: add to deps (the stage runs it): cc_core/scoring/qa.py" in problems
+    assert all(problem.startswith("eval_cc@XNLI: add to deps (the stage runs it): cc_core/scoring/")
+               for problem in problems)
 
 
 def _option_paths(argv: list[str]) -> dict[str, str]:
@@ -226,6 +226,7 @@ def expected_deps(subcommand: str) -> list[str]:
     ``python -c "import sys; sys.path[:0] = ['tests/unit']; import test_stage_graph as t; print(t.expected_deps('eval'))"``"""
     entry = cli_entry_modules(subcommand)
     files = (set(closure(entry)) - set(NOT_DEPS)) | package_data(closure(entry, NAMES_ONLY))
-    folders = {"cc_core/modeling"} if all(f"cc_core/modeling/{p.name}" in files
-                                          for p in (REPO / "cc_core/modeling").glob("*.py")) else set()
+    packages = [p.parent for p in (REPO / PACKAGE).glob("*/__init__.py")]
+    folders = {p.relative_to(REPO).as_posix() for p in packages
+               if all(f.relative_to(REPO).as_posix() in files for f in p.glob("*.py"))}
     return sorted(folders | {f for f in files if not any(_covered(f, [d]) for d in folders)})

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from cc_core.config import TrackingParams
-from cc_core.tracking import LOCK_WAIT_S, Tracker, TrackingUnavailableError, _NullRun, sqlite_path, store_errors
+from cc_core.tracking import LOCK_WAIT_S, Tracker, TrackingUnavailableError, NullRun, sqlite_path, store_errors
 
 
 def _params(tmp_path, **extra) -> TrackingParams:
@@ -64,7 +64,7 @@ def test_locked_store_with_skip_goes_on_untracked(store, caplog):
         with caplog.at_level(logging.WARNING), Tracker(params).run("train-sft", params={"a": 1}) as run:
             run.log_metrics({"loss": 0.5}, step=1)  # a no-op
         elapsed = time.perf_counter() - started
-    assert isinstance(run, _NullRun)
+    assert isinstance(run, NullRun)
     assert elapsed < LOCK_WAIT_S + 5  # bounded: not MLflow's own ~12 s of retries, let alone minutes
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -107,16 +107,16 @@ def test_store_failing_before_the_run_starts_follows_the_policy(store, caplog, s
     """The store goes away after the client was made: the experiment lookup/creation or the run creation fails."""
     params = _params(store, on_unavailable="skip", experiment="fresh")
     tracker = Tracker(params)
-    client = tracker._connect()
+    client = tracker.client()
     setattr(client, step, _raise_locked)
     resume = "some-run-id" if step == "get_run" else None
     with caplog.at_level(logging.WARNING), tracker.run("train-cc", run_id=resume) as run:
         pass
-    assert isinstance(run, _NullRun)
+    assert isinstance(run, NullRun)
     assert any("database is locked" in r.getMessage() and "tracking was skipped" in r.getMessage()
                for r in caplog.records)
     strict = Tracker(params.model_copy(update={"on_unavailable": "fail"}))
-    setattr(strict._connect(), step, _raise_locked)
+    setattr(strict.client(), step, _raise_locked)
     with pytest.raises(TrackingUnavailableError, match=r"is unavailable: OperationalError: .*database is locked"):
         with strict.run("train-cc", run_id=resume):
             pass
@@ -167,3 +167,30 @@ def test_fluent_tracking_uri_does_not_outlive_its_block(tmp_path, monkeypatch, o
     assert os.environ.get("MLFLOW_TRACKING_URI") == outer
     own = f"sqlite:///{tmp_path}/own.db"
     assert tracking_uri(TrackingParams(uri=own)) == (outer or own)
+
+
+def test_mark_killed_closes_only_a_running_run(store):
+    """A fresh start that abandons a killed training's checkpoints closes its run; a finished run, an
+    unknown id, no id and tracking turned off are left alone."""
+    tracker = Tracker(_params(store))
+    client = tracker.client()
+    experiment = tracker.experiment_id(client)
+    abandoned = client.create_run(experiment, run_name="train-sft").info.run_id  # RUNNING, as a kill leaves it
+    with tracker.run("train-cc") as finished:
+        pass
+    for run_id in (abandoned, finished.run_id, "no-such-run", None):
+        tracker.mark_killed(run_id)
+    assert client.get_run(abandoned).info.status == "KILLED"
+    assert client.get_run(finished.run_id).info.status == "FINISHED"
+    Tracker(_params(store, enabled=False)).mark_killed(finished.run_id)
+    assert client.get_run(finished.run_id).info.status == "FINISHED"
+
+
+def test_find_or_create_run_reuses_the_newest_run_with_the_tags(store):
+    tracker = Tracker(_params(store))
+    tags = {"method": "base", "base_model": "tiny-random-llama"}
+    first = tracker.find_or_create_run("base", tags)
+    assert tracker.find_or_create_run("base", tags) == first
+    assert tracker.client().get_run(first).data.tags["base_model"] == "tiny-random-llama"
+    assert tracker.find_or_create_run("base", {**tags, "base_model": "other"}) != first
+    assert Tracker(_params(store, enabled=False)).find_or_create_run("base", tags) is None

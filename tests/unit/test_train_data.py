@@ -13,7 +13,10 @@ from cc_core.config import TrackingParams, parse_params
 from cc_core.data.records import Record
 from cc_core.io import InputError
 from cc_core.prompts import encode_prompt, pad_token_id, render_prompt
-from cc_core.train import CCCollator, _fingerprint, check_tokenizer_matches, encode_records, resolve_deepspeed
+from cc_core.modeling.loading import check_tokenizer_matches
+from cc_core.training.checkpoints import make_fingerprint
+from cc_core.training.data import CCCollator, encode_records
+from cc_core.training.distributed import resolve_deepspeed
 
 
 def _record(i: int, instruction: str = "Wie heißt die Hauptstadt von Frankreich?", output: str = "Paris.",
@@ -85,15 +88,15 @@ def test_fingerprint_follows_base_weights_and_tokenizer(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text("{}\n")
     params = parse_params({})
-    first = _fingerprint(params, "cc", data, base)
-    assert _fingerprint(params, "cc", data, base) == first
+    first = make_fingerprint(params, "cc", data, base)
+    assert make_fingerprint(params, "cc", data, base) == first
     (base / "tokenizer.json").write_text('{"v": 2}')
-    assert _fingerprint(params, "cc", data, base) != first
-    second = _fingerprint(params, "cc", data, base)
+    assert make_fingerprint(params, "cc", data, base) != first
+    second = make_fingerprint(params, "cc", data, base)
     (base / "model.safetensors").write_bytes(b"x" * 11)
-    assert _fingerprint(params, "cc", data, base) != second
-    assert _fingerprint(parse_params({}, overrides=["train.seed=1"]), "cc", data, base) != \
-        _fingerprint(params, "cc", data, base)
+    assert make_fingerprint(params, "cc", data, base) != second
+    assert make_fingerprint(parse_params({}, overrides=["train.seed=1"]), "cc", data, base) != \
+        make_fingerprint(params, "cc", data, base)
 
 
 def test_builtin_deepspeed_configs_resolve_from_the_working_directory(tmp_path, monkeypatch):

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from cc_core.io import atomic_dir, atomic_file, clean_stale_temps, write_json
-from cc_core.train import (
+from cc_core.training.checkpoints import (
     COMPLETE,
     FINGERPRINT,
     CheckpointWriteError,
-    _disk_errors,
-    _resume_point,
+    disk_errors,
+    resume_point,
     rotate_checkpoints,
 )
 
@@ -40,7 +40,7 @@ def test_resume_skips_and_removes_a_half_written_checkpoint(tmp_path, caplog):
     _checkpoint(work, 4, complete=True)
     half = _checkpoint(work, 6, complete=False)  # a kill or a full disk during the save of step 6
     with caplog.at_level("INFO"):
-        chosen = _resume_point(work, {"a": 1})
+        chosen = resume_point(work, {"a": 1})
     assert chosen == work / "checkpoint-4"
     assert not half.exists()
     assert f"skipping incomplete checkpoint {half}" in caplog.text
@@ -51,11 +51,11 @@ def test_resume_with_only_incomplete_checkpoints_starts_fresh(tmp_path):
     work = tmp_path / "w"
     write_json(work / FINGERPRINT, {"a": 1})
     _checkpoint(work, 2, complete=False)
-    assert _resume_point(work, {"a": 1}) is None
-    assert _resume_point(tmp_path / "nothing", {"a": 1}) is None
+    assert resume_point(work, {"a": 1}) is None
+    assert resume_point(tmp_path / "nothing", {"a": 1}) is None
     write_json(work / FINGERPRINT, {"a": 2})
     _checkpoint(work, 4, complete=True)
-    assert _resume_point(work, {"a": 1}) is None  # made with other params
+    assert resume_point(work, {"a": 1}) is None  # made with other params
 
 
 def test_rotation_counts_only_complete_checkpoints(tmp_path):
@@ -85,12 +85,12 @@ def test_rotation_counts_only_complete_checkpoints(tmp_path):
 def test_full_disk_is_one_line_naming_the_folder(tmp_path, error):
     folder = tmp_path / "checkpoint-2"
     with pytest.raises(CheckpointWriteError) as caught:
-        with _disk_errors(lambda: folder):
+        with disk_errors(lambda: folder):
             raise error
     message = str(caught.value)
     assert message.startswith(f"{folder}: writing failed (disk full?)") and "\n" not in message
     with pytest.raises(ValueError, match="unrelated"):  # other errors pass through untouched
-        with _disk_errors(lambda: folder):
+        with disk_errors(lambda: folder):
             raise ValueError("unrelated")
 
 
@@ -127,7 +127,7 @@ def test_a_live_writers_temp_is_not_touched(tmp_path):
 
 def test_no_stage_loads_non_finite_weights(tmp_path, tiny_factory):
     from cc_core.modeling import CCTuningModel, load_cc_checkpoint, save_cc_checkpoint
-    from cc_core.modeling.base import NonFiniteWeightsError, load_model_dir
+    from cc_core.modeling.loading import NonFiniteWeightsError, load_model_dir
 
     model, tok = tiny_factory("llama")
     with torch.no_grad():
@@ -159,11 +159,11 @@ def test_no_stage_loads_non_finite_weights(tmp_path, tiny_factory):
 
 
 def test_train_metrics_name_their_checkpoint(tmp_path):
-    from cc_core.train import TrainResult, _write_train_metrics
+    from cc_core.train import TrainResult, write_train_metrics
 
     result = TrainResult("sft", "models/sft", 30, 1.5, 20.0, 100.0, None, tokens_this_run=2000,
                          tokens_total=3000, resumed_from_step=10, checkpoint_sha256="ab" * 32)
-    _write_train_metrics(result, [{"step": 30, "loss": 1.5}], tmp_path, "sft")
+    write_train_metrics(result, [{"step": 30, "loss": 1.5}], tmp_path, "sft")
     metrics = json.loads((tmp_path / "train_sft.json").read_text())
     assert metrics["checkpoint_sha256"] == "ab" * 32
     # the rate's numerator and denominator are the same run's: 2000 tokens in 20 s, not 3000
@@ -174,7 +174,7 @@ def test_train_metrics_name_their_checkpoint(tmp_path):
 def test_kernel_options_that_cannot_work_fail_before_the_model_loads(tmp_path, monkeypatch):
     from cc_core.config import TrainParams
     from cc_core.io import InputError
-    from cc_core.train import check_kernel_options
+    from cc_core.training.kernels import check_kernel_options
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
