@@ -52,6 +52,7 @@ from pathlib import Path
 from cc_core.config import Params
 from cc_core.io import InputError, file_sha256, read_json, write_json
 from cc_core.lineage import LineageError, checkpoint_sha256, require_same_checkpoint, short
+from cc_core.redact import strip_userinfo
 from cc_core.tracking import RUN_FILE, Tracker, fluent_tracking_uri, git_commit, read_run_id, store_errors
 
 log = logging.getLogger(__name__)
@@ -329,7 +330,8 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
             **{f"avg_{k}": f"{v:.4f}" for k, v in averages.items()}}
     config = {"mode": "transform", "decision_mode": params.eval.decision_mode,
               "max_new_tokens": params.eval.max_new_tokens, "batch_size": params.eval.batch_size,
-              "storage": storage, "registered_model": name, "tracking_uri": uri, "git_commit": tags["git_commit"],
+              "storage": storage, "registered_model": name, "tracking_uri": strip_userinfo(uri),
+              "git_commit": tags["git_commit"],
               "checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "files": manifest,
               "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if storage == "reference":
@@ -349,7 +351,7 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
             run_id = training_run
             if run_id is not None and Tracker.find_run(client, run_id) is None:
                 # trained against another tracking store: log the model in a new run here
-                log.warning("training run %s is not in %s: registering from a new run", run_id, uri)
+                log.warning("training run %s is not in %s: registering from a new run", run_id, strip_userinfo(uri))
                 run_id = None
             artifacts = _stage(model_dir, transform_dir, manifest, staging) if storage == "artifacts" else None
             code = _stage_code(staging)

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from cc_core.config import Params, TrainParams
 from cc_core.data.prepare import read_records
-from cc_core.io import InputError, dir_sha256, file_sha256, read_json, replace_path, write_json
+from cc_core.io import InputError, dir_sha256, file_sha256, project_path, read_json, replace_path, write_json
 from cc_core.prompts import encode_example, encode_prompt, pad_sequences, pad_token_id
 
 log = logging.getLogger(__name__)
@@ -439,7 +439,10 @@ def _make_trainer_class():
 
             model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
             if not isinstance(model, CCTuningModel):
-                return super()._save(output_dir, state_dict)
+                super()._save(output_dir, state_dict)
+                if self.args.should_save:  # HF pickles TrainingArguments there; nothing reads it: no pickle
+                    Path(output_dir or self.args.output_dir, "training_args.bin").unlink(missing_ok=True)
+                return None
             if not self.args.should_save:
                 return None
             output_dir = output_dir or self.args.output_dir
@@ -704,7 +707,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
                 run.log_metrics({f"dm_choice_{key}": count}, step=result.steps)
             if result.layer_choice_counts:
                 run.log_dict(result.layer_choice_counts, "decision_maker/layer_choice_counts.json")
-            run.set_tags({"checkpoint_path": str(out.resolve()), "checkpoint_sha256": result.checkpoint_sha256})
+            run.set_tags({"checkpoint_path": project_path(out), "checkpoint_sha256": result.checkpoint_sha256})
             if params.tracking.log_checkpoint:
                 run.log_artifacts(out, "checkpoint")
     _barrier()
