@@ -12,9 +12,10 @@ happens to the checkout. With ``log_weights: false`` (very large checkpoints on 
 storage) the files are referenced by absolute path; the model config then records the sha256
 of every referenced file and loading verifies each one, refusing a changed or missing file.
 
-Servable anywhere. The ``cc_core`` package travels with the model (``code_paths``), and the
-requirements are exact pins of the serving-time libraries taken from constraints.txt, so
-``mlflow models serve -m models:/NAME@champion`` needs nothing but PyPI. The signature
+Servable anywhere. The ``cc_core`` package travels with the model (``code_paths``); its
+``requirements.txt`` pins the serving-time libraries exactly and its ``constraints.txt`` pins every
+distribution of the environment it was registered from (``environment_pins``), so
+``mlflow models serve -m models:/NAME@champion`` needs nothing but PyPI and no dependency floats. The signature
 (``prompt`` string, optional ``lang`` string; param ``max_new_tokens``; string output) makes
 MLflow validate requests.
 
@@ -246,19 +247,37 @@ def read_constraints(path: Path = CONSTRAINTS_FILE) -> dict[str, tuple[str, str]
     return pins
 
 
+def _editable(dist) -> bool:
+    text = dist.read_text("direct_url.json")
+    return bool(text) and bool(json.loads(text).get("dir_info", {}).get("editable"))
+
+
+def environment_pins() -> list[str]:
+    """``name==version`` of every distribution installed in this environment (the one registering),
+    without local tags such as +cpu; editable installs (the project itself: it travels as code) left
+    out. Logged as the version's constraints.txt: a serving host that builds an environment gets
+    every dependency at the version registered, not the newest."""
+    pins: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():  # sys.path order: the first is the one imported
+        name = dist.metadata["Name"]
+        if not name or _normalise(name) in pins or _editable(dist):
+            continue
+        pins[_normalise(name)] = f"{name}=={dist.version.split('+', 1)[0]}"
+    return [pins[key] for key in sorted(pins)]
+
+
 def serving_requirements(constraints: Path = CONSTRAINTS_FILE) -> list[str]:
-    """Exact pins of what the pyfunc needs at serving time: constraints.txt (the project's lock), or
-    for an installation without it the installed versions (without a local tag such as +cpu)."""
+    """Exact pins of what the pyfunc needs at serving time, at their versions in this environment
+    (as ``environment_pins``); constraints.txt's pin for one that is not installed."""
     pins = read_constraints(constraints)
     requirements = []
     for package in SERVING_PACKAGES:
-        if package in pins:
-            name, version = pins[package]
-        else:
-            try:
-                name, version = package, importlib.metadata.version(package).split("+", 1)[0]
-            except importlib.metadata.PackageNotFoundError:
+        try:
+            name, version = package, importlib.metadata.version(package).split("+", 1)[0]
+        except importlib.metadata.PackageNotFoundError:
+            if package not in pins:
                 raise RegistryError(f"{constraints}: no pin for {package}, and it is not installed") from None
+            name, version = pins[package]
         requirements.append(f"{name}=={version}")
     return requirements
 
@@ -355,6 +374,8 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                 run_id = None
             artifacts = _stage(model_dir, transform_dir, manifest, staging) if storage == "artifacts" else None
             code = _stage_code(staging)
+            pins = staging / "constraints.txt"
+            pins.write_text("\n".join(environment_pins()) + "\n", encoding="utf-8")
             experiment = tracker.experiment_id(client)
             with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment,
                                   run_name=None if run_id else "register") as run:
@@ -369,7 +390,7 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                         name=LOGGED_MODEL_NAME, model_id=logged.model_id, python_model=str(PYFUNC_FILE),
                         code_paths=[code], model_config=config, artifacts=artifacts,
                         signature=model_signature(params.eval.max_new_tokens),
-                        pip_requirements=serving_requirements(),
+                        pip_requirements=[*serving_requirements(), f"-c {pins}"],
                         tags={"checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "storage": storage})
             try:
                 client.get_registered_model(name)
