@@ -60,6 +60,10 @@ class PromptTooLongError(ValueError):
     """A prompt does not fit the model's context and truncation is not allowed (eval.on_long_prompt=error)."""
 
 
+class GenerationStopped(RuntimeError):
+    """``Generator.should_stop`` said stop (e.g. a serving deadline passed); nothing is returned."""
+
+
 @dataclass
 class Generation:
     text: str
@@ -125,6 +129,8 @@ class Generator:
         self.eos_ids = _eos_ids(model, tokenizer)
         self._warned_crop = False
         self.lineage: dict[str, str] = {}  # checkpoint (and Transform Matrix) hashes, set by from_dirs
+        # Optional: called before every batch and every decoding step; True raises GenerationStopped.
+        self.should_stop = None
         if transform is not None and cc is not None:
             from cc_core.transform import TransformShapeError
 
@@ -200,11 +206,16 @@ class Generator:
             size = self.auto_batch_size(max(lengths))
         results: list[Generation | None] = [None] * len(prompts)
         for chunk in plan_batches(lengths, size):
+            self._check_stop()
             outputs = self._batch([prompts[i] for i in chunk], [langs[i] for i in chunk],
                                   [english_prompts[i] for i in chunk], [encoded[i] for i in chunk])
             for index, output in zip(chunk, outputs):
                 results[index] = output
         return results  # type: ignore[return-value]
+
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise GenerationStopped("generation stopped: should_stop() returned True")
 
     def auto_batch_size(self, width: int) -> int:
         """``batch_size="auto"``: the most prompts of ``width`` tokens (plus ``max_new_tokens``) that fit
@@ -364,6 +375,7 @@ class Generator:
         for index in range(self.max_new_tokens - 1):
             if bool(done.all()):
                 break
+            self._check_stop()
             logits = next_logits(tokens, index)
             tokens = torch.where(done, torch.full_like(tokens, self.pad_id), logits.argmax(-1))
             done |= torch.isin(tokens, eos)

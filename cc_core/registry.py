@@ -15,9 +15,11 @@ of every referenced file and loading verifies each one, refusing a changed or mi
 Servable anywhere. The ``cc_core`` package travels with the model (``code_paths``); its
 ``requirements.txt`` pins the serving-time libraries exactly and its ``constraints.txt`` pins every
 distribution of the environment it was registered from (``environment_pins``), so
-``mlflow models serve -m models:/NAME@champion`` needs nothing but PyPI and no dependency floats. The signature
-(``prompt`` string, optional ``lang`` string; param ``max_new_tokens``; string output) makes
-MLflow validate requests.
+``mlflow models serve -m models:/NAME@champion`` needs nothing but PyPI and no dependency floats.
+The signature declares the param ``max_new_tokens`` and the string output; the input (a string, a
+list of strings, or a DataFrame with ``prompt`` and optional ``lang``) and the serving limits
+(``register.max_prompts``, ``max_prompt_chars``, ``request_timeout_s``, kept in the model config)
+are checked by the pyfunc (cc_core/serving.py).
 
 Lineage. Registration refuses a Transform Matrix fitted for another checkpoint and any
 evaluation metrics file that does not name the checkpoint being registered
@@ -283,15 +285,14 @@ def serving_requirements(constraints: Path = CONSTRAINTS_FILE) -> list[str]:
 
 
 def model_signature(max_new_tokens: int):
-    """Input: ``prompt`` (string, required), ``lang`` (string, optional); param ``max_new_tokens``
-    (int); output: one string per prompt."""
+    """Param ``max_new_tokens`` (int); output: one string per prompt. No input schema: MLflow would
+    then refuse a bare string or list of strings before the model sees it; the pyfunc checks every
+    accepted form itself (cc_core/serving.py), with the limits of the model config."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "lang", required=False)]),
-        outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", int(max_new_tokens))]))
+    return ModelSignature(inputs=None, outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", int(max_new_tokens))]))
 
 
 # --- the stage ---------------------------------------------------------------------------------------
@@ -350,7 +351,9 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     config = {"mode": "transform", "decision_mode": params.eval.decision_mode,
               "max_new_tokens": params.eval.max_new_tokens, "batch_size": params.eval.batch_size,
               "storage": storage, "registered_model": name, "tracking_uri": strip_userinfo(uri),
-              "git_commit": tags["git_commit"],
+              "git_commit": tags["git_commit"], "max_prompts": params.register.max_prompts,
+              "max_prompt_chars": params.register.max_prompt_chars,
+              "request_timeout_s": params.register.request_timeout_s,
               "checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "files": manifest,
               "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if storage == "reference":
