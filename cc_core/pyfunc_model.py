@@ -129,6 +129,7 @@ class CCTuningPyfunc(PythonModel):
         text_config = self.generator.model.config.get_text_config()
         self.context_len = getattr(text_config, "max_position_embeddings", None)
         self.limits = Limits.from_config(config)
+        self.default_max_new_tokens = self.generator.max_new_tokens  # read without the lock: never overridden
         self._lock = threading.Lock()  # a request's max_new_tokens must not leak into a concurrent one
         install_request_guard(self.limits)  # under `mlflow models serve`: one-line errors, unknown params refused
 
@@ -147,17 +148,16 @@ class CCTuningPyfunc(PythonModel):
         check_prompts(prompts, langs, self.limits)
         check_params(params)
         generator = self.generator
-        max_new = max_new_tokens(params, generator.max_new_tokens, self.context_len)
+        max_new = max_new_tokens(params, self.default_max_new_tokens, self.context_len)
         if not self._lock.acquire(timeout=max(deadline_s - (time.monotonic() - started), 0)):
             raise ServingError(f"the model was busy with other requests for the whole deadline of {deadline_s:g} s "
                                "(request_timeout_s): retry later", "TEMPORARILY_UNAVAILABLE")
         try:
-            configured = generator.max_new_tokens
-            # as generate will encode them (a prompt over the generator's max_prompt_len is cut from the left)
-            check_fits([len(encode_prompt(generator.tokenizer, p, generator.max_prompt_len).input_ids) for p in prompts],
-                       max_new, self.context_len)
-            try:  # a per-call override, not a change for later calls
-                generator.max_new_tokens = max_new
+            try:
+                # as generate will encode them (a prompt over the generator's max_prompt_len is cut from the left)
+                check_fits([len(encode_prompt(generator.tokenizer, p, generator.max_prompt_len).input_ids)
+                            for p in prompts], max_new, self.context_len)
+                generator.max_new_tokens = max_new  # a per-call override, not a change for later calls
                 generator.should_stop = lambda: time.monotonic() - started > deadline_s
                 return [g.text for g in generator.generate(prompts, langs)]
             except GenerationStopped:
@@ -170,7 +170,7 @@ class CCTuningPyfunc(PythonModel):
                 raise ServingError(f"generation failed ({type(err).__name__}); the server's log has the details",
                                    "INTERNAL_ERROR") from None
             finally:
-                generator.max_new_tokens, generator.should_stop = configured, None
+                generator.max_new_tokens, generator.should_stop = self.default_max_new_tokens, None
         finally:
             self._lock.release()
 

@@ -154,7 +154,8 @@ def _server_up(uri: str, timeout: float = 3.0) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+        # /health needs no login (MLflow's basic-auth app included); urllib cannot take user:password@ anyway
+        with urllib.request.urlopen(strip_userinfo(uri).rstrip("/") + "/health", timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False

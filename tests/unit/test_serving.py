@@ -208,6 +208,7 @@ def served():
     pyfunc = CCTuningPyfunc()
     pyfunc.generator = Generator(model, tokenizer, max_new_tokens=4, batch_size=2)
     pyfunc.context_len = 2048
+    pyfunc.default_max_new_tokens = 4
     pyfunc.limits = Limits(max_prompts=8, max_prompt_chars=2000, request_timeout_s=30)
     pyfunc._lock = threading.Lock()
     return pyfunc
