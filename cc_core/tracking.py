@@ -299,6 +299,10 @@ class Tracker:
     def _make_client(self):
         if not self.params.enabled:
             return None
+        if strip_userinfo(self.uri) != self.uri:
+            # MLflow prints "View run ... at: <tracking URI>/#/..." whenever a run ends (set_terminated
+            # included), login and all: not for this process
+            os.environ[QUIET_URL] = "true"
         if not _server_up(self.uri):
             self._unavailable("the server is unreachable (no answer on /health)")
             return None

@@ -221,3 +221,8 @@ def test_fluent_block_with_credentials_prints_no_run_url(tmp_path, monkeypatch):
     assert QUIET_URL not in os.environ
     with fluent_tracking_uri(f"sqlite:///{tmp_path}/m.db"):
         assert QUIET_URL not in os.environ  # nothing to hide: MLflow prints its links as usual
+    # MlflowClient.set_terminated prints the link too: a Tracker with a login turns it off for the process
+    Tracker(TrackingParams(uri=f"sqlite:///{tmp_path}/m.db", on_unavailable="skip")).check()
+    assert QUIET_URL not in os.environ
+    Tracker(TrackingParams(uri=f"http://admin:{SECRET}@127.0.0.1:9", on_unavailable="skip")).check()
+    assert os.environ[QUIET_URL] == "true"
