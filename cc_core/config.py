@@ -177,6 +177,10 @@ class RegisterParams(_Section):
     model_name: str | None = None
     metric: str = "mean"
     log_weights: bool = True  # copy the checkpoint into the artifact store: a version never changes
+    # Serving limits, recorded in the version's model config (cc_core/serving.py)
+    max_prompts: int = Field(64, ge=1)  # prompts per request
+    max_prompt_chars: int = Field(8000, ge=1)  # characters per prompt
+    request_timeout_s: float = Field(50.0, gt=0)  # generation stops there (under MLflow's own 60 s)
 
     @field_validator("metric")
     @classmethod

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 MODES = ("none", "transform", "parallel")
 
 
+class GenerationStopped(RuntimeError):
+    """``Generator.should_stop`` said stop (e.g. a serving deadline passed); nothing is returned."""
+
+
 class PromptTooLongError(ValueError):
     """A prompt does not fit the model's context and truncation is not allowed (eval.on_long_prompt=error)."""
 
@@ -73,6 +77,8 @@ class Generator:
         if mode not in MODES:
             raise ValueError(f"unknown generation mode {mode!r}; valid: {', '.join(MODES)}")
         self.decoder = Decoder(model, cache, compile, compile_mode, compile_backend)  # checks cache and compile
+        # Optional: called before every batch and every decoding step; True raises GenerationStopped.
+        self.should_stop = None
         _check_batch_size(batch_size)
         if mode != "none" and cc is None:
             raise ValueError(f"mode {mode!r} needs a CC checkpoint (cc_tuning.json + decision_maker.safetensors)")
@@ -151,6 +157,7 @@ class Generator:
             size = self.auto_batch_size(max(lengths))
         results: list[Generation | None] = [None] * len(prompts)
         for chunk in plan_batches(lengths, size):
+            self.check_stop()
             outputs = self._batch([prompts[i] for i in chunk], [langs[i] for i in chunk],
                                   [english_prompts[i] for i in chunk], [encoded[i] for i in chunk])
             for index, output in zip(chunk, outputs):
@@ -250,7 +257,13 @@ class Generator:
 
     def decode(self, logits, cache, mask) -> list[list[int]]:
         """Greedy tokens after a prefill, up to ``max_new_tokens`` per row; a row stops at an EOS id."""
-        return self.decoder.greedy(logits, cache, mask, self.eos_ids, self.pad_id, self.max_new_tokens)
+        return self.decoder.greedy(logits, cache, mask, self.eos_ids, self.pad_id, self.max_new_tokens,
+                                   check_stop=self.check_stop)
+
+    def check_stop(self) -> None:
+        """Raise :class:`GenerationStopped` when ``should_stop`` says so (between batches and decoding steps)."""
+        if self.should_stop is not None and self.should_stop():
+            raise GenerationStopped("generation stopped: should_stop() returned True")
 
     def new_tokens(self, row: list[int]) -> int:
         """How many of a decoded row's tokens were generated (up to and including its first EOS)."""

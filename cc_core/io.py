@@ -183,3 +183,15 @@ def dir_sha256(path: str | Path, pattern: str = "*") -> str:
         digest.update(str(file.relative_to(root)).encode())
         digest.update(file_sha256(file).encode())
     return digest.hexdigest()
+
+
+def project_path(path: str | Path, root: str | Path | None = None) -> str:
+    """``path`` as recorded in tags and side files: POSIX and relative to the project (``root``, the
+    working directory the stages run in) when it lies inside it, else as given (never the checkout's
+    absolute location, which means nothing on another machine)."""
+    path = Path(path)
+    base = Path(root or Path.cwd()).resolve()
+    try:
+        return path.resolve().relative_to(base).as_posix() or "."
+    except ValueError:
+        return path.as_posix()

@@ -2,7 +2,11 @@
 
     model = mlflow.pyfunc.load_model("models:/cc-tuning-smollm2-135m-instruct@champion")
     model.predict(pd.DataFrame({"prompt": ["Quelle est la capitale du Kenya ?"], "lang": ["fr"]}))
-    model.predict(pd.DataFrame({"prompt": [...]}), params={"max_new_tokens": 16})  # → list of str
+    model.predict(["Was ist 2+2?", "..."], params={"max_new_tokens": 16})  # → list of str
+    model.predict("Was ist 2+2?")
+
+What a request may hold, its limits (the model config's ``max_prompts``, ``max_prompt_chars``,
+``request_timeout_s``) and how it is refused: cc_core/serving.py.
 
 MLflow executes this file when loading; ``cctune register`` logs it (cc_core.registry) with
 the ``cc_core`` package as ``code_paths``. The model config says where the checkpoint is:
@@ -17,21 +21,26 @@ never falls back to other weights.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import threading
+import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from safetensors import safe_open
 
-from cc_core.generate import Generator
+from cc_core.generate import GenerationStopped, Generator
 from cc_core.io import file_sha256
 from cc_core.lineage import LineageError, require_same_checkpoint
 from cc_core.modeling.transform_matrix import TRANSFORM_FILE
+from cc_core.prompts import encode_prompt
+from cc_core.serving import (Limits, ServingError, check_fits, check_params, check_prompts, install_request_guard,
+                             max_new_tokens, prompts_from)
+
+log = logging.getLogger(__name__)
+
 
 class ModelFilesError(ValueError):
     """A registered version's files are missing or not the ones it was registered with."""
@@ -118,77 +127,47 @@ class CCTuningPyfunc(PythonModel):
             max_new_tokens=int(config.get("max_new_tokens", 40)), batch_size=int(config.get("batch_size", 8)))
         text_config = self.generator.model.config.get_text_config()
         self.context_len = getattr(text_config, "max_position_embeddings", None)
+        self.limits = Limits.from_config(config)
+        self.default_max_new_tokens = self.generator.max_new_tokens  # read without the lock: never overridden
         self._lock = threading.Lock()  # a request's max_new_tokens must not leak into a concurrent one
+        install_request_guard(self.limits)  # under `mlflow models serve`: one-line errors, unknown params refused
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
-        # With the signature, MLflow hands over a DataFrame (``prompt``, optional ``lang``); the
-        # DataFrame hint only tells MLflow not to infer another schema from the hints.
-        prompts, langs = _prompts(model_input)
-        max_new = _max_new_tokens(params, self.generator.max_new_tokens, self.context_len)
+        """A string, a list of strings or records, or a DataFrame (``prompt``, optional ``lang``) →
+        one string per prompt; limits and errors as cc_core/serving.py describes. (The DataFrame hint
+        is one MLflow infers no schema from, so it validates and converts nothing: every form reaches
+        this method as sent; without a hint MLflow warns at every load.)"""
+        started = time.monotonic()
+        deadline_s = self.limits.deadline_s()
+        prompts, langs = prompts_from(model_input)
+        check_prompts(prompts, langs, self.limits)
+        check_params(params)
         generator = self.generator
-        with self._lock:
-            configured = generator.max_new_tokens, generator.max_prompt_len
-            try:  # a per-call override, not a change for later calls
-                generator.max_new_tokens = max_new
-                if self.context_len:  # prompt + new tokens must fit the context
-                    generator.max_prompt_len = min(configured[1], self.context_len - max_new)
+        max_new = max_new_tokens(params, self.default_max_new_tokens, self.context_len)
+        if not self._lock.acquire(timeout=max(deadline_s - (time.monotonic() - started), 0)):
+            raise ServingError(f"the model was busy with other requests for the whole deadline of {deadline_s:g} s "
+                               "(request_timeout_s): retry later", "TEMPORARILY_UNAVAILABLE")
+        try:
+            try:
+                # as generate will encode them (a prompt over the generator's max_prompt_len is cut from the left)
+                check_fits([len(encode_prompt(generator.tokenizer, p, generator.max_prompt_len).input_ids)
+                            for p in prompts], max_new, self.context_len)
+                generator.max_new_tokens = max_new  # a per-call override, not a change for later calls
+                generator.should_stop = lambda: time.monotonic() - started > deadline_s
                 return [g.text for g in generator.generate(prompts, langs)]
+            except GenerationStopped:
+                raise ServingError(f"the request ran past the deadline of {deadline_s:g} s (request_timeout_s) and was "
+                                   f"stopped: send fewer prompts or a smaller max_new_tokens") from None
+            except ServingError:
+                raise
+            except Exception as err:  # noqa: BLE001 - one line for the client, the traceback for the server's log
+                log.exception("generation failed")
+                raise ServingError(f"generation failed ({type(err).__name__}); the server's log has the details",
+                                   "INTERNAL_ERROR") from None
             finally:
-                generator.max_new_tokens, generator.max_prompt_len = configured
-
-
-def _bad_request(message: str) -> Exception:
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # the scoring server answers 400
-
-
-def _max_new_tokens(params: dict | None, default: int, context_len: int | None) -> int:
-    value = (params or {}).get("max_new_tokens", default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-        raise _bad_request(f"params.max_new_tokens must be a positive integer, got {value!r}")
-    value = int(value)
-    if context_len and value > context_len - 1:
-        raise _bad_request(f"params.max_new_tokens={value} does not fit the model's context of {context_len} tokens")
-    return value
-
-
-def _text(value, what: str, optional: bool = False):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        if optional:
-            return None
-        raise _bad_request(f"{what} is missing")
-    if not isinstance(value, str):
-        raise _bad_request(f"{what} must be a string, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _prompts(model_input) -> tuple[list[str], list[str | None] | None]:
-    """Prompts (and optional languages) from a DataFrame with ``prompt`` (+ ``lang``), a list of
-    strings or of ``{"prompt", "lang"}`` records, a dict, or one string."""
-    if hasattr(model_input, "columns"):
-        if "prompt" not in model_input.columns:
-            raise _bad_request(f"the input needs a 'prompt' column (got columns {list(model_input.columns)})")
-        prompts = [_text(p, f"prompt {i}") for i, p in enumerate(model_input["prompt"].tolist())]
-        langs = ([_text(x, f"lang {i}", optional=True) for i, x in enumerate(model_input["lang"].tolist())]
-                 if "lang" in model_input.columns else None)
-        return prompts, langs
-    if isinstance(model_input, dict):
-        prompts = model_input.get("prompt", model_input.get("prompts"))
-        langs = model_input.get("lang")
-        if isinstance(prompts, str):
-            prompts, langs = [prompts], [langs] if isinstance(langs, str) else langs
-        if not isinstance(prompts, list):
-            raise _bad_request("the input needs 'prompt': a string or a list of strings")
-        return [_text(p, f"prompt {i}") for i, p in enumerate(prompts)], langs
-    if isinstance(model_input, str):
-        return [model_input], None
-    if isinstance(model_input, list) and model_input and all(isinstance(r, dict) for r in model_input):
-        return ([_text(r.get("prompt"), f"prompt {i}") for i, r in enumerate(model_input)],
-                [_text(r.get("lang"), f"lang {i}", optional=True) for i, r in enumerate(model_input)])
-    if isinstance(model_input, list):
-        return [_text(p, f"prompt {i}") for i, p in enumerate(model_input)], None
-    raise _bad_request(f"unsupported input type {type(model_input).__name__}: send prompts as a 'prompt' column")
+                generator.max_new_tokens, generator.should_stop = self.default_max_new_tokens, None
+        finally:
+            self._lock.release()
 
 
 mlflow.models.set_model(CCTuningPyfunc())

@@ -12,11 +12,14 @@ happens to the checkout. With ``log_weights: false`` (very large checkpoints on 
 storage) the files are referenced by absolute path; the model config then records the sha256
 of every referenced file and loading verifies each one, refusing a changed or missing file.
 
-Servable anywhere. The ``cc_core`` package travels with the model (``code_paths``), and the
-requirements are exact pins of the serving-time libraries taken from constraints.txt, so
-``mlflow models serve -m models:/NAME@champion`` needs nothing but PyPI. The signature
-(``prompt`` string, optional ``lang`` string; param ``max_new_tokens``; string output) makes
-MLflow validate requests.
+Servable anywhere. The ``cc_core`` package travels with the model (``code_paths``); its
+``requirements.txt`` pins the serving-time libraries exactly and its ``constraints.txt`` pins every
+distribution of the environment it was registered from (``environment_pins``), so
+``mlflow models serve -m models:/NAME@champion`` needs nothing but PyPI and no dependency floats.
+The signature declares the param ``max_new_tokens`` and the string output; the input (a string, a
+list of strings, or a DataFrame with ``prompt`` and optional ``lang``) and the serving limits
+(``register.max_prompts``, ``max_prompt_chars``, ``request_timeout_s``, kept in the model config)
+are checked by the pyfunc (cc_core/serving.py).
 
 Lineage. Registration refuses a Transform Matrix fitted for another checkpoint and any
 evaluation metrics file that does not name the checkpoint being registered
@@ -62,6 +65,7 @@ from cc_core.io import InputError, file_sha256, read_json, write_json
 from cc_core.lineage import LineageError, checkpoint_sha256, combined_sha256, require_same_checkpoint, short
 from cc_core.modeling.checkpoint import read_cc_metadata
 from cc_core.modeling.transform_matrix import TRANSFORM_FILE
+from cc_core.redact import strip_userinfo
 from cc_core.tracking import RUN_FILE, Tracker, fluent_tracking_uri, git_commit, store_errors
 
 log = logging.getLogger(__name__)
@@ -249,30 +253,47 @@ def read_constraints(path: Path = CONSTRAINTS_FILE) -> dict[str, tuple[str, str]
     return pins
 
 
+def _editable(dist) -> bool:
+    text = dist.read_text("direct_url.json")
+    return bool(text) and bool(json.loads(text).get("dir_info", {}).get("editable"))
+
+
+def environment_pins() -> list[str]:
+    """``name==version`` of every distribution installed in this environment (the one registering),
+    without local tags such as +cpu; editable installs (the project itself: it travels as code) left
+    out. Logged as the version's constraints.txt: a serving host that builds an environment gets
+    every dependency at the version registered, not the newest."""
+    pins: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():  # sys.path order: the first is the one imported
+        name = dist.metadata["Name"]
+        if not name or _normalise(name) in pins or _editable(dist):
+            continue
+        pins[_normalise(name)] = f"{name}=={dist.version.split('+', 1)[0]}"
+    return [pins[key] for key in sorted(pins)]
+
+
 def serving_requirements(constraints: Path = CONSTRAINTS_FILE) -> list[str]:
-    """Exact pins of what the pyfunc needs at serving time: constraints.txt (the project's lock), or
-    for an installation without it the installed versions (without a local tag such as +cpu)."""
+    """Exact pins of what the pyfunc needs at serving time, at their versions in this environment
+    (as ``environment_pins``); constraints.txt's pin for one that is not installed."""
     pins = read_constraints(constraints)
     requirements = []
     for package in SERVING_PACKAGES:
-        if package in pins:
-            name, version = pins[package]
-        else:
-            try:
-                name, version = package, importlib.metadata.version(package).split("+", 1)[0]
-            except importlib.metadata.PackageNotFoundError:
+        try:
+            name, version = package, importlib.metadata.version(package).split("+", 1)[0]
+        except importlib.metadata.PackageNotFoundError:
+            if package not in pins:
                 raise RegistryError(f"{constraints}: no pin for {package}, and it is not installed") from None
+            name, version = pins[package]
         requirements.append(f"{name}=={version}")
     return requirements
 
 
 def model_signature(max_new_tokens: int):
-    """Input: ``prompt`` (string, required), ``lang`` (string, optional); param ``max_new_tokens``
-    (int); output: one string per prompt."""
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "lang", required=False)]),
-        outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", int(max_new_tokens))]))
+    """Param ``max_new_tokens`` (int); output: one string per prompt. No input schema: MLflow would
+    then refuse a bare string or list of strings before the model sees it; the pyfunc checks every
+    accepted form itself (cc_core/serving.py), with the limits of the model config."""
+    return ModelSignature(inputs=None, outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", int(max_new_tokens))]))
 
 
 # --- the stage ---------------------------------------------------------------------------------------
@@ -330,7 +351,10 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
             **{f"avg_{k}": f"{v:.4f}" for k, v in averages.items()}}
     config = {"mode": "transform", "decision_mode": params.eval.decision_mode,
               "max_new_tokens": params.eval.max_new_tokens, "batch_size": params.eval.batch_size,
-              "storage": storage, "registered_model": name, "tracking_uri": uri, "git_commit": tags["git_commit"],
+              "storage": storage, "registered_model": name, "tracking_uri": strip_userinfo(uri),
+              "git_commit": tags["git_commit"], "max_prompts": params.register.max_prompts,
+              "max_prompt_chars": params.register.max_prompt_chars,
+              "request_timeout_s": params.register.request_timeout_s,
               "checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "files": manifest,
               "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if storage == "reference":
@@ -347,10 +371,12 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
             run_id = training_run
             if run_id is not None and Tracker.find_run(client, run_id) is None:
                 # trained against another tracking store: log the model in a new run here
-                log.warning("training run %s is not in %s: registering from a new run", run_id, uri)
+                log.warning("training run %s is not in %s: registering from a new run", run_id, strip_userinfo(uri))
                 run_id = None
             artifacts = _stage(model_dir, transform_dir, manifest, staging) if storage == "artifacts" else None
             code = _stage_code(staging)
+            pins = staging / "constraints.txt"
+            pins.write_text("\n".join(environment_pins()) + "\n", encoding="utf-8")
             experiment = tracker.experiment_id(client)
             with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment,
                                   run_name=None if run_id else "register") as run:
@@ -365,7 +391,7 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                         name=LOGGED_MODEL_NAME, model_id=logged.model_id, python_model=str(PYFUNC_FILE),
                         code_paths=[code], model_config=config, artifacts=artifacts,
                         signature=model_signature(params.eval.max_new_tokens),
-                        pip_requirements=serving_requirements(),
+                        pip_requirements=[*serving_requirements(), f"-c {pins}"],
                         tags={"checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "storage": storage})
             try:
                 client.get_registered_model(name)

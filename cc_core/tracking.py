@@ -30,10 +30,12 @@ from urllib.request import urlopen
 
 from cc_core.config import TrackingParams
 from cc_core.io import write_json
+from cc_core.redact import redact, strip_userinfo
 
 log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
 LOCK_WAIT_S = 3.0  # how long a SQLite store locked by another writer is waited for
+QUIET_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -72,7 +74,7 @@ def sqlite_busy(uri: str, wait: float = LOCK_WAIT_S) -> str | None:
 
 
 def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = redact(str(err)).strip().splitlines()[0] if str(err).strip() else ""
     text = text.removeprefix("(sqlite3.OperationalError) ")
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
@@ -80,7 +82,7 @@ def _reason(err: BaseException) -> str:
 def unavailable_error(uri: str, reason: str, policy: str = "fail",
                       required_by: str | None = None) -> TrackingUnavailableError:
     why = f"{required_by} needs it" if required_by else f"tracking.on_unavailable={policy}"
-    return TrackingUnavailableError(f"MLflow tracking store {uri} is unavailable: {reason} ({why})")
+    return TrackingUnavailableError(f"MLflow tracking store {strip_userinfo(uri)} is unavailable: {reason} ({why})")
 
 
 @contextlib.contextmanager
@@ -116,6 +118,7 @@ def _is_store_failure(err: BaseException) -> bool:
 
 
 def tracking_uri(params: TrackingParams) -> str:
+    """The store to connect to, credentials included: show or save it only through ``strip_userinfo``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
 
 
@@ -131,11 +134,18 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
 
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     previous = getattr(mlflow_uri, "_tracking_uri", previous_env)  # None: mlflow's default
+    quiet = os.environ.get(QUIET_URL)
+    if strip_userinfo(uri) != uri:  # the fluent API prints "View run ... at: <uri>/#/..." when a run ends
+        os.environ[QUIET_URL] = "true"
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+        if quiet is None:
+            os.environ.pop(QUIET_URL, None)
+        else:
+            os.environ[QUIET_URL] = quiet
         if previous_env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
@@ -147,7 +157,8 @@ def _server_up(uri: str, timeout: float = 3.0) -> bool:
     if parsed.scheme not in ("http", "https"):
         return True  # sqlite / file stores are local
     try:
-        with urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+        # /health needs no login (MLflow's basic-auth app included); urllib cannot take user:password@ anyway
+        with urlopen(strip_userinfo(uri).rstrip("/") + "/health", timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False
@@ -211,7 +222,7 @@ class Run:
                 raise
             self.broken = True
             log.warning("MLflow %s failed (%s: %s): tracking was skipped for the rest of run %s "
-                        "(tracking.on_unavailable=skip)", what, type(err).__name__, str(err)[:200], self.run_id)
+                        "(tracking.on_unavailable=skip)", what, type(err).__name__, redact(str(err))[:200], self.run_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         # why: mlflow takes seconds to import; cctune imports this module at start-up
@@ -232,7 +243,7 @@ class Run:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
-            self._call("set_tag", self.client.set_tag, self.run_id, key, str(value))
+            self._call("set_tag", self.client.set_tag, self.run_id, key, redact(str(value)))
 
     def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call("log_artifacts", self.client.log_artifacts, self.run_id, str(path), artifact_path)
@@ -248,8 +259,9 @@ class Run:
 
 
 def param_text(value: Any) -> str:
-    """How a param value is stored in MLflow (and so how a logged value is compared with a new one)."""
-    return "null" if value is None else str(value)[:6000]
+    """How a param value is stored in MLflow (and so how a logged value is compared with a new one):
+    a URI in it without its credentials."""
+    return "null" if value is None else redact(str(value))[:6000]
 
 
 def _metric_key(key: str) -> str:
@@ -287,11 +299,15 @@ class Tracker:
         if self.params.on_unavailable == "fail":
             raise unavailable_error(self.uri, reason, self.params.on_unavailable, self.required_by)
         log.warning("MLflow tracking store %s is unavailable: %s; tracking was skipped for this run "
-                    "(tracking.on_unavailable=skip)", self.uri, reason)
+                    "(tracking.on_unavailable=skip)", strip_userinfo(self.uri), reason)
 
     def _make_client(self):
         if not self.params.enabled:
             return None
+        if strip_userinfo(self.uri) != self.uri:
+            # MLflow prints "View run ... at: <tracking URI>/#/..." whenever a run ends (set_terminated
+            # included), login and all: not for this process
+            os.environ[QUIET_URL] = "true"
         if not _server_up(self.uri):
             self._unavailable("the server is unreachable (no answer on /health)")
             return None
@@ -333,7 +349,7 @@ class Tracker:
         set when training saved the model), or None: tracking off or skipped, or trained in another
         store. Later stages log into that run; the model directory itself holds no run pointer, so
         the same weights are the same DVC output whichever run produced them."""
-        client = self._connect()
+        client = self.client()
         if client is None or not checkpoint:
             return None
         try:
@@ -397,7 +413,8 @@ class Tracker:
             existing = self.find_run(client, run_id) if run_id is not None else None
             if run_id is not None and existing is None:
                 # e.g. a model pulled with `dvc pull` whose run lives in another tracking store
-                log.warning("run %s is not in %s: logging to a new run %r instead", run_id, self.uri, name)
+                log.warning("run %s is not in %s: logging to a new run %r instead", run_id, strip_userinfo(self.uri),
+                            name)
                 tags = {**(tags or {}), "origin_run_id": run_id}
             run_id = existing.info.run_id if existing else \
                 client.create_run(self.experiment_id(client), run_name=name).info.run_id
@@ -432,7 +449,7 @@ class Tracker:
 def write_run_file(directory: str | Path, run: Run | NullRun, uri: str) -> None:
     """The run a training's checkpoints belong to (in its checkpoint folder: a resume reopens it);
     written atomically, so a kill mid-write cannot leave a torn file."""
-    write_json(Path(directory, RUN_FILE), {"run_id": run.run_id, "tracking_uri": uri})
+    write_json(Path(directory, RUN_FILE), {"run_id": run.run_id, "tracking_uri": strip_userinfo(uri)})
 
 
 def read_run_id(directory: str | Path) -> str | None:

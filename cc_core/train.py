@@ -32,7 +32,7 @@ from transformers import set_seed
 
 from cc_core.config import Params
 from cc_core.data.records import read_records
-from cc_core.io import InputError, dir_sha256, replace_path, write_json
+from cc_core.io import InputError, dir_sha256, project_path, replace_path, write_json
 from cc_core.modeling.architectures import ArchPaths
 from cc_core.modeling.cc_model import CCTuningModel
 from cc_core.modeling.loading import check_tokenizer_matches, load_model_dir
@@ -258,7 +258,7 @@ def _log_result(params: Params, result: TrainResult, run, out: Path) -> None:
         run.log_metrics({f"dm_choice_{key}": count}, step=result.steps)
     if result.layer_choice_counts:
         run.log_dict(result.layer_choice_counts, "decision_maker/layer_choice_counts.json")
-    run.set_tags({"checkpoint_path": str(out.resolve()), "checkpoint_sha256": result.checkpoint_sha256})
+    run.set_tags({"checkpoint_path": project_path(out), "checkpoint_sha256": result.checkpoint_sha256})
     if params.tracking.log_checkpoint:
         run.log_artifacts(out, "checkpoint")
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from cc_core.redact import redact, strip_userinfo
+
 
 class DvcError(RuntimeError):
     """A DVC command failed; the message names the command, the remote and DVC's error."""
@@ -115,7 +117,9 @@ def _remote_failure(project, verb: str, remote: str, what: str, out: subprocess.
     direction = "from" if verb == "pull" else "to"
     url = remote_url(project, remote)
     reason = probe(url)
-    return DvcError(f"{what}: dvc {verb} {direction} remote '{remote}' ({url}) failed: {error_text(out)}"
+    # the URL and DVC's own words may carry a login: neither reaches a message
+    return DvcError(f"{what}: dvc {verb} {direction} remote '{remote}' ({strip_userinfo(url)}) failed: "
+                    f"{redact(error_text(out))}"
                     + (f" [the remote cannot be reached: {reason}]" if reason else ""))
 
 

@@ -44,6 +44,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from cc_core import cli
+from cc_core.redact import redact
 from flows import dvc_sync
 from flows.evaluation import EVAL_WORKERS, EvalStage, evaluate_stages
 from flows.stage_graph import (Method, PipelineStage, RunContext, StageKind, changed, load_stages, select,
@@ -105,9 +106,9 @@ def stage_task(ctx: RunContext, label: str, argv: list[str]) -> Any:
     """Run one dvc.yaml stage's command (``cctune ARGV``) as ``dvc repro`` would."""
     if argv[0] == "train" and ctx.launcher != "inprocess":
         cmd = launcher_command(ctx, argv)
-        get_run_logger().info("launching: %s", shlex.join(cmd))
+        get_run_logger().info("launching: %s", redact(shlex.join(cmd)))  # --set values may hold a URI with a login
         subprocess.run(cmd, check=True, cwd=ctx.workspace)
-        return {"launched": shlex.join(cmd)}
+        return {"launched": redact(shlex.join(cmd))}
     return _result(cli.run(cli.parse(argv)))
 
 
@@ -187,7 +188,7 @@ def cc_tuning_pipeline(
     with exclusive(project) if not variant else contextlib.nullcontext(), where as workspace:
         if variant:
             logger.info("variant run (%s%s): a DVC experiment named %s, in %s", params_file,
-                        "".join(f" --set {o}" for o in overrides), name, workspace)
+                        redact("".join(f" --set {o}" for o in overrides)), name, workspace)
         os.chdir(workspace)  # the stages' commands use paths relative to the project root, as under dvc repro
         try:
             ctx = RunContext(str(workspace), launcher, num_gpus, num_nodes, hostfile, dvc_remote)
@@ -229,7 +230,7 @@ def run_graph(ctx: RunContext, methods: list[str], kinds: list[str], eval_backen
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
             raise StageFailed(f"stage {stage.name}{f' (method {stage.method})' if stage.method else ''} failed: "
-                              f"{error if isinstance(error, BaseException) else state.message}")
+                              + redact(str(error if isinstance(error, BaseException) else state.message)))
         results[stage.name] = state.result()
         results["ran"].append(stage.name)
         produced.append(stage.name)
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         print(f"cc-tuning-pipeline ended {state.name}: "
-              f"{error if isinstance(error, BaseException) else state.message}", file=sys.stderr)
+              + redact(str(error if isinstance(error, BaseException) else state.message)), file=sys.stderr)
         return 1
     return 0
 

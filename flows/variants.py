@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from cc_core.config import load_params
+from cc_core.redact import redact
 from flows import dvc_sync
 from flows.stage_graph import RECORDED_PARAMS
 
@@ -85,7 +86,7 @@ def variant_workspace(project: Path, params_file: str, overrides: list[str], nam
             (root / rel).unlink(missing_ok=True)
         data = _absolute_tracking(params.model_dump(mode="json"), project)
         (root / RECORDED_PARAMS).write_text(
-            f"# variant {name}: {params_file}" + "".join(f" --set {o}" for o in overrides) + "\n"
+            f"# variant {name}: {params_file}" + redact("".join(f" --set {o}" for o in overrides)) + "\n"
             + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
         cache = (project / ".dvc" / "cache").resolve()
         for args in (["cache", "dir", "--local", str(cache)], ["config", "--local", "cache.type", "reflink,hardlink,copy"],

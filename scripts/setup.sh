@@ -9,10 +9,14 @@ VENV=${VENV:-.venv}
 t0=$(date +%s)
 "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c constraints.txt)
+# -c reaches what is installed, not the throwaway environments pip builds source packages in (their
+# setuptools and wheel would be the newest); PIP_CONSTRAINT reaches both. Every name below is pinned
+# by constraints.txt (tests/unit/test_supply_chain.py checks it).
+export PIP_CONSTRAINT="$PWD/constraints.txt"
 # Some machines' pip config lists local mirrors that do not exist; their warnings are noise.
 exec > >(grep --line-buffered -v "is ignored: it is neither a file nor a directory") 2>&1
 # torch first, pinned: anything unpinned would pull a multi-GB CUDA build.
-"${pip[@]}" torch==2.13.0 setuptools wheel ninja py-cpuinfo packaging psutil
+"${pip[@]}" torch==2.13.0 setuptools==84.2.1 wheel==0.48.0 ninja py-cpuinfo packaging psutil
 # DeepSpeed from source with its CPU ops compiled now, so the first training run does not
 # JIT-compile them (about a minute each). On a GPU image the Dockerfile builds the CUDA ops.
 if ! "$VENV/bin/python" -c "import deepspeed" 2>/dev/null; then

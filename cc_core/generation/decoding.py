@@ -72,9 +72,10 @@ def static_croppable(cache) -> bool:
 
 
 def greedy_loop(logits: torch.Tensor, next_logits, stop_ids: list[int], pad_id: int,
-                max_new_tokens: int) -> list[list[int]]:
+                max_new_tokens: int, check_stop=None) -> list[list[int]]:
     """Greedy tokens from the first logits [B, V]; ``next_logits(tokens, index)`` runs decoding
-    step ``index`` on the last tokens. A finished row (a stop token) gets padding; all finished: stop."""
+    step ``index`` on the last tokens. A finished row (a stop token) gets padding; all finished: stop.
+    ``check_stop()`` runs before every step (it raises to abandon the batch, e.g. a serving deadline)."""
     eos = torch.tensor(stop_ids, device=logits.device)
     tokens = logits.argmax(-1)
     done = torch.isin(tokens, eos)
@@ -82,6 +83,8 @@ def greedy_loop(logits: torch.Tensor, next_logits, stop_ids: list[int], pad_id: 
     for index in range(max_new_tokens - 1):
         if bool(done.all()):
             break
+        if check_stop is not None:
+            check_stop()
         logits = next_logits(tokens, index)
         tokens = torch.where(done, torch.full_like(tokens, pad_id), logits.argmax(-1))
         done |= torch.isin(tokens, eos)
@@ -155,10 +158,11 @@ class Decoder:
             log.warning("KV cache cannot drop the anchor (%s): recomputing whole prompts", why)
             self._warned_crop = True
 
-    def greedy(self, logits, cache, mask, stop_ids: list[int], pad_id: int, max_new_tokens: int) -> list[list[int]]:
+    def greedy(self, logits, cache, mask, stop_ids: list[int], pad_id: int, max_new_tokens: int,
+               check_stop=None) -> list[list[int]]:
         """Plain batched greedy decoding from a prefilled cache; stops at the stop tokens."""
         if isinstance(cache, StaticCache):
-            return self._greedy_static(logits, cache, mask, stop_ids, pad_id, max_new_tokens)
+            return self._greedy_static(logits, cache, mask, stop_ids, pad_id, max_new_tokens, check_stop)
 
         def next_logits(tokens, index):
             nonlocal mask, cache
@@ -166,9 +170,9 @@ class Decoder:
             logits, cache = self.forward(tokens[:, None], mask, cache)
             return logits
 
-        return greedy_loop(logits, next_logits, stop_ids, pad_id, max_new_tokens)
+        return greedy_loop(logits, next_logits, stop_ids, pad_id, max_new_tokens, check_stop)
 
-    def _greedy_static(self, logits, cache, mask, stop_ids, pad_id, max_new_tokens) -> list[list[int]]:
+    def _greedy_static(self, logits, cache, mask, stop_ids, pad_id, max_new_tokens, check_stop=None) -> list[list[int]]:
         """Greedy decoding on a static cache: every step has the same shapes. The mask spans the
         whole cache from the start (prompt padding 0, every later slot 1: causal masking hides the
         slots not written yet), so it is one tensor for all steps; positions count on from each
@@ -186,7 +190,7 @@ class Decoder:
             # the caller reduces these to token ids at once, before the next replay can overwrite them
             return step(tokens[:, None], full, positions + index, cache)
 
-        return greedy_loop(logits, next_logits, stop_ids, pad_id, max_new_tokens)
+        return greedy_loop(logits, next_logits, stop_ids, pad_id, max_new_tokens, check_stop)
 
     def _decode_logits(self, input_ids, attention_mask, position_ids, cache):
         """One decoding step on a static cache: the next-token logits [B, V]."""

@@ -146,7 +146,10 @@ class CCTrainer(Trainer):
     def _save(self, output_dir=None, state_dict=None):
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         if not isinstance(model, CCTuningModel):
-            return super()._save(output_dir, state_dict)
+            super()._save(output_dir, state_dict)
+            if self.args.should_save:  # HF pickles TrainingArguments there; nothing reads it: no pickle
+                Path(output_dir or self.args.output_dir, "training_args.bin").unlink(missing_ok=True)
+            return None
         if not self.args.should_save:
             return None
         save_cc_checkpoint(model, output_dir or self.args.output_dir, self.processing_class, state_dict=state_dict)

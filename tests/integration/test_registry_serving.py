@@ -5,8 +5,11 @@ register version 1 (weights logged into the artifact store, the default) and ver
 reference), then retrain in place (models/cc and transform/ replaced by other weights), and check
 (a) in a fresh process, version 1 still predicts its original outputs; (b) version 2 is refused,
 naming the version and the changed file with both hashes; (c) `mlflow models serve` of the
-champion answers POST /invocations, rejects malformed requests with HTTP 400 and MLflow's error
-body, keeps serving, and stops on SIGTERM.
+champion answers POST /invocations in every input form, refuses malformed requests and requests
+over a limit (prompts, characters, body size, max_new_tokens beyond the context, unknown params)
+with a one-line HTTP 400/413 naming the limit, stops a request at its deadline, answers the next
+request normally, and stops on SIGTERM; (d) the version pins every distribution of the
+environment it was registered from.
 
     pytest -m integration tests/integration/test_registry_serving.py -s
 """
@@ -34,6 +37,7 @@ BIN = Path(sys.executable).parent
 PROMPTS = ["Quelle est la capitale du Kenya ?", "Was ist 2+2?"]
 LANGS = ["fr", "de"]
 MAX_NEW_TOKENS = 8
+MAX_PROMPTS, MAX_CHARS, DEADLINE_S = 16, 2000, 4  # the serving limits registered with the test versions
 
 
 def _env(uri: str) -> dict[str, str]:
@@ -92,7 +96,8 @@ def _register(root: Path, uri: str, log_weights: bool):
     params = parse_params({}, overrides=[
         "eval.benchmarks=[XNLI]", f"eval.max_new_tokens={MAX_NEW_TOKENS}", f"tracking.uri={uri}",
         f"tracking.artifact_location={root}/mlartifacts", "register.model_name=cc-test",
-        f"register.log_weights={str(log_weights).lower()}"])
+        f"register.log_weights={str(log_weights).lower()}", f"register.max_prompts={MAX_PROMPTS}",
+        f"register.max_prompt_chars={MAX_CHARS}", f"register.request_timeout_s={DEADLINE_S}"])
     return register(params, root / "models/cc", root / "transform", root / "metrics", root / "dvc.lock")
 
 
@@ -180,8 +185,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _post(url: str, body: dict | str) -> tuple[int, dict]:
-    data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+def _post(url: str, body: dict | str | bytes) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -190,19 +195,43 @@ def _post(url: str, body: dict | str) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_champion_serves_over_http(registry, tmp_path):
+def _refused(status: int, body: dict, expected_status: int, *names: str) -> str:
+    """An error the client sees: the status, one line naming the limit, no traceback, no server path."""
+    message = body["message"]
+    assert status == expected_status, (status, body)
+    assert "stack_trace" not in body and set(body) <= {"error_code", "message", "sqlstate", "error_class"}, body
+    assert "\n" not in message and "Traceback" not in message and not re.search(r"(^|[\s'(])/\w+/", message), message
+    for name in names:
+        assert name in message, (name, message)
+    return message
+
+
+def _words(seed: int, chars: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    words = "la maison rouge der Hund läuft 東京 el río azul what is the capital of".split()
+    text = ""
+    while len(text) < chars:
+        text += rng.choice(words) + " "
+    return text[:chars].strip()
+
+
+@pytest.fixture(scope="module")
+def server(registry, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
     port = _free_port()
-    log_file = tmp_path / "serve.log"
+    log_file = folder / "serve.log"
     with log_file.open("w") as log:
-        server = subprocess.Popen(
+        proc = subprocess.Popen(
             [str(BIN / "mlflow"), "models", "serve", "-m", "models:/cc-test@champion", "--env-manager", "local",
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=tmp_path, env=_env(registry.uri), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=folder, env=_env(registry.uri), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300
         while True:
-            assert server.poll() is None, log_file.read_text()[-3000:]
+            assert proc.poll() is None, log_file.read_text()[-3000:]
             try:
                 with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
                     if response.status == 200:
@@ -211,42 +240,115 @@ def test_champion_serves_over_http(registry, tmp_path):
                 pass
             assert time.time() < deadline, "scoring server not up after 300 s: " + log_file.read_text()[-3000:]
             time.sleep(1)
-
-        good = {"dataframe_split": {"columns": ["prompt", "lang"], "data": [list(p) for p in zip(PROMPTS, LANGS)]},
-                "params": {"max_new_tokens": MAX_NEW_TOKENS}}
-        status, body = _post(f"{base}/invocations", good)
-        print(f"\nPOST /invocations {json.dumps(good, ensure_ascii=False)}\n→ HTTP {status} {json.dumps(body, ensure_ascii=False)}")
-        assert status == 200 and body == {"predictions": registry.original}  # the champion, not the checkout
-
-        status, body = _post(f"{base}/invocations", {"inputs": [{"prompt": PROMPTS[0], "lang": "fr"}],
-                                                    "params": {"max_new_tokens": 3}})
-        assert status == 200 and len(body["predictions"]) == 1
-        assert registry.original[0].startswith(body["predictions"][0])  # greedy: a prefix of the 8-token answer
-
-        status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["text"], "data": [["hi"]]}})
-        print(f"no prompt column → HTTP {status} {json.dumps(body)[:300]}")
-        assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
-        assert "Model is missing inputs ['prompt']" in body["message"]
-
-        status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["prompt"], "data": [[3]]}})
-        assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
-        assert "prompt 0 must be a string, got int 3" in body["message"]
-
-        status, body = _post(f"{base}/invocations", {"dataframe_records": [{"prompt": "hi"}],
-                                                    "params": {"max_new_tokens": "many"}})
-        assert status == 400 and "max_new_tokens" in body["message"]
-
-        status, body = _post(f"{base}/invocations", "not json")
-        assert status == 400 and body["error_code"] == "BAD_REQUEST"
-
-        status, body = _post(f"{base}/invocations", good)  # still serving after the bad requests
-        assert status == 200 and body == {"predictions": registry.original}
+        yield SimpleNamespace(url=f"{base}/invocations", log=log_file)
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
-                server.wait(timeout=60)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-    assert server.returncode is not None
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode is not None
+
+
+def test_champion_serves_over_http(registry, server):
+    url = server.url
+    good = {"dataframe_split": {"columns": ["prompt", "lang"], "data": [list(p) for p in zip(PROMPTS, LANGS)]},
+            "params": {"max_new_tokens": MAX_NEW_TOKENS}}
+    status, body = _post(url, good)
+    print(f"\nPOST /invocations {json.dumps(good, ensure_ascii=False)}\n→ HTTP {status} {json.dumps(body, ensure_ascii=False)}")
+    assert status == 200 and body == {"predictions": registry.original}  # the champion, not the checkout
+
+    status, body = _post(url, {"inputs": [{"prompt": PROMPTS[0], "lang": "fr"}], "params": {"max_new_tokens": 3}})
+    assert status == 200 and len(body["predictions"]) == 1
+    assert registry.original[0].startswith(body["predictions"][0])  # greedy: a prefix of the 8-token answer
+
+    # a bare string, a list of strings, records and a dict of columns: the same model, the same answers
+    status, as_list = _post(url, {"inputs": PROMPTS, "params": {"max_new_tokens": MAX_NEW_TOKENS}})
+    assert status == 200 and len(as_list["predictions"]) == 2
+    status, as_string = _post(url, {"inputs": PROMPTS[1], "params": {"max_new_tokens": MAX_NEW_TOKENS}})
+    assert status == 200 and as_string["predictions"] == as_list["predictions"][1:]
+    status, as_columns = _post(url, {"inputs": {"prompt": PROMPTS, "lang": LANGS},
+                                     "params": {"max_new_tokens": MAX_NEW_TOKENS}})
+    assert status == 200 and as_columns["predictions"] == registry.original
+
+    refusals = [
+        ({"dataframe_split": {"columns": ["text"], "data": [["hi"]]}}, 400, ["the input needs a 'prompt' column"]),
+        ({"dataframe_split": {"columns": ["prompt"], "data": [[3]]}}, 400, ["prompt 0 must be a string, got int 3"]),
+        ({"dataframe_records": [{"prompt": "hi"}], "params": {"max_new_tokens": "many"}}, 400, ["max_new_tokens"]),
+        ("not json", 400, ["not valid JSON"]),
+        ({"inputs": ["hi"], "params": {"temperature": 0.7}}, 400, ["unknown parameter(s) temperature"]),
+        ({"inputs": ["hi", ""]}, 400, ["prompt 1 is empty"]),
+        ({"inputs": ["hi"] * (MAX_PROMPTS + 1)}, 400, [f"limit is {MAX_PROMPTS} (max_prompts)"]),
+        ({"inputs": ["hi"] * 10000}, 400, [f"10000 prompts in one request: the limit is {MAX_PROMPTS} (max_prompts)"]),
+        ({"inputs": ["x" * (MAX_CHARS + 1)]}, 400, [f"{MAX_CHARS + 1} characters: the limit is {MAX_CHARS} "
+                                                    "(max_prompt_chars)"]),
+        ({"inputs": ["x" * 10_000_000]}, 413, ["the request body has", "(max_prompts x max_prompt_chars)"]),
+        # the tiny model's context is 2048 tokens: 2030..2047 passed the old check and then failed in
+        # prompt encoding with a traceback (8162..8191 on SmolLM2)
+        ({"inputs": [PROMPTS[0]], "params": {"max_new_tokens": 2040}}, 400,
+         ["params.max_new_tokens=2040 does not fit: prompt 0 takes", "2048 context tokens"]),
+        ({"inputs": [PROMPTS[0]], "params": {"max_new_tokens": 2048}}, 400, ["does not fit the model's context"]),
+    ]
+    for request, expected, names in refusals:
+        started = time.perf_counter()
+        status, body = _post(url, request)
+        message = _refused(status, body, expected, *names)
+        print(f"{json.dumps(request)[:60]}... → HTTP {status} {message} ({time.perf_counter() - started:.2f} s)")
+
+    status, body = _post(url, good)  # still serving after the bad requests
+    assert status == 200 and body == {"predictions": registry.original}
+
+
+def test_a_request_past_its_deadline_is_stopped_and_the_next_one_served(registry, server):
+    """Within every limit but too much work: stopped at the registered deadline (not MLflow's 504 at
+    60 s, with the generation going on and holding the model), and the next request is answered."""
+    import concurrent.futures
+
+    heavy = {"inputs": [_words(seed, 600) for seed in range(MAX_PROMPTS)], "params": {"max_new_tokens": 1400}}
+    small = {"inputs": [PROMPTS[0]], "params": {"max_new_tokens": 3}}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        started = time.perf_counter()
+        first = pool.submit(_post, server.url, heavy)
+        time.sleep(0.5)
+        meanwhile = pool.submit(_post, server.url, small)  # waits for the model, within its own deadline
+        status, body = first.result()
+        heavy_s = time.perf_counter() - started
+        waiting_status, waiting_body = meanwhile.result()
+        waited_s = time.perf_counter() - started
+    message = _refused(status, body, 400, f"ran past the deadline of {DEADLINE_S} s (request_timeout_s)")
+    print(f"\nheavy request → HTTP {status} {message} after {heavy_s:.1f} s; the one sent meanwhile → "
+          f"HTTP {waiting_status} after {waited_s:.1f} s")
+    assert DEADLINE_S <= heavy_s < 30  # stopped at its deadline, long before MLflow's 60 s
+    assert waiting_status == 200 or (waiting_status == 503 and "busy" in waiting_body["message"]), waiting_body
+    assert waited_s < 2 * DEADLINE_S + 10
+    started = time.perf_counter()
+    status, body = _post(server.url, small)
+    assert status == 200 and registry.original[0].startswith(body["predictions"][0])
+    print(f"the next request → HTTP 200 in {time.perf_counter() - started:.2f} s")
+
+
+def test_version_pins_its_whole_environment(registry):
+    """requirements.txt: the serving packages, exact; constraints.txt: every distribution installed where
+    it was registered, so nothing floats when a serving host builds the environment."""
+    import importlib.metadata
+
+    import mlflow
+
+    client = mlflow.MlflowClient(registry.uri)
+    version = client.get_model_version("cc-test", "1")
+    location = client.get_logged_model(version.tags["logged_model_id"]).artifact_location
+    folder = Path(location.removeprefix("file://"))
+    requirements = (folder / "requirements.txt").read_text().split()
+    constraints = dict(line.split("==") for line in (folder / "constraints.txt").read_text().split())
+    assert "-c" in requirements and "constraints.txt" in requirements
+    assert all("==" in r for r in requirements if not r.startswith("-") and r != "constraints.txt")
+    installed = {d.metadata["Name"] for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    assert len(constraints) >= len(installed) - 1 > 100
+    for name in ("mlflow", "torch", "sympy", "networkx", "SQLAlchemy", "setuptools"):
+        key = next(k for k in constraints if k.lower() == name.lower())
+        assert constraints[key] == importlib.metadata.version(name).split("+")[0], name
+    config = json.loads(json.dumps(mlflow.models.Model.load(folder).flavors["python_function"]["config"]))
+    assert (config["max_prompts"], config["max_prompt_chars"], config["request_timeout_s"]) == \
+        (MAX_PROMPTS, MAX_CHARS, DEADLINE_S)

@@ -64,7 +64,8 @@ def _train_api(root: Path, method: str, out: str, **overrides):
 
 
 @pytest.mark.parametrize("method", ["cc", "sft"])
-def test_loss_decreases_on_tiny_overfit_set(workspace, method):
+def test_loss_decreases_on_tiny_overfit_set(workspace, method, monkeypatch):
+    monkeypatch.chdir(workspace)  # the project the stages run in: recorded paths are relative to it
     result = _train_api(workspace, method, f"models/{method}", **{"train.max_steps": 12,
                                                                  "train.per_device_batch_size": 16})
     history = json.loads((workspace / f"metrics/train_{method}_loss.json").read_text())
@@ -75,6 +76,9 @@ def test_loss_decreases_on_tiny_overfit_set(workspace, method):
     assert metrics["steps"] == 12 and metrics["tokens_per_s"] > 0
     out = workspace / f"models/{method}"
     assert (out / "model.safetensors").is_file() and (out / "mlflow_run.json").is_file()
+    # no pickle in a model directory (HF's training_args.bin included): safetensors and JSON only
+    pickles = [p.name for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle")]
+    assert pickles == [], pickles
     if method == "cc":
         from cc_core.modeling import load_cc_checkpoint
 
@@ -92,6 +96,7 @@ def test_loss_decreases_on_tiny_overfit_set(workspace, method):
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "final_loss"} <= set(run.data.metrics)
     assert len(client.get_metric_history(result.run_id, "loss")) == 12
     assert run.data.tags["checkpoint_sha256"] == result.checkpoint_sha256
+    assert run.data.tags["checkpoint_path"] == f"models/{method}"  # relative to the project, not the checkout
     assert run.data.tags["method"] == method and run.data.tags["data_sha256"]
     if method == "cc":
         assert any(k.startswith("dm_choice_layer_") for k in run.data.metrics)

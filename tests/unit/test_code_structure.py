@@ -13,7 +13,7 @@ MAX_LINES = 500
 # Each cc_core module belongs to the layer of its longest matching prefix; a module may import its
 # own layer and the layers before it, never one after it (docs/design.md, "Layers").
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("cc_core.io", "cc_core.languages", "cc_core.hub", "cc_core.lineage")),
+    ("foundation", ("cc_core.io", "cc_core.languages", "cc_core.hub", "cc_core.lineage", "cc_core.redact")),
     ("data formats", ("cc_core.data", "cc_core.data.records", "cc_core.data.benchmarks",
                       "cc_core.data.hub_templates")),
     ("scoring", ("cc_core.scoring", "cc_core.metrics")),
@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                  "cc_core.tracking")),
     ("stages", ("cc_core.data.prepare", "cc_core.train", "cc_core.activations", "cc_core.transform",
                 "cc_core.evaluate", "cc_core.report", "cc_core.registry")),
-    ("adapters", ("cc_core.pyfunc_model", "cc_core.lm_eval_backend")),
+    ("adapters", ("cc_core.serving", "cc_core.pyfunc_model", "cc_core.lm_eval_backend")),
     ("cli", ("cc_core.cli",)),
 ]
 PRIVATE_CHECKED = ("cc_core", "bench", "flows")

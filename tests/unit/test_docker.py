@@ -216,9 +216,33 @@ def test_base_image_is_a_cuda_devel_image_matching_the_torch_index(dockerfile):
     repo, tag, _ = _image_parts(base)
     assert repo == "nvidia/cuda" and "devel" in tag, base
     major, minor = re.match(r"(\d+)\.(\d+)", tag).groups()
-    index_urls = [args[args.index("--index-url") + 1] for args in _pip_installs(dockerfile)
-                  if "--index-url" in args]
-    assert index_urls == [f"https://download.pytorch.org/whl/cu{major}{minor}"]
+    torch_installs = [args for args in _pip_installs(dockerfile) if "--index-url" in args
+                      and "download.pytorch.org" in args[args.index("--index-url") + 1]]
+    assert [args[args.index("--index-url") + 1] for args in torch_installs] == \
+        [f"https://download.pytorch.org/whl/cu{major}{minor}"]
+
+
+def test_every_pip_install_reads_one_index(dockerfile):
+    """Two indexes at once let a name published on the wrong one win (dependency confusion): each
+    install names exactly one, and from the PyTorch index comes torch alone, without dependencies."""
+    installs = _pip_installs(dockerfile)
+    assert installs
+    for args in installs:
+        assert args.count("--index-url") == 1, args
+        assert not {"--extra-index-url", "-i", "-f", "--find-links"} & set(args), args
+        if "download.pytorch.org" in args[args.index("--index-url") + 1]:
+            assert "--no-deps" in args and _requirements(args) == ["torch==2.13.0"], args
+        else:
+            assert args[args.index("--index-url") + 1] == "https://pypi.org/simple", args
+
+
+def test_build_environments_are_constrained_by_the_lock(dockerfile):
+    """-c does not reach the throwaway environments pip builds source packages in; PIP_CONSTRAINT does."""
+    env = " ".join(args for keyword, args in dockerfile if keyword == "ENV")
+    assert "PIP_CONSTRAINT=/app/constraints.txt" in env
+    copy = next(i for i, (keyword, args) in enumerate(dockerfile) if keyword == "COPY" and "constraints.txt" in args)
+    first_install = next(i for i, (keyword, args) in enumerate(dockerfile) if keyword == "RUN" and "pip install" in args)
+    assert copy < first_install
 
 
 def test_prefect_server_image_is_the_locked_prefect(services, lock):

@@ -320,11 +320,11 @@ def test_serving_requirements_are_pinned_as_in_constraints():
     assert not names & {"deepspeed", "prefect", "dvc", "datasets", "accelerate", "cc-tuning"}  # training only
 
 
-def test_signature_declares_prompt_lang_and_max_new_tokens():
+def test_signature_declares_max_new_tokens_and_leaves_the_input_to_the_model():
+    """No input schema: MLflow would refuse a bare string or list before the pyfunc sees it
+    (cc_core/serving.py checks every form, tests/unit/test_serving.py)."""
     signature = model_signature(12).to_dict()
-    inputs = json.loads(signature["inputs"])
-    assert [(c["name"], c["type"], c["required"]) for c in inputs] == [("prompt", "string", True),
-                                                                     ("lang", "string", False)]
+    assert signature["inputs"] is None
     assert json.loads(signature["outputs"]) == [{"type": "string", "required": True}]
     params = json.loads(signature["params"])
     assert [(p["name"], p["type"], p["default"]) for p in params] == [("max_new_tokens", "long", 12)]
@@ -422,22 +422,3 @@ def test_pyfunc_refuses_a_transform_fitted_for_another_checkpoint(tmp_path):
     with pytest.raises(LineageError, match=r"registered model cc-test .*transform\.safetensors: made from checkpoint "
                                            r"cccccccccccc.* but .* is now " + paths["checkpoint"][:12]):
         resolve_checkpoint(config, {})
-
-
-def test_predict_input_checks():
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    from cc_core.pyfunc_model import _max_new_tokens, _prompts
-
-    assert _prompts(pd.DataFrame({"prompt": ["a", "b"], "lang": ["fr", None]})) == (["a", "b"], ["fr", None])
-    assert _prompts(pd.DataFrame({"prompt": ["a"]})) == (["a"], None)
-    assert _prompts([{"prompt": "a", "lang": "de"}]) == (["a"], ["de"])
-    for bad in (pd.DataFrame({"text": ["a"]}), pd.DataFrame({"prompt": [3]}), pd.DataFrame({"prompt": [None]})):
-        with pytest.raises(MlflowException) as err:
-            _prompts(bad)
-        assert err.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400 from the scoring server
-    assert _max_new_tokens(None, 8, 2048) == 8 and _max_new_tokens({"max_new_tokens": 3}, 8, 2048) == 3
-    for bad in (0, -1, 2.5, "x", True, 5000):
-        with pytest.raises(MlflowException):
-            _max_new_tokens({"max_new_tokens": bad}, 8, 2048)

@@ -26,6 +26,7 @@ NOT_DEPS = {
     "cc_core/tracking.py": "records runs and metrics in MLflow; never changes a stage's outputs "
                            "(register excepted: registering in MLflow is its output)",
     "cc_core/hub.py": "only answers whether the Hugging Face hub is reachable (offline: an error)",
+    "cc_core/redact.py": "strips credentials from what is logged or printed; never changes a stage's outputs",
 }
 # The params schema imports data modules to check names (benchmarks, languages, record fields), never
 # to read package data: package data a stage reads is found without following config.py's imports.

@@ -194,3 +194,62 @@ def test_find_or_create_run_reuses_the_newest_run_with_the_tags(store):
     assert tracker.client().get_run(first).data.tags["base_model"] == "tiny-random-llama"
     assert tracker.find_or_create_run("base", {**tags, "base_model": "other"}) != first
     assert Tracker(_params(store, enabled=False)).find_or_create_run("base", tags) is None
+
+
+SECRET = "pw-Zq81x"
+
+
+def test_credentials_never_reach_a_param_a_tag_or_the_run_file(store):
+    from cc_core.tracking import RUN_FILE, read_run_id, write_run_file
+
+    params = _params(store)
+    logged = {"tracking.uri": f"postgresql://mlflow:{SECRET}@db:5432/mlflow", "train.seed": 0}
+    with Tracker(params).run("train-cc", params=logged, tags={"remote": f"s3://AKIA:{SECRET}@bucket/dvc"}) as run:
+        run.set_tags({"endpoint": f"https://h/x?sig={SECRET}&v=1"})
+        write_run_file(store, run, f"http://admin:{SECRET}@10.0.0.5:5000")
+    # resuming compares the stored (stripped) value: no "params changed" for the same credentialed URI
+    with Tracker(params).run("train-cc", params=logged, run_id=run.run_id):
+        pass
+    import mlflow
+
+    stored = mlflow.MlflowClient(params.uri).get_run(run.run_id).data
+    assert stored.params["tracking.uri"] == "postgresql://db:5432/mlflow"
+    assert stored.tags["remote"] == "s3://bucket/dvc" and stored.tags["endpoint"] == "https://h/x?v=1"
+    assert read_run_id(store) == run.run_id
+    assert (store / RUN_FILE).read_text().count("http://10.0.0.5:5000") == 1
+    for path in store.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_an_unavailable_store_is_named_without_its_credentials(policy, caplog):
+    params = TrackingParams(uri=f"http://admin:{SECRET}@127.0.0.1:9", on_unavailable=policy)
+    with caplog.at_level(logging.WARNING):
+        if policy == "fail":
+            with pytest.raises(TrackingUnavailableError) as caught:
+                Tracker(params).check()
+            text = str(caught.value)
+        else:
+            Tracker(params).check()
+            text = caplog.text
+    assert "http://127.0.0.1:9 is unavailable" in text and SECRET not in text and "admin" not in text
+
+
+def test_fluent_block_with_credentials_prints_no_run_url(tmp_path, monkeypatch):
+    """MLflow's fluent end_run prints "View run ... at: <tracking URI>/#/..." to stdout."""
+    import os
+
+    from cc_core.tracking import QUIET_URL, fluent_tracking_uri
+
+    monkeypatch.delenv(QUIET_URL, raising=False)
+    with fluent_tracking_uri(f"http://admin:{SECRET}@127.0.0.1:9"):
+        assert os.environ[QUIET_URL] == "true"
+    assert QUIET_URL not in os.environ
+    with fluent_tracking_uri(f"sqlite:///{tmp_path}/m.db"):
+        assert QUIET_URL not in os.environ  # nothing to hide: MLflow prints its links as usual
+    # MlflowClient.set_terminated prints the link too: a Tracker with a login turns it off for the process
+    Tracker(TrackingParams(uri=f"sqlite:///{tmp_path}/m.db", on_unavailable="skip")).check()
+    assert QUIET_URL not in os.environ
+    Tracker(TrackingParams(uri=f"http://admin:{SECRET}@127.0.0.1:9", on_unavailable="skip")).check()
+    assert os.environ[QUIET_URL] == "true"
