@@ -189,8 +189,13 @@ def _encode(params: Params, method: str, records, tokenizer, data_file: Path):
         log.warning("dropped %d of %d examples whose response did not fit train.cutoff_len=%d",
                     stats.dropped_truncated, stats.records, tp.cutoff_len)
     if not features:
-        raise InputError(f"{data_file}: all {stats.records} examples were truncated away by "
-                         f"train.cutoff_len={tp.cutoff_len}; raise it")
+        # name the key(s) that dropped them: a row budget below every example is not a cutoff problem
+        causes = [f"train.pack_max_tokens={budget} dropped {stats.dropped_over_budget} (longer than a packed row)"
+                  ] if stats.dropped_over_budget else []
+        if stats.dropped_truncated:
+            causes.append(f"train.cutoff_len={tp.cutoff_len} dropped {stats.dropped_truncated} (no response token left)")
+        keys = " and ".join(c.split("=", 1)[0] for c in causes)
+        raise InputError(f"{data_file}: no example left to train on: {'; '.join(causes)}; raise {keys}")
     return features, stats
 
 

@@ -169,3 +169,34 @@ def test_reopened_run_keeps_logged_params_and_adds_new_ones(tmp_path, caplog):
     logged = mlflow.MlflowClient(params.uri).get_run(run.run_id).data.params
     assert logged == {"train.seed": "0", "eval.limit": "2", "new.key": "1"}
     assert any("keeping the logged values of eval.limit" in r.message for r in caplog.records)
+
+
+# --- issue 21, point 4: impossible training lengths are errors naming the key -------------------------
+
+@pytest.mark.parametrize("steps", [0, -7, -2])
+def test_max_steps_zero_or_below_minus_one_is_an_error_naming_the_key(steps):
+    """Before: 0 trained one step and -7 trained every epoch, both exiting 0."""
+    from cc_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.max_steps: .*positive number of optimizer steps, or -1 .*"
+                                          rf"\(got {steps}\)"):
+        parse_params({}, overrides=[f"train.max_steps={steps}"])
+    assert parse_params({}, overrides=["train.max_steps=-1"]).train.max_steps == -1  # the epochs decide
+    assert parse_params({}, overrides=["train.max_steps=3"]).train.max_steps == 3
+
+
+def test_examples_dropped_by_pack_max_tokens_name_that_key(smol_tokenizer):
+    """Before: "all 32 examples were truncated away by train.cutoff_len=256; raise it"."""
+    from cc_core.train import _encode
+
+    records = [_record(i) for i in range(4)]
+    params = parse_params({}, overrides=["train.pack_max_tokens=8", "train.cutoff_len=256"])
+    with pytest.raises(InputError) as err:
+        _encode(params, "cc", records, smol_tokenizer, "data/prepared/train.jsonl")
+    message = str(err.value)
+    assert message.startswith("data/prepared/train.jsonl: no example left to train on: train.pack_max_tokens=8 "
+                              "dropped 4")
+    assert message.endswith("raise train.pack_max_tokens") and "cutoff_len" not in message
+    short = parse_params({}, overrides=["train.packing=false", "train.cutoff_len=8"])
+    with pytest.raises(InputError, match=r"train\.cutoff_len=8 dropped 4 .*; raise train\.cutoff_len$"):
+        _encode(short, "cc", records, smol_tokenizer, "data/prepared/train.jsonl")
