@@ -64,7 +64,7 @@ from cc_core.data.benchmarks import canonical_benchmark
 from cc_core.io import InputError, file_sha256, read_json, write_json
 from cc_core.lineage import LineageError, checkpoint_sha256, combined_sha256, require_same_checkpoint, short
 from cc_core.modeling.checkpoint import read_cc_metadata
-from cc_core.modeling.transform_matrix import TRANSFORM_FILE
+from cc_core.modeling.transform_matrix import TRANSFORM_FILE, check_fit_record
 from cc_core.redact import strip_userinfo
 from cc_core.tracking import RUN_FILE, Tracker, fluent_tracking_uri, git_commit, store_errors
 
@@ -180,7 +180,7 @@ def check_lineage(model_dir: Path, transform_file: Path, evaluated: dict[str, di
     """(checkpoint sha256, transform sha256) once the Transform Matrix and every metrics file are
     shown to come from this checkpoint; otherwise a LineageError naming both hashes and what to re-run."""
     checkpoint = checkpoint_sha256(model_dir)
-    transform = file_sha256(transform_file)
+    transform = check_fit_record(transform_file)  # the matrix fit wrote, not one altered since
     require_same_checkpoint(transform_file, transform_model_sha256(transform_file), checkpoint, model_dir,
                             rerun="cctune collect && cctune fit (dvc repro fit), then cctune register")
     for benchmark, data in evaluated.items():

@@ -73,8 +73,8 @@ def _build(root: Path, seed: int) -> str:
     checkpoint = checkpoint_sha256(root / "models/cc")
     (root / "transform").mkdir()
     meta = {"model_sha256": checkpoint, "num_layers": 2, "hidden_size": 64}
+    # save() writes transform/transform.json too (the record `cctune fit` leaves: the file's sha256)
     TransformMatrix(torch.randn(64, 64, generator=gen) * 0.3, None, {}, meta).save(root / "transform/transform.safetensors")
-    write_json(root / "transform/transform.json", meta)
     write_json(root / "metrics/eval/cc/XNLI.json",
                {"benchmark": "XNLI", "average": 50.0, "checkpoint_sha256": checkpoint,
                 "transform_sha256": file_sha256(root / "transform/transform.safetensors")})

@@ -162,8 +162,8 @@ def _fake_project(root: Path, average: float = 50.0) -> dict[str, Path]:
     checkpoint = checkpoint_sha256(model)
     transform = root / "transform"
     transform.mkdir()
+    # save() writes transform.json beside it (the record `cctune fit` leaves: the file's sha256)
     TransformMatrix(torch.eye(2), None, {}, {"model_sha256": checkpoint}).save(transform / "transform.safetensors")
-    write_json(transform / "transform.json", {"model_sha256": checkpoint})
     metrics = root / "metrics"
     write_json(metrics / "eval" / "cc" / "XNLI.json",
                {"average": average, "checkpoint_sha256": checkpoint,
@@ -227,6 +227,27 @@ def test_register_refuses_metrics_from_another_transform(tmp_path):
     _metrics_file(paths).write_text(json.dumps({**data, "transform_sha256": "b" * 64}))
     with pytest.raises(LineageError, match=r"XNLI\.json: evaluated with Transform Matrix bbbbbbbbbbbb.*re-run: cctune eval"):
         _register(tmp_path, paths)
+
+
+def test_register_refuses_a_matrix_altered_after_fit_naming_both_hashes(tmp_path):
+    """Issue 21, point 6. Before: registered (with a "Failed to log model config as params" warning) a version
+    whose matrix was not the one fit wrote, and whose run params contradicted it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    paths = _fake_project(tmp_path)
+    matrix = paths["transform"] / "transform.safetensors"
+    fitted = file_sha256(matrix)
+    with safe_open(str(matrix), framework="pt") as handle:  # values scaled, header and metadata intact
+        tensors, metadata = {k: handle.get_tensor(k) * 0.5 for k in handle.keys()}, handle.metadata()
+    save_file(tensors, str(matrix), metadata=metadata)
+    altered = file_sha256(matrix)
+    data = json.loads(_metrics_file(paths).read_text())  # the metrics even name the altered matrix
+    _metrics_file(paths).write_text(json.dumps({**data, "transform_sha256": altered}))
+    with pytest.raises(LineageError) as err:
+        _register(tmp_path, paths)
+    assert f"sha256 is {altered} but `cctune fit` wrote {fitted}" in str(err.value)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before touching the registry
 
 
 # --- register's errors: one line naming the file --------------------------------------------------------
