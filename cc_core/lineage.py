@@ -14,19 +14,27 @@ A checkpoint's identity is the content hash of its ``*.safetensors`` files (name
 Decision Maker. The activations, the Transform Matrix, every metrics file and every registry
 version record it; a stage that reads an artifact made from another checkpoint refuses with
 an error naming both hashes and the stage to re-run, instead of silently mixing them.
+
+A base model directory carries a manifest of its weight files' sha256 (:data:`WEIGHTS_MANIFEST`,
+written once by ``cctune base-model``): :func:`weights_sha256` takes a file's hash from it while the
+file's size and mtime are as recorded and hashes the file again otherwise, so a resume compares the
+base weights by content without reading gigabytes at every start.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from cc_core.io import InputError, dir_sha256, file_sha256
+from cc_core.io import InputError, dir_sha256, file_sha256, read_json, write_json
 
+log = logging.getLogger(__name__)
 PATTERN = "*.safetensors"
+WEIGHTS_MANIFEST = "cc_weights_sha256.json"  # {"files": {name: {"sha256", "size", "mtime_ns"}}}
 _MEMO: dict[tuple, str] = {}
 _MEMO_LOCK = threading.Lock()
 
@@ -96,3 +104,43 @@ def scorer_sha256(source_files: Iterable[str | Path], **settings) -> str:
     files = {Path(f).name: file_sha256(f) for f in source_files}
     return combined_sha256({"files": json.dumps(files, sort_keys=True),
                             "settings": json.dumps(settings, sort_keys=True, default=str)})
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.glob(PATTERN) if p.is_file())
+
+
+def write_weights_manifest(model_dir: str | Path) -> dict[str, str]:
+    """Hash every top-level ``*.safetensors`` of ``model_dir`` once and record it with its size and mtime."""
+    model_dir = Path(model_dir)
+    files = {}
+    for path in _weight_files(model_dir):
+        stat = path.stat()
+        files[path.name] = {"sha256": file_sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    write_json(model_dir / WEIGHTS_MANIFEST, {"files": files})
+    return {name: entry["sha256"] for name, entry in files.items()}
+
+
+def weights_sha256(model_dir: str | Path) -> dict[str, str]:
+    """``{file name: sha256}`` of the top-level ``*.safetensors`` of ``model_dir``. A file whose size and
+    mtime are those the manifest recorded takes the manifest's hash; any other file (changed since, or a
+    directory without a manifest, written by an older ``cctune base-model``) is hashed now."""
+    model_dir = Path(model_dir)
+    manifest = model_dir / WEIGHTS_MANIFEST
+    try:
+        recorded = read_json(manifest).get("files", {}) if manifest.is_file() else {}
+    except (InputError, AttributeError):
+        recorded = {}  # an unreadable manifest proves nothing: hash
+    if not recorded:
+        log.info("%s: no readable %s (written by an older cctune base-model?): hashing its weight files",
+                 model_dir, WEIGHTS_MANIFEST)
+    hashes = {}
+    for path in _weight_files(model_dir):
+        stat, entry = path.stat(), recorded.get(path.name)
+        if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+            hashes[path.name] = entry["sha256"]
+        else:
+            if entry:
+                log.info("%s changed since its manifest was written (size or mtime): hashing it", path)
+            hashes[path.name] = file_sha256(path)
+    return hashes

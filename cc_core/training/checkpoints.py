@@ -7,7 +7,9 @@ when a checkpoint counts, which ones are kept, and what a failed write reports.
     with disk_errors(lambda: work_dir): ...                 # a full disk → CheckpointWriteError
 
 - Fingerprint (``cc_fingerprint.json``): train params, arch map, data hash, the base model's small
-  files by content and its weight files by name and size. ``--resume`` continues only from a match.
+  files and its weight files by content (the weights through the manifest ``cctune base-model`` wrote,
+  re-hashed when a file's size or mtime changed: ``lineage.weights_sha256``). ``--resume`` continues
+  only from a match.
 - Completion marker (``cc_checkpoint_complete.json``): written into ``checkpoint-N/`` after every
   rank saved everything; a checkpoint without it was cut short and is skipped (and removed) on resume.
 - Rotation: the newest ``train.save_total_limit`` complete checkpoints are kept; the only complete
@@ -28,6 +30,7 @@ from typing import Any
 
 from cc_core.config import Params
 from cc_core.io import file_sha256, read_json, write_json
+from cc_core.lineage import WEIGHTS_MANIFEST, weights_sha256
 
 log = logging.getLogger(__name__)
 FINGERPRINT = "cc_fingerprint.json"
@@ -44,13 +47,16 @@ class CheckpointWriteError(OSError):
 
 def make_fingerprint(params: Params, method: str, data_file: Path, base_dir: Path) -> dict[str, Any]:
     """What a resumable checkpoint must match: params that shape training, the data, the base model
-    (its small files by content, its weight files by name and size: hashing many GB on every
-    start would cost more than the resume saves)."""
+    (its small files and its weights by content; the weights' hashes come from the manifest written by
+    ``cctune base-model`` while each file's size and mtime are unchanged, so no start re-reads many GB,
+    yet same-size edited weights are seen). The manifest itself is not compared: it records mtimes,
+    which a copy or ``dvc checkout`` changes without changing the weights."""
     small = {p.name: file_sha256(p) for p in sorted(base_dir.iterdir())
-             if p.is_file() and p.suffix != ".safetensors" and p.stat().st_size < 64 << 20}
-    weights = {p.name: p.stat().st_size for p in sorted(base_dir.glob("*.safetensors"))}
+             if p.is_file() and p.suffix != ".safetensors" and p.name != WEIGHTS_MANIFEST
+             and p.stat().st_size < 64 << 20}
     return {"method": method, "train_params": params.section_hash("train"), "arch_map": str(params.model.arch_map),
-            "data_sha256": file_sha256(data_file), "base_files_sha256": small, "base_weight_sizes": weights}
+            "data_sha256": file_sha256(data_file), "base_files_sha256": small,
+            "base_weights_sha256": weights_sha256(base_dir)}
 
 
 def step_of(checkpoint: Path | None) -> int | None:

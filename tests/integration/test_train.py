@@ -370,3 +370,53 @@ def test_kill_during_a_checkpoint_save_then_resume_and_fresh_start(workspace):
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "other params/data: starting fresh" in fresh.stderr
     assert client.get_run(abandoned).info.status == "KILLED"
+
+
+# --- issue 21 ---------------------------------------------------------------------------------------------
+
+def _scale_float_tensors(weights: Path, factor: float) -> None:
+    """Every float tensor times ``factor``, written back in place: the same size, other weights."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(weights), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata()
+    size = weights.stat().st_size
+    save_file({k: v * factor if v.is_floating_point() else v for k, v in tensors.items()}, str(weights),
+              metadata=metadata)
+    assert weights.stat().st_size == size
+
+
+def test_resume_after_the_base_weights_changed_starts_fresh(workspace):
+    """Point 1. Killed after checkpoint-4 is complete, the base model's weights scaled by 0.5 (same size):
+    before, the rerun resumed from step 4 on other weights (rc 0); now the fingerprint (weights by content,
+    through the manifest base-model wrote) differs and training starts fresh."""
+    import shutil
+
+    _params_file(workspace)
+    shutil.copytree(workspace / "models/base", workspace / "models/base-p1")  # copy2: the manifest stays valid
+    settings = {"train.max_steps": 30, "train.save_steps": 2, "train.per_device_batch_size": 2}
+    cmd = [sys.executable, "-m", "cc_core.cli", "train", "--method", "cc", "--base", "models/base-p1", "--out",
+           "models/cc-p1", "--metrics-dir", "metrics-p1", "--resume"]
+    for item in _overrides(workspace, **settings):
+        cmd += ["--set", item]
+    log_file = (workspace / "p1-killed.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=workspace, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=log_file)
+    marker = workspace / "models/.cc-p1-checkpoints/checkpoint-4/cc_checkpoint_complete.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    log_file.close()
+    assert marker.exists(), f"ended before checkpoint-4: {(workspace / 'p1-killed.log').read_text()[-2000:]}"
+    _scale_float_tensors(workspace / "models/base-p1/model.safetensors", 0.5)
+    rerun = _cli(workspace, "train", "--method", "cc", "--base", "models/base-p1", "--out", "models/cc-p1",
+                 "--metrics-dir", "metrics-p1", "--resume", **settings)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "were made with other params/data: starting fresh" in rerun.stderr
+    assert "model.safetensors changed since its manifest was written" in rerun.stderr
+    metrics = json.loads((workspace / "metrics-p1/train_cc.json").read_text())
+    assert metrics["resumed_from_step"] is None and metrics["steps"] == 30

@@ -200,3 +200,59 @@ def test_examples_dropped_by_pack_max_tokens_name_that_key(smol_tokenizer):
     short = parse_params({}, overrides=["train.packing=false", "train.cutoff_len=8"])
     with pytest.raises(InputError, match=r"train\.cutoff_len=8 dropped 4 .*; raise train\.cutoff_len$"):
         _encode(short, "cc", records, smol_tokenizer, "data/prepared/train.jsonl")
+
+
+# --- issue 21, point 1: the base weights are compared by content on resume ---------------------------
+
+def _base_with_manifest(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    from cc_core.lineage import write_weights_manifest
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    save_file({"w": torch.arange(16.0)}, str(base / "model.safetensors"))
+    write_weights_manifest(base)
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    return base, data
+
+
+def test_fingerprint_sees_same_size_weights_changed_after_the_manifest(tmp_path):
+    """Before: weights compared by name and size, so weights scaled by 0.5 resumed on other weights."""
+    from safetensors.torch import load_file, save_file
+
+    base, data = _base_with_manifest(tmp_path)
+    params = parse_params({})
+    first = make_fingerprint(params, "cc", data, base)
+    weights = base / "model.safetensors"
+    size = weights.stat().st_size
+    save_file({k: v * 0.5 for k, v in load_file(str(weights)).items()}, str(weights))
+    assert weights.stat().st_size == size
+    assert make_fingerprint(params, "cc", data, base) != first
+
+
+def test_fingerprint_reads_hashes_from_the_manifest_while_files_are_unchanged(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import cc_core.lineage as lineage
+
+    base, data = _base_with_manifest(tmp_path)
+    params = parse_params({})
+    first = make_fingerprint(params, "cc", data, base)
+    hashed = []
+    real = lineage.file_sha256
+    monkeypatch.setattr(lineage, "file_sha256", lambda path, *a: hashed.append(str(path)) or real(path, *a))
+    assert make_fingerprint(params, "cc", data, base) == first and hashed == []  # no weight file was read
+    # a copy with new mtimes (dvc checkout, cp): re-hashed, and the same content gives the same fingerprint
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy, copy_function=shutil.copy)
+    os.utime(copy / "model.safetensors", ns=(1, 1))
+    assert make_fingerprint(params, "cc", data, copy) == first and hashed == [str(copy / "model.safetensors")]
+    # a base directory from an older cctune base-model, without a manifest: hashed, same content, same fingerprint
+    (copy / "cc_weights_sha256.json").unlink()
+    hashed.clear()
+    assert make_fingerprint(params, "cc", data, copy) == first and hashed == [str(copy / "model.safetensors")]
