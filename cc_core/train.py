@@ -214,7 +214,8 @@ def _run_trainer(params: Params, setup: _Setup, run):
     callback.attach(trainer)
     if setup.resume_from:
         trainer.restore_counters(setup.resume_from)
-    with disk_errors(lambda: trainer.saving_to or setup.work_dir):
+    # trainer.saving_to: the checkpoint being written, if any; a full disk removes that incomplete folder
+    with disk_errors(lambda: trainer.saving_to or setup.work_dir, partial=lambda: trainer.saving_to):
         output = trainer.train(resume_from_checkpoint=str(setup.resume_from) if setup.resume_from else None)
     return trainer, output
 
@@ -228,7 +229,7 @@ def _save(params: Params, setup: _Setup, trainer, output, run, metrics_dir: Path
     if is_main and partial.exists():
         shutil.rmtree(partial)
     barrier()
-    with disk_errors(lambda: partial):
+    with disk_errors(lambda: partial, partial=lambda: partial):
         trainer.save_model(str(partial))  # every rank: ZeRO-3 gathers the full weights collectively
     barrier()
     history = [h for h in trainer.state.log_history if "loss" in h]

@@ -4,7 +4,7 @@ when a checkpoint counts, which ones are kept, and what a failed write reports.
     fingerprint = make_fingerprint(params, "cc", data_file, base_dir)
     resume_from = resume_point(work_dir, fingerprint)       # newest complete match, or None
     rotate_checkpoints(work_dir, keep=2)
-    with disk_errors(lambda: work_dir): ...                 # a full disk → CheckpointWriteError
+    with disk_errors(lambda: work_dir, partial=lambda: folder): ...   # a full disk → CheckpointWriteError
 
 - Fingerprint (``cc_fingerprint.json``): train params, arch map, data hash, the base model's small
   files and its weight files by content (the weights through the manifest ``cctune base-model`` wrote,
@@ -38,7 +38,8 @@ COUNTERS = "cc_counters-rank{rank}.json"  # per-rank token / layer-choice counte
 # Written into checkpoint-N/ after every rank has saved everything: a checkpoint without it was cut
 # short (a kill or a full disk during the save) and is never resumed from.
 COMPLETE = "cc_checkpoint_complete.json"
-_DISK_FULL_SIGNS = ("No space left", "inline_container", "file write failed", "Disk quota exceeded")
+_DISK_FULL_SIGNS = ("No space left", "inline_container", "file write failed", "Disk quota exceeded", "os error 28",
+                    "os error 122")
 
 
 class CheckpointWriteError(OSError):
@@ -135,15 +136,40 @@ def read_counters(checkpoint: Path, rank: int) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-@contextlib.contextmanager
-def disk_errors(where):
-    """A failed write (full disk: ENOSPC, or torch's ``[enforce fail at inline_container.cc]``) becomes one
-    line naming the folder being written (``where()``); the incomplete checkpoint is skipped by the next resume."""
-    try:
-        yield
-    except (OSError, RuntimeError) as err:
+def is_disk_full(err: BaseException) -> bool:
+    """A write that failed for want of space, whichever library raised it: ENOSPC/EDQUOT, torch's
+    ``[enforce fail at inline_container.cc]``, or the tokenizers library's plain ``Exception: No space left
+    on device (os error 28)`` (Rust's io::Error, no errno attribute); causes and contexts are followed."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
         text = str(err)
         if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(s in text for s in _DISK_FULL_SIGNS):
-            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-            raise CheckpointWriteError(f"{where()}: writing failed (disk full?): {first[:200]}") from None
-        raise
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def remove_partial(folder: Path | None) -> bool:
+    """Remove a folder whose write was cut short (a checkpoint without its completion marker, or the final
+    model's ``.partial`` directory): it holds no usable state, and on a full disk its space is needed."""
+    if folder is None or not folder.is_dir() or (folder / COMPLETE).is_file():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
+
+
+@contextlib.contextmanager
+def disk_errors(where, partial=None):
+    """A failed write (full disk) becomes one line naming the folder being written (``where()``), whatever
+    library raised it; the incomplete folder (``partial()``, e.g. the checkpoint being saved) is removed."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, tokenizers a plain Exception
+        if not is_disk_full(err):
+            raise
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        removed = remove_partial(partial() if partial else None)
+        raise CheckpointWriteError(f"{where()}: writing failed (disk full?): {first[:200]}"
+                                   + ("; the incomplete folder was removed" if removed else "")) from None

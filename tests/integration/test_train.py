@@ -316,14 +316,15 @@ def test_full_disk_during_a_checkpoint_save_is_one_error_and_resume_skips_it(wor
         _train_api(workspace, "sft", "models/sft-disk", **{"train.max_steps": 6})
     work = workspace / "models/.sft-disk-checkpoints"
     assert str(caught.value).startswith(f"{work / 'checkpoint-4'}: writing failed (disk full?)")
+    assert str(caught.value).endswith("; the incomplete folder was removed")  # issue 21: its space is needed
     assert (work / "checkpoint-2" / COMPLETE).is_file()
-    assert not (work / "checkpoint-4" / COMPLETE).exists()
+    assert not (work / "checkpoint-4").exists()
     monkeypatch.setattr(torch, "save", real_save)  # space freed
     params = parse_params({}, overrides=_overrides(workspace, **{"train.max_steps": 6}))
     with caplog.at_level("INFO"):
         result = train_module.train(params, "sft", workspace / "models/base", workspace / "data/prepared",
                                     workspace / "models/sft-disk", workspace / "metrics", resume=True)
-    assert f"skipping incomplete checkpoint {work / 'checkpoint-4'}" in caplog.text
+    assert f"resuming from {work / 'checkpoint-2'}" in caplog.text
     assert result.steps == 6 and result.resumed_from_step == 2
 
 
@@ -420,3 +421,36 @@ def test_resume_after_the_base_weights_changed_starts_fresh(workspace):
     assert "model.safetensors changed since its manifest was written" in rerun.stderr
     metrics = json.loads((workspace / "metrics-p1/train_cc.json").read_text())
     assert metrics["resumed_from_step"] is None and metrics["steps"] == 30
+
+
+def test_a_full_disk_in_the_tokenizers_library_is_one_line_and_leaves_no_partial_checkpoint(workspace, monkeypatch,
+                                                                                            capsys):
+    """Point 5. The tokenizers library reports a full disk as a plain ``Exception`` ("No space left on device
+    (os error 28)"); before, it escaped as a traceback and the incomplete checkpoint-4 (15 MB) stayed."""
+    from transformers import AutoTokenizer
+
+    from cc_core.cli import main
+    from cc_core.training.checkpoints import COMPLETE
+
+    tokenizer_class = type(AutoTokenizer.from_pretrained(workspace / "models/base"))
+    real_save = tokenizer_class.save_pretrained
+
+    def full_disk(self, save_directory, *args, **kwargs):
+        if "checkpoint-4" in str(save_directory):
+            raise Exception("No space left on device (os error 28)")  # noqa: TRY002 - the library's own type
+        return real_save(self, save_directory, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_class, "save_pretrained", full_disk)
+    _params_file(workspace)
+    monkeypatch.chdir(workspace)
+    args = ["train", "--method", "sft", "--out", "models/sft-p5", "--metrics-dir", "metrics-p5"]
+    for item in _overrides(workspace, **{"train.max_steps": 6, "train.per_device_batch_size": 2}):
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    work = Path("models/.sft-p5-checkpoints")
+    assert err[-1] == (f"cctune train: error: {work / 'checkpoint-4'}: writing failed (disk full?): No space left on "
+                       "device (os error 28); the incomplete folder was removed")
+    assert not any("Traceback" in line for line in err)
+    assert not (work / "checkpoint-4").exists() and (work / "checkpoint-2" / COMPLETE).is_file()
+    assert not Path("models/sft-p5").exists()
