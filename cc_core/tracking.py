@@ -73,10 +73,35 @@ def sqlite_busy(uri: str, wait: float = LOCK_WAIT_S) -> str | None:
     return None
 
 
+def sqlite_read_only(uri: str) -> str | None:
+    """Why a SQLite store cannot be written (a read-only file, or a folder where SQLite cannot create its
+    journal), or None. MLflow would find out at its first write, logging tracebacks whose stated reason
+    is SQLAlchemy's "(raised as a result of Query-invoked autoflush...)"."""
+    path = sqlite_path(uri)
+    if path is None or not Path(path).is_file():
+        return None
+    folder = Path(path).resolve().parent
+    if not os.access(path, os.W_OK):
+        return f"the store is read-only (no write access to {path})"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the store is read-only (no write access to its folder {folder}, where SQLite writes its journal)"
+    return None
+
+
 def _reason(err: BaseException) -> str:
-    text = redact(str(err)).strip().splitlines()[0] if str(err).strip() else ""
-    text = text.removeprefix("(sqlite3.OperationalError) ")
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+    """One line saying why the store failed: the underlying cause, not SQLAlchemy's notes about it."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    if any("readonly database" in str(e) for e in chain):
+        return "the store is read-only (attempt to write a readonly database)"
+    first = chain[0]
+    lines = [line.strip() for line in redact(str(first)).splitlines()
+             if line.strip() and not line.strip().startswith("(raised as a result of")]
+    text = lines[0].removeprefix("(sqlite3.OperationalError) ") if lines else ""
+    return f"{type(first).__name__}: {text[:300]}" if text else type(first).__name__
 
 
 def unavailable_error(uri: str, reason: str, policy: str = "fail",
@@ -221,8 +246,8 @@ class Run:
             if not self.tolerant:
                 raise
             self.broken = True
-            log.warning("MLflow %s failed (%s: %s): tracking was skipped for the rest of run %s "
-                        "(tracking.on_unavailable=skip)", what, type(err).__name__, redact(str(err))[:200], self.run_id)
+            log.warning("MLflow %s failed (%s): tracking was skipped for the rest of run %s "
+                        "(tracking.on_unavailable=skip)", what, _reason(err), self.run_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         # why: mlflow takes seconds to import; cctune imports this module at start-up
@@ -311,9 +336,9 @@ class Tracker:
         if not _server_up(self.uri):
             self._unavailable("the server is unreachable (no answer on /health)")
             return None
-        busy = sqlite_busy(self.uri)
-        if busy:
-            self._unavailable(busy)
+        blocked = sqlite_read_only(self.uri) or sqlite_busy(self.uri)
+        if blocked:
+            self._unavailable(blocked)
             return None
         if self.params.on_unavailable == "skip" and urlparse(self.uri).scheme in ("http", "https"):
             # MLflow retries a failed request for minutes by default; a run that goes on untracked

@@ -454,3 +454,23 @@ def test_a_full_disk_in_the_tokenizers_library_is_one_line_and_leaves_no_partial
     assert not any("Traceback" in line for line in err)
     assert not (work / "checkpoint-4").exists() and (work / "checkpoint-2" / COMPLETE).is_file()
     assert not Path("models/sft-p5").exists()
+
+
+def test_training_against_a_read_only_store_warns_once_and_goes_on(workspace, tmp_path, read_only):
+    """Point 8. Before: training went on but logged MLflow tracebacks whose stated reason was
+    "(raised as a result of Query-invoked autoflush…)"."""
+    import mlflow
+
+    _params_file(workspace)
+    db = tmp_path / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()  # an existing store
+    read_only(db)
+    out = _cli(workspace, "train", "--method", "sft", "--out", "models/sft-p8", "--metrics-dir", "metrics-p8",
+               **{"train.max_steps": 2, "tracking.uri": f"sqlite:///{db}"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "autoflush" not in out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "mlflow" in line.lower() and "WARNING" in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f"MLflow tracking store sqlite:///{db} is unavailable: the store is read-only (no write access to {db}); "
+        "tracking was skipped for this run (tracking.on_unavailable=skip)"), out.stderr[-3000:]
+    assert json.loads((workspace / "metrics-p8/train_sft.json").read_text())["steps"] == 2

@@ -324,6 +324,22 @@ def test_cli_register_with_a_locked_store_is_one_line_exit_2(tmp_path):
     assert elapsed < 60  # the wait on the lock is a few seconds (the rest is Python start-up)
 
 
+def test_cli_register_with_a_read_only_store_is_one_line_exit_2(tmp_path, read_only):
+    """Issue 21, point 8. Before: exit 2 with the misleading "(raised as a result of Query-invoked autoflush…)"
+    after about 100 lines of traceback."""
+    import mlflow
+
+    paths = _fake_project(tmp_path)
+    mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # create the store
+    read_only(tmp_path / "mlflow.db")
+    out = _cli_register(tmp_path, paths)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "autoflush" not in out.stderr
+    lines = _error_lines(out.stderr)
+    assert lines == [f"cctune register: error: MLflow tracking store sqlite:///{tmp_path}/mlflow.db is unavailable: "
+                     f"the store is read-only (no write access to {tmp_path}/mlflow.db) (cctune register needs it)"]
+
+
 # --- what the served model declares ---------------------------------------------------------------------
 
 def test_serving_requirements_are_pinned_as_in_constraints():
