@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -31,115 +30,14 @@ from urllib.request import urlopen
 from cc_core.config import TrackingParams
 from cc_core.io import write_json
 from cc_core.redact import redact, strip_userinfo
+# The store's failure modes live in tracking_store; named here too, where stages and tests have always found them.
+from cc_core.tracking_store import (LOCK_WAIT_S, TrackingUnavailableError, failure_reason,  # noqa: F401
+                                    is_store_failure, sqlite_busy, sqlite_path, sqlite_read_only, store_errors,
+                                    unavailable_error)
 
 log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
-LOCK_WAIT_S = 3.0  # how long a SQLite store locked by another writer is waited for
 QUIET_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-
-
-class TrackingUnavailableError(RuntimeError):
-    """The MLflow store cannot be reached or written (the message names it)."""
-
-    user_error = True  # cctune prints it as one line (cc_core.cli.is_user_error)
-
-
-def sqlite_path(uri: str) -> str | None:
-    """The file of a ``sqlite:///relative.db`` / ``sqlite:////abs.db`` URI (None: not SQLite, or in memory)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return path or None
-
-
-def sqlite_busy(uri: str, wait: float = LOCK_WAIT_S) -> str | None:
-    """Why a SQLite store cannot take a write now (e.g. ``database is locked`` after ``wait`` s), or None.
-
-    MLflow itself waits about 12 s (SQLite's 5 s busy timeout, then engine retries) and then
-    raises a raw ``OperationalError``; this probe takes a write lock and releases it at once."""
-    path = sqlite_path(uri)
-    if path is None or not Path(path).is_file():
-        return None  # nothing to lock yet: MLflow creates the file
-    try:
-        con = sqlite3.connect(path, timeout=wait, isolation_level=None)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            con.execute("ROLLBACK")
-        finally:
-            con.close()
-    except sqlite3.Error as err:
-        reason = str(err)
-        return f"{reason} (another process holds it; waited {wait:g} s)" if "locked" in reason else reason
-    return None
-
-
-def sqlite_read_only(uri: str) -> str | None:
-    """Why a SQLite store cannot be written (a read-only file, or a folder where SQLite cannot create its
-    journal), or None. MLflow would find out at its first write, logging tracebacks whose stated reason
-    is SQLAlchemy's "(raised as a result of Query-invoked autoflush...)"."""
-    path = sqlite_path(uri)
-    if path is None or not Path(path).is_file():
-        return None
-    folder = Path(path).resolve().parent
-    if not os.access(path, os.W_OK):
-        return f"the store is read-only (no write access to {path})"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"the store is read-only (no write access to its folder {folder}, where SQLite writes its journal)"
-    return None
-
-
-def _reason(err: BaseException) -> str:
-    """One line saying why the store failed: the underlying cause, not SQLAlchemy's notes about it."""
-    chain, seen = [], set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    if any("readonly database" in str(e) for e in chain):
-        return "the store is read-only (attempt to write a readonly database)"
-    first = chain[0]
-    lines = [line.strip() for line in redact(str(first)).splitlines()
-             if line.strip() and not line.strip().startswith("(raised as a result of")]
-    text = lines[0].removeprefix("(sqlite3.OperationalError) ") if lines else ""
-    return f"{type(first).__name__}: {text[:300]}" if text else type(first).__name__
-
-
-def unavailable_error(uri: str, reason: str, policy: str = "fail",
-                      required_by: str | None = None) -> TrackingUnavailableError:
-    why = f"{required_by} needs it" if required_by else f"tracking.on_unavailable={policy}"
-    return TrackingUnavailableError(f"MLflow tracking store {strip_userinfo(uri)} is unavailable: {reason} ({why})")
-
-
-@contextlib.contextmanager
-def store_errors(uri: str, policy: str = "fail", required_by: str | None = None) -> Iterator[None]:
-    """Turn a failure of the tracking store (locked SQLite file, server gone, ...) inside the body
-    into a one-line :class:`TrackingUnavailableError` naming the store."""
-    try:
-        yield
-    except TrackingUnavailableError:
-        raise
-    except Exception as err:  # noqa: BLE001 - which exception a store raises depends on the store
-        if not _is_store_failure(err):
-            raise
-        raise unavailable_error(uri, _reason(err), policy, required_by) from err
-
-
-def _is_store_failure(err: BaseException) -> bool:
-    """Errors of the store itself (database locked or unreachable, connection refused), as opposed
-    to a request the store refused on its merits (an unknown model name, a bad value)."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        module = type(err).__module__
-        if module.startswith(("sqlalchemy", "sqlite3", "requests", "urllib3")) or isinstance(err, (sqlite3.Error,
-                                                                                                   ConnectionError)):
-            return True
-        text = str(err)
-        if any(marker in text for marker in ("database is locked", "OperationalError", "unable to open database",
-                                              "Max retries exceeded", "Connection refused")):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
 
 
 def tracking_uri(params: TrackingParams) -> str:
@@ -247,7 +145,7 @@ class Run:
                 raise
             self.broken = True
             log.warning("MLflow %s failed (%s): tracking was skipped for the rest of run %s "
-                        "(tracking.on_unavailable=skip)", what, _reason(err), self.run_id)
+                        "(tracking.on_unavailable=skip)", what, failure_reason(err), self.run_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         # why: mlflow takes seconds to import; cctune imports this module at start-up
@@ -353,7 +251,7 @@ class Tracker:
         try:
             return mlflow.MlflowClient(self.uri)
         except Exception as err:  # noqa: BLE001 - any failure to open the store, by policy
-            self._unavailable(_reason(err))
+            self._unavailable(failure_reason(err))
             return None
 
     @staticmethod
@@ -365,7 +263,7 @@ class Tracker:
         try:
             return client.get_run(run_id)
         except MlflowException as err:
-            if _is_store_failure(err):
+            if is_store_failure(err):
                 raise
             return None
 
@@ -382,7 +280,7 @@ class Tracker:
                                       f"tags.checkpoint_sha256 = '{checkpoint}' and tags.stage = 'train'",
                                       order_by=["attributes.start_time DESC"], max_results=1)
         except Exception as err:  # noqa: BLE001 - an unusable store, by policy (tracking.on_unavailable)
-            self._unavailable(_reason(err))
+            self._unavailable(failure_reason(err))
             return None
         return runs[0].info.run_id if runs else None
 
@@ -446,7 +344,7 @@ class Tracker:
         except TrackingUnavailableError:
             raise
         except Exception as err:  # noqa: BLE001 - the store failed before the run began: policy decides
-            self._unavailable(_reason(err))
+            self._unavailable(failure_reason(err))
             yield NullRun()
             return
         run = Run(run_id, client, tolerant=self.params.on_unavailable == "skip")

@@ -276,7 +276,7 @@ def test_a_read_only_store_with_skip_goes_on_untracked_with_one_warning(store, r
 
 def test_a_store_made_read_only_mid_run_is_named_as_such_not_as_autoflush():
     """The reason given for a failure inside a run: the cause, not SQLAlchemy's note about the flush."""
-    from cc_core.tracking import _reason
+    from cc_core.tracking_store import failure_reason as _reason
 
     try:
         try:
