@@ -102,6 +102,8 @@ class NullRun:
     """Stands in for a run when tracking is disabled or skipped: every call is a no-op."""
 
     run_id: str | None = None
+    stopped_at_step: int | None = None  # never started: nothing stopped
+    stopped_reason: str | None = None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         pass
@@ -134,6 +136,9 @@ class Run:
     client: Any
     tolerant: bool = False
     broken: bool = False
+    last_step: int = 0  # of the latest log_metrics call
+    stopped_at_step: int | None = None  # the first step whose metrics did not reach the store
+    stopped_reason: str | None = None
 
     def _call(self, what: str, fn, *args, **kwargs) -> None:
         if self.broken:
@@ -144,14 +149,17 @@ class Run:
             if not self.tolerant:
                 raise
             self.broken = True
-            log.warning("MLflow %s failed (%s): tracking was skipped for the rest of run %s "
-                        "(tracking.on_unavailable=skip)", what, failure_reason(err), self.run_id)
+            # the run stays RUNNING in the store: the training metrics say so, and the next start closes it
+            self.stopped_at_step, self.stopped_reason = self.last_step, f"MLflow {what} failed ({failure_reason(err)})"
+            log.warning("MLflow %s failed (%s): tracking was skipped for the rest of run %s from step %d "
+                        "(tracking.on_unavailable=skip)", what, failure_reason(err), self.run_id, self.last_step)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         # why: mlflow takes seconds to import; cctune imports this module at start-up
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        self.last_step = max(self.last_step, step or 0)
         clean = [Metric(_metric_key(k), float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         if clean:
             self._call("log_metrics", self.client.log_batch, self.run_id, metrics=clean)
@@ -309,6 +317,18 @@ class Tracker:
             except Exception as err:  # noqa: BLE001 - tracking must not stop the work (on_unavailable=skip)
                 log.warning("could not mark MLflow run %s KILLED: %s", run_id, err)
 
+    def close_orphaned(self, run_id: str | None, reason: str) -> bool:
+        """Close as FAILED, with ``reason`` in its ``failure_reason`` tag, a run its process could no longer
+        close (the store went away mid-run); a run that is not RUNNING is left alone. True if closed."""
+        client = self.client() if run_id else None
+        found = self.find_run(client, run_id) if client is not None else None
+        if found is None or found.info.status != "RUNNING":
+            return False
+        client.set_tag(run_id, "failure_reason", redact(reason)[:5000])
+        client.set_terminated(run_id, status="FAILED")
+        log.warning("MLflow run %s was left RUNNING when %s: closed as FAILED", run_id, reason)
+        return True
+
     def find_or_create_run(self, name: str, tags: dict[str, str]) -> str | None:
         """The id of the newest run carrying all of ``tags`` in the experiment, or of a new (finished) run
         named ``name`` with them; None when tracking is off or skipped."""
@@ -380,3 +400,26 @@ def read_run_id(directory: str | Path) -> str | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text()).get("run_id")
+
+
+def close_orphaned_training_runs(tracker: Tracker, metrics_dir: str | Path) -> list[str]:
+    """The training runs whose tracking stopped mid-way (``tracking_stopped_at_step`` in
+    ``metrics/train_<method>.json``; the store went away, so the run was never closed) closed as FAILED
+    with the reason, once the store is back: at the next training start or ``register``. Best effort: a
+    store still away leaves them for next time. Returns the ids closed."""
+    closed = []
+    for path in sorted(Path(metrics_dir).glob("train_*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("tracking_stopped_at_step") is None or not record.get("run_id"):
+            continue
+        reason = (f"tracking stopped at step {record['tracking_stopped_at_step']} of {record.get('steps')} "
+                  f"({record.get('tracking_stopped_reason')}); training went on untracked ({path})")
+        try:
+            if tracker.close_orphaned(record["run_id"], reason):
+                closed.append(record["run_id"])
+        except Exception as err:  # noqa: BLE001 - a store still unusable: try again next time
+            log.warning("could not close MLflow run %s yet: %s", record["run_id"], failure_reason(err))
+    return closed

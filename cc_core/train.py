@@ -37,7 +37,8 @@ from cc_core.modeling.architectures import ArchPaths
 from cc_core.modeling.cc_model import CCTuningModel
 from cc_core.modeling.loading import check_tokenizer_matches, load_model_dir
 from cc_core.prompts import pad_token_id
-from cc_core.tracking import NullRun, Tracker, git_commit, read_run_id, tracking_uri, write_run_file
+from cc_core.tracking import (NullRun, Tracker, close_orphaned_training_runs, git_commit, read_run_id,
+                              tracking_uri, write_run_file)
 from cc_core.training.checkpoints import (FINGERPRINT, CheckpointWriteError, disk_errors, make_fingerprint,
                                           resume_point, step_of)
 from cc_core.training.data import EncodeStats, FeatureDataset, encode_records, make_collator
@@ -66,6 +67,8 @@ class TrainResult:
     tokens_this_run: int = 0  # trained by this process (after a resume: since the resume); tokens_per_s's numerator
     tokens_total: int = 0  # trained over the whole training, resumed parts included
     resumed_from_step: int | None = None
+    tracking_stopped_at_step: int | None = None  # the store went away: the run holds the steps before it only
+    tracking_stopped_reason: str | None = None
 
 
 @dataclass
@@ -95,6 +98,8 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     out = Path(out_dir or f"models/{method}")
     setup = _setup(params, method, Path(base_dir), Path(data_dir) / "train.jsonl", out, resume,
                    Path(checkpoint_dir) if checkpoint_dir else out.parent / f".{out.name}-checkpoints")
+    if rank() == 0:  # a run whose store went away in an earlier training is closed FAILED, with the reason
+        close_orphaned_training_runs(setup.tracker, Path(metrics_dir))
     with _tracked_run(params, setup) as run:
         trainer, output = _run_trainer(params, setup, run)
         result = _save(params, setup, trainer, output, run, Path(metrics_dir))
@@ -252,8 +257,14 @@ def _save(params: Params, setup: _Setup, trainer, output, run, metrics_dir: Path
         result.checkpoint_sha256 = dir_sha256(partial, "*.safetensors")
         replace_path(partial, out)
         shutil.rmtree(setup.work_dir, ignore_errors=True)  # finished: a rerun must not resume from these
-        write_train_metrics(result, history, metrics_dir, method)
         _log_result(params, result, run, out)
+        # after the last MLflow call: the metrics say whether the run holds every step
+        result.tracking_stopped_at_step, result.tracking_stopped_reason = run.stopped_at_step, run.stopped_reason
+        if run.stopped_at_step is not None:
+            log.warning("tracking stopped at step %d of %d (%s): MLflow run %s holds the steps before it only; it is "
+                        "closed as FAILED at the next start or register", run.stopped_at_step, result.steps,
+                        run.stopped_reason, run.run_id)
+        write_train_metrics(result, history, metrics_dir, method)
     return result
 
 
@@ -276,6 +287,10 @@ def write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: P
                "train_runtime_s": round(result.train_runtime_s, 3), "tokens_per_s": round(result.tokens_per_s, 2),
                "tokens_this_run": result.tokens_this_run, "tokens_total": result.tokens_total,
                "resumed_from_step": result.resumed_from_step, "checkpoint_sha256": result.checkpoint_sha256,
+               # MLflow's record of this training: which run, and whether it is complete (a store that went
+               # away mid-run leaves it RUNNING with the steps before tracking_stopped_at_step only)
+               "run_id": result.run_id, "tracking_stopped_at_step": result.tracking_stopped_at_step,
+               "tracking_stopped_reason": result.tracking_stopped_reason,
                "examples": result.encode.get("kept", 0), "dropped_truncated": result.encode.get("dropped_truncated", 0),
                "layer_choice_counts": result.layer_choice_counts}
     write_json(metrics_dir / f"train_{method}.json", metrics)

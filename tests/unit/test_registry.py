@@ -19,13 +19,13 @@ import pytest
 from cc_core.config import ConfigError, parse_params
 from cc_core.io import InputError, file_sha256, write_json
 from cc_core.lineage import LineageError, checkpoint_sha256
+from cc_core.champion import metric_tags
+from cc_core.champion import should_promote as _should_promote
 from cc_core.registry import (
     CONSTRAINTS_FILE,
     RegistryError,
-    _should_promote,
     eval_metrics,
     eval_settings_hash,
-    metric_tags,
     model_signature,
     read_constraints,
     register,
