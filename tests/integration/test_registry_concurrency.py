@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1].parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Each process registers through the real CLI; after the store has given it a version number it waits
 # until every process has one, so all of them decide their aliases at the same moment (before the fix

@@ -474,3 +474,86 @@ def test_training_against_a_read_only_store_warns_once_and_goes_on(workspace, tm
         f"MLflow tracking store sqlite:///{db} is unavailable: the store is read-only (no write access to {db}); "
         "tracking was skipped for this run (tracking.on_unavailable=skip)"), out.stderr[-3000:]
     assert json.loads((workspace / "metrics-p8/train_sft.json").read_text())["steps"] == 2
+
+
+def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` in a session of its own (it runs its web workers as children: a SIGKILL of the
+    group takes them all, as a crashed host would), logging to a file."""
+    log = (root / f"mlflow-server-{port}.log").open("a")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                             str(port), "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination",
+                             str(root / "server-artifacts"), "--workers", "1"],
+                            cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")})
+    import urllib.request
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+        assert proc.poll() is None, (root / f"mlflow-server-{port}.log").read_text()[-3000:]
+    raise TimeoutError("mlflow server not healthy")
+
+
+def test_a_tracking_server_killed_mid_training_is_recorded_and_its_run_closed_later(workspace, tmp_path, monkeypatch):
+    """Point 9. The MLflow server is SIGKILLed before step 5's metrics are logged: training finishes and writes
+    the model (as before), metrics/train_sft.json says tracking stopped at step 5 (before: no mention, and
+    the run stayed RUNNING with 4 of 30 loss points), and the next start closes that run FAILED with the reason."""
+    import socket
+
+    import mlflow
+
+    from cc_core.training import trainer as trainer_lib
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a dead server is given up on in seconds
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    real_on_log = trainer_lib.TrackingCallback.on_log
+
+    def kill_server_at_step_5(self, args, state, control, logs=None, **kwargs):
+        if state.global_step == 5 and server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, mid-training
+            server.wait()
+        return real_on_log(self, args, state, control, logs=logs, **kwargs)
+
+    monkeypatch.setattr(trainer_lib.TrackingCallback, "on_log", kill_server_at_step_5)
+    metrics_dir = tmp_path / "metrics"
+    try:
+        result = _train_api(workspace, "sft", "models/sft-p9", **{"train.max_steps": 30, "tracking.uri": uri,
+                                                                   "train.per_device_batch_size": 2})
+        metrics_file = metrics_dir / "train_sft.json"
+        (metrics_dir).mkdir()
+        (workspace / "metrics/train_sft.json").replace(metrics_file)  # this test's record, kept apart
+        record = json.loads(metrics_file.read_text())
+        assert result.steps == 30 and (workspace / "models/sft-p9/model.safetensors").is_file()
+        assert record["tracking_stopped_at_step"] == 5 and record["run_id"] == result.run_id
+        assert record["tracking_stopped_reason"].startswith("MLflow log_metrics failed (")
+        monkeypatch.setattr(trainer_lib.TrackingCallback, "on_log", real_on_log)
+        server = _mlflow_server(tmp_path, port)  # back up, same store
+        client = mlflow.MlflowClient(uri)
+        orphan = client.get_run(result.run_id)
+        assert orphan.info.status == "RUNNING"
+        assert [m.step for m in client.get_metric_history(result.run_id, "loss")] == [1, 2, 3, 4]
+        # the next start (in the same project) closes it, with the reason
+        from cc_core.train import train
+
+        params = parse_params({}, overrides=_overrides(workspace, **{"train.max_steps": 1, "tracking.uri": uri}))
+        train(params, "sft", workspace / "models/base", workspace / "data/prepared", workspace / "models/sft-p9b",
+              metrics_dir)
+        closed = client.get_run(result.run_id)
+        assert closed.info.status == "FAILED"
+        assert closed.data.tags["failure_reason"].startswith("tracking stopped at step 5 of 30 (MLflow log_metrics "
+                                                             "failed")
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)

@@ -340,6 +340,25 @@ def test_cli_register_with_a_read_only_store_is_one_line_exit_2(tmp_path, read_o
                      f"the store is read-only (no write access to {tmp_path}/mlflow.db) (cctune register needs it)"]
 
 
+def test_register_closes_a_training_run_its_lost_store_left_running(tmp_path):
+    """Issue 21, point 9: a training whose tracking server died mid-run left its run RUNNING and said so in
+    metrics/train_cc.json; register (the store reachable again) closes it FAILED with the reason."""
+    import mlflow
+
+    paths = _fake_project(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    orphan = client.create_run(client.create_experiment("cc-tuning", artifact_location=str(tmp_path / "a"))).info.run_id
+    write_json(paths["metrics"] / "train_cc.json", {"method": "cc", "steps": 30, "run_id": orphan,
+                                                   "tracking_stopped_at_step": 5,
+                                                   "tracking_stopped_reason": "MLflow log_metrics failed (...)"})
+    write_json(paths["metrics"] / "train_cc_loss.json", [{"step": 1, "loss": 2.0}])  # a plot: not a record
+    _register(tmp_path, paths)
+    run = client.get_run(orphan)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == ("tracking stopped at step 5 of 30 (MLflow log_metrics failed (...)); "
+                                               f"training went on untracked ({paths['metrics'] / 'train_cc.json'})")
+
+
 # --- what the served model declares ---------------------------------------------------------------------
 
 def test_serving_requirements_are_pinned_as_in_constraints():
