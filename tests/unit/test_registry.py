@@ -409,6 +409,57 @@ def test_a_version_registered_with_the_defaults_keeps_its_own_weights(tmp_path):
     assert file_sha256(model_dir / "model.safetensors") == registered != file_sha256(weights)
 
 
+def _mlflow_plugins(tmp_path: Path) -> Path:
+    """A folder to put on PYTHONPATH that declares the package's MLflow entry points (pyproject.toml) as an
+    installed distribution does: the shared environment may have been installed before they existed."""
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    points = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["entry-points"]
+    dist = tmp_path / "plugins" / "cc_tuning_entry_points-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cc-tuning-entry-points\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text("[mlflow.artifact_repository]\n" + "".join(
+        f"{name} = {target}\n" for name, target in points["mlflow.artifact_repository"].items()))
+    return dist.parent
+
+
+def test_a_version_whose_artifacts_are_gone_is_one_line_naming_version_and_path(tmp_path):
+    """Issue 21, point 7. Before: `mlflow.pyfunc.load_model("models:/NAME@champion")` with the version's artifact
+    directory deleted said `No such artifact: ''`, and ModelFilesError did not name the version."""
+    import os
+    import shutil
+    from urllib.parse import unquote, urlparse
+
+    import mlflow
+
+    paths = _fake_project(tmp_path)
+    result = _register(tmp_path, paths)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    logged = client.get_model_version("cc-test", result.version).tags["logged_model_id"]
+    location = Path(unquote(urlparse(client.get_logged_model(logged).artifact_location).path))
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{_mlflow_plugins(tmp_path)}"}
+    load = "import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]); mlflow.pyfunc.load_model(sys.argv[2])"
+
+    def last_line() -> str:
+        out = subprocess.run([sys.executable, "-c", load, uri, "models:/cc-test@champion"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0
+        return out.stderr.strip().splitlines()[-1]
+
+    shutil.rmtree(location / "artifacts" / "model")  # the version's weights gone, its MLmodel still there
+    line = last_line()
+    assert "ModelFilesError: registered model cc-test version 1 (run " in line
+    assert f"{location}/artifacts/model/" in line and "missing (registered with sha256 " in line
+    shutil.rmtree(location)  # the version's whole artifact directory
+    line = last_line()
+    assert line == (f"cc_core.registry_artifacts.ArtifactsMissingError: registered model cc-test version 1 "
+                    f"(models:/cc-test@champion): its files are missing from the artifact store: {location} does not "
+                    "exist; restore them from a backup or register the checkpoint again")
+
+
 # --- loading verifies every file ----------------------------------------------------------------------------
 
 def _config(paths: dict, storage: str = "reference") -> dict:
