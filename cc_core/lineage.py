@@ -110,21 +110,25 @@ def _weight_files(model_dir: Path) -> list[Path]:
     return sorted(p for p in model_dir.glob(PATTERN) if p.is_file())
 
 
+def _record(path: Path) -> dict:
+    stat = path.stat()  # before hashing: a file changed while it is read gets another mtime, so it is hashed again
+    return {"sha256": file_sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def write_weights_manifest(model_dir: str | Path) -> dict[str, str]:
     """Hash every top-level ``*.safetensors`` of ``model_dir`` once and record it with its size and mtime."""
     model_dir = Path(model_dir)
-    files = {}
-    for path in _weight_files(model_dir):
-        stat = path.stat()
-        files[path.name] = {"sha256": file_sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    files = {path.name: _record(path) for path in _weight_files(model_dir)}
     write_json(model_dir / WEIGHTS_MANIFEST, {"files": files})
     return {name: entry["sha256"] for name, entry in files.items()}
 
 
-def weights_sha256(model_dir: str | Path) -> dict[str, str]:
-    """``{file name: sha256}`` of the top-level ``*.safetensors`` of ``model_dir``. A file whose size and
-    mtime are those the manifest recorded takes the manifest's hash; any other file (changed since, or a
-    directory without a manifest, written by an older ``cctune base-model``) is hashed now."""
+def weight_records(model_dir: str | Path, known: dict | None = None) -> dict[str, dict]:
+    """``{file name: {"sha256", "size", "mtime_ns"}}`` of the top-level ``*.safetensors`` of ``model_dir``. A
+    file whose size and mtime are those recorded (in the manifest, or in ``known``: records saved by an
+    earlier call, e.g. beside a training's checkpoints) takes the recorded hash; any other file (changed
+    since, copied by ``dvc checkout``, or a directory without a manifest, written by an older
+    ``cctune base-model``) is hashed now."""
     model_dir = Path(model_dir)
     manifest = model_dir / WEIGHTS_MANIFEST
     try:
@@ -134,13 +138,21 @@ def weights_sha256(model_dir: str | Path) -> dict[str, str]:
     if not recorded:
         log.info("%s: no readable %s (written by an older cctune base-model?): hashing its weight files",
                  model_dir, WEIGHTS_MANIFEST)
-    hashes = {}
+    records = {}
     for path in _weight_files(model_dir):
-        stat, entry = path.stat(), recorded.get(path.name)
-        if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
-            hashes[path.name] = entry["sha256"]
+        stat = path.stat()
+        candidates = [entry for entry in (recorded.get(path.name), (known or {}).get(path.name))
+                      if isinstance(entry, dict) and entry.get("sha256")]
+        same = [e for e in candidates if e.get("size") == stat.st_size and e.get("mtime_ns") == stat.st_mtime_ns]
+        if same:
+            records[path.name] = {"sha256": same[0]["sha256"], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         else:
-            if entry:
-                log.info("%s changed since its manifest was written (size or mtime): hashing it", path)
-            hashes[path.name] = file_sha256(path)
-    return hashes
+            if candidates:
+                log.info("%s changed since its hash was recorded (size or mtime): hashing it", path)
+            records[path.name] = _record(path)
+    return records
+
+
+def weights_sha256(model_dir: str | Path, known: dict | None = None) -> dict[str, str]:
+    """``{file name: sha256}`` of the weights of ``model_dir`` (:func:`weight_records`)."""
+    return {name: entry["sha256"] for name, entry in weight_records(model_dir, known).items()}

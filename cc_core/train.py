@@ -39,8 +39,8 @@ from cc_core.modeling.loading import check_tokenizer_matches, load_model_dir
 from cc_core.prompts import pad_token_id
 from cc_core.tracking import (NullRun, Tracker, close_orphaned_training_runs, git_commit, read_run_id,
                               tracking_uri, write_run_file)
-from cc_core.training.checkpoints import (FINGERPRINT, CheckpointWriteError, disk_errors, make_fingerprint,
-                                          resume_point, step_of)
+from cc_core.training.checkpoints import (BASE_WEIGHTS, FINGERPRINT, CheckpointWriteError, base_weights,
+                                          disk_errors, make_fingerprint, resume_point, step_of)
 from cc_core.training.data import EncodeStats, FeatureDataset, encode_records, make_collator
 from cc_core.training.distributed import barrier, init_distributed_for_deepspeed, rank, resolve_deepspeed, \
     totals_over_ranks
@@ -144,7 +144,8 @@ def _setup(params: Params, method: str, base_dir: Path, data_file: Path, out: Pa
     if not records:
         raise InputError(f"{data_file}: empty training set")
 
-    fingerprint = make_fingerprint(params, method, data_file, base_dir)
+    weights = base_weights(base_dir, work_dir)  # hashed only where no record vouches for a file (size, mtime)
+    fingerprint = make_fingerprint(params, method, data_file, base_dir, weights)
     resume_from = resume_point(work_dir, fingerprint) if resume else None
     tracker = Tracker(params.tracking)
     if is_main:
@@ -178,6 +179,7 @@ def _setup(params: Params, method: str, base_dir: Path, data_file: Path, out: Pa
     if is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         write_json(work_dir / FINGERPRINT, fingerprint)
+        write_json(work_dir / BASE_WEIGHTS, weights)  # the next start trusts these while size and mtime hold
     return _Setup(method, out, work_dir, model, tokenizer, features, stats, args, fingerprint, resume_from, tracker)
 
 

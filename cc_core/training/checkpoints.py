@@ -8,8 +8,8 @@ when a checkpoint counts, which ones are kept, and what a failed write reports.
 
 - Fingerprint (``cc_fingerprint.json``): train params, arch map, data hash, the base model's small
   files and its weight files by content (the weights through the manifest ``cctune base-model`` wrote,
-  re-hashed when a file's size or mtime changed: ``lineage.weights_sha256``). ``--resume`` continues
-  only from a match.
+  or the hashes the previous start saved in ``cc_base_weights.json``; a file whose size or mtime matches
+  neither is hashed again: ``lineage.weight_records``). ``--resume`` continues only from a match.
 - Completion marker (``cc_checkpoint_complete.json``): written into ``checkpoint-N/`` after every
   rank saved everything; a checkpoint without it was cut short and is skipped (and removed) on resume.
 - Rotation: the newest ``train.save_total_limit`` complete checkpoints are kept; the only complete
@@ -30,7 +30,7 @@ from typing import Any
 
 from cc_core.config import Params
 from cc_core.io import file_sha256, read_json, write_json
-from cc_core.lineage import WEIGHTS_MANIFEST, weights_sha256
+from cc_core.lineage import WEIGHTS_MANIFEST, weight_records
 
 log = logging.getLogger(__name__)
 FINGERPRINT = "cc_fingerprint.json"
@@ -38,6 +38,9 @@ COUNTERS = "cc_counters-rank{rank}.json"  # per-rank token / layer-choice counte
 # Written into checkpoint-N/ after every rank has saved everything: a checkpoint without it was cut
 # short (a kill or a full disk during the save) and is never resumed from.
 COMPLETE = "cc_checkpoint_complete.json"
+# The base weights' sha256 with the size and mtime they were hashed at: a resume after `dvc checkout` copied
+# the base model (new mtimes, so the base model's own manifest no longer vouches) hashes it once, not each start.
+BASE_WEIGHTS = "cc_base_weights.json"
 _DISK_FULL_SIGNS = ("No space left", "inline_container", "file write failed", "Disk quota exceeded", "os error 28",
                     "os error 122")
 
@@ -46,18 +49,31 @@ class CheckpointWriteError(OSError):
     """Saving a checkpoint or the final model failed (typically a full disk); names the path."""
 
 
-def make_fingerprint(params: Params, method: str, data_file: Path, base_dir: Path) -> dict[str, Any]:
+def base_weights(base_dir: Path, work_dir: Path | None = None) -> dict[str, dict]:
+    """The base weights' records (``lineage.weight_records``): hashes from the base model's manifest, or from
+    ``work_dir/cc_base_weights.json`` (saved by the previous start), for files whose size and mtime match."""
+    saved = work_dir / BASE_WEIGHTS if work_dir is not None else None
+    try:
+        known = read_json(saved) if saved is not None and saved.is_file() else {}
+    except ValueError:  # an unreadable record proves nothing: hash
+        known = {}
+    return weight_records(base_dir, known if isinstance(known, dict) else {})
+
+
+def make_fingerprint(params: Params, method: str, data_file: Path, base_dir: Path,
+                     weights: dict[str, dict] | None = None) -> dict[str, Any]:
     """What a resumable checkpoint must match: params that shape training, the data, the base model
-    (its small files and its weights by content; the weights' hashes come from the manifest written by
-    ``cctune base-model`` while each file's size and mtime are unchanged, so no start re-reads many GB,
-    yet same-size edited weights are seen). The manifest itself is not compared: it records mtimes,
-    which a copy or ``dvc checkout`` changes without changing the weights."""
+    (its small files and its weights by content: ``weights``, default ``base_weights(base_dir)``, takes each
+    hash from the manifest written by ``cctune base-model`` while the file's size and mtime are unchanged,
+    so no start re-reads many GB, yet same-size edited weights are seen). The manifest itself is not
+    compared: it records mtimes, which a copy or ``dvc checkout`` changes without changing the weights."""
     small = {p.name: file_sha256(p) for p in sorted(base_dir.iterdir())
              if p.is_file() and p.suffix != ".safetensors" and p.name != WEIGHTS_MANIFEST
              and p.stat().st_size < 64 << 20}
+    weights = base_weights(base_dir) if weights is None else weights
     return {"method": method, "train_params": params.section_hash("train"), "arch_map": str(params.model.arch_map),
             "data_sha256": file_sha256(data_file), "base_files_sha256": small,
-            "base_weights_sha256": weights_sha256(base_dir)}
+            "base_weights_sha256": {name: entry["sha256"] for name, entry in weights.items()}}
 
 
 def step_of(checkpoint: Path | None) -> int | None:

@@ -256,3 +256,31 @@ def test_fingerprint_reads_hashes_from_the_manifest_while_files_are_unchanged(tm
     (copy / "cc_weights_sha256.json").unlink()
     hashed.clear()
     assert make_fingerprint(params, "cc", data, copy) == first and hashed == [str(copy / "model.safetensors")]
+
+
+def test_a_copied_base_model_is_hashed_once_then_trusted_from_the_checkpoint_folder(tmp_path, monkeypatch):
+    """`dvc checkout` copies the base model (new mtimes): the first start hashes it and records the hashes
+    beside the checkpoints; the next start (a resume) trusts them while size and mtime hold."""
+    import os
+    import shutil
+
+    import cc_core.lineage as lineage
+    from cc_core.io import write_json
+    from cc_core.training.checkpoints import BASE_WEIGHTS, base_weights
+
+    base, data = _base_with_manifest(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy, copy_function=shutil.copy)
+    os.utime(copy / "model.safetensors", ns=(5, 5))
+    work = tmp_path / ".cc-checkpoints"
+    work.mkdir()
+    hashed = []
+    real = lineage.file_sha256
+    monkeypatch.setattr(lineage, "file_sha256", lambda path, *a: hashed.append(str(path)) or real(path, *a))
+    first = base_weights(copy, work)
+    assert hashed == [str(copy / "model.safetensors")]
+    write_json(work / BASE_WEIGHTS, first)  # as train's set-up does beside the fingerprint
+    assert base_weights(copy, work) == first and len(hashed) == 1  # trusted: not read again
+    os.utime(copy / "model.safetensors", ns=(6, 6))  # touched again: hashed again
+    assert base_weights(copy, work)["model.safetensors"]["sha256"] == first["model.safetensors"]["sha256"]
+    assert len(hashed) == 2
