@@ -21,8 +21,8 @@ BIN = Path(sys.executable).parent
 
 def env(**extra) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_"))}
-    out.update(PATH=f"{BIN}{os.pathsep}{out['PATH']}", DO_NOT_TRACK="1", MLFLOW_DISABLE_TELEMETRY="true",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", **extra)
+    out.update({"PATH": f"{BIN}{os.pathsep}{out['PATH']}", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", **extra})
     return out
 
 
@@ -67,27 +67,43 @@ def commit(root: Path, message: str) -> None:
 
 
 class PrefectServer:
-    """``prefect server start`` on a free loopback port, with its own PREFECT_HOME."""
+    """``prefect server start`` on a free loopback port, with its own PREFECT_HOME.
 
-    def __init__(self, home: Path, cwd: Path):
-        self.port = free_port()
+    By default SQLite, no auth (what a test about SQLite uses); ``server_env`` (e.g. the compose
+    settings of tests/integration/services.py: PostgreSQL, the auth string, CSRF protection) replaces
+    that. With an auth string the REST helpers below authenticate, and fetch a CSRF token for writes."""
+
+    def __init__(self, home: Path, cwd: Path, port: int | None = None, command: list[str] | None = None,
+                 server_env: dict[str, str] | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = f"{self.url}/api"
         self.home = home
         self.log = home.parent / f"{home.name}-server.log"
         home.mkdir(parents=True, exist_ok=True)
-        self._out = open(self.log, "w")
-        self.proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                      str(self.port)], cwd=cwd, stdout=self._out,
-                                     # the UI (in a browser) finds the API on this port, not the default 4200
-                                     env=env(PREFECT_HOME=str(home), PREFECT_UI_API_URL=self.api,
-                                             # SQLite on a loaded 2-core CI machine: a write can wait
-                                             # for the lock longer than the default 10 s statement limit
-                                             PREFECT_SERVER_DATABASE_TIMEOUT="60"),
+        if server_env is None:
+            server_env = {
+                # the UI (in a browser) finds the API on this port, not the default 4200
+                "PREFECT_UI_API_URL": self.api,
+                # SQLite on a loaded 2-core CI machine: a write can wait for the lock longer than the
+                # default 10 s statement limit
+                "PREFECT_SERVER_DATABASE_TIMEOUT": "60"}
+        self.auth_string = server_env.get("PREFECT_SERVER_API_AUTH_STRING")
+        self._csrf: dict[str, str] | None = None
+        self.command = command or [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                   str(self.port)]
+        self._env = env(PREFECT_HOME=str(home), **server_env)
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self._out = open(self.log, "a")
+        self.proc = subprocess.Popen(self.command, cwd=self.home.parent, stdout=self._out, env=self._env,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def client_env(self, **extra) -> dict[str, str]:
-        return {"PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api, **extra}
+        auth = {"PREFECT_API_AUTH_STRING": self.auth_string} if self.auth_string else {}
+        return {"PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api, **auth, **extra}
 
     def wait_healthy(self, timeout: float = 180) -> None:
         deadline = time.time() + timeout
@@ -102,14 +118,31 @@ class PrefectServer:
                 time.sleep(0.5)
         raise TimeoutError(f"{self.api}/health not healthy after {timeout} s")
 
+    def _headers(self, write: bool = False) -> dict[str, str]:
+        import base64
+
+        headers = {"Content-Type": "application/json"}
+        if self.auth_string:
+            headers["Authorization"] = "Basic " + base64.b64encode(self.auth_string.encode()).decode()
+        if write and self._env.get("PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED", "").lower() == "true":
+            if self._csrf is None:
+                client = "cc-tuning-tests"
+                request = urllib.request.Request(f"{self.api}/csrf-token?client={client}", headers=headers)
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    self._csrf = {"Prefect-Csrf-Token": json.loads(response.read())["token"],
+                                  "Prefect-Csrf-Client": client}
+            headers.update(self._csrf)
+        return headers
+
     def post(self, path: str, body: dict | None = None):
         request = urllib.request.Request(f"{self.api}{path}", data=json.dumps(body or {}).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+                                         headers=self._headers(write=True), method="POST")
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or "null")
 
     def get(self, path: str):
-        with urllib.request.urlopen(f"{self.api}{path}", timeout=30) as response:
+        request = urllib.request.Request(f"{self.api}{path}", headers=self._headers())
+        with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or "null")
 
     def flow_runs(self, **flow_run_filter) -> list[dict]:
