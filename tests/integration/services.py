@@ -242,6 +242,28 @@ class Postgres:
 # ----------------------------------------------------------------------------- S3 (MinIO's part)
 
 
+# IAM's S3 actions → the S3 API operations they allow (AWS's documented mapping). moto checks a
+# request's operation name against the policy's actions (s3:HeadObject, not s3:GetObject), so the
+# policy handed to it lists both; MinIO reads docker/minio-policy.json as it is.
+S3_OPERATIONS = {
+    "s3:ListBucket": ["s3:ListObjects", "s3:ListObjectsV2", "s3:HeadBucket"],
+    "s3:GetObject": ["s3:HeadObject"],
+    "s3:PutObject": ["s3:CreateMultipartUpload", "s3:UploadPart", "s3:CompleteMultipartUpload", "s3:CopyObject"],
+    "s3:DeleteObject": ["s3:DeleteObjects"],
+    "s3:ListBucketMultipartUploads": ["s3:ListMultipartUploads"],
+    "s3:ListMultipartUploadParts": ["s3:ListParts"],
+}
+
+
+def moto_policy(policy: dict) -> dict:
+    """``policy`` with each statement's IAM actions joined by the S3 operations they allow."""
+    statements = []
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        statements.append({**statement, "Action": actions + [op for a in actions for op in S3_OPERATIONS.get(a, [])]})
+    return {**policy, "Statement": statements}
+
+
 class S3Server:
     """moto's S3 server with IAM checks on (INITIAL_NO_AUTH_ACTION_COUNT): an admin user (MinIO's
     root) makes the bucket and the project user with docker/minio-policy.json, as minio-init does.
@@ -269,7 +291,11 @@ class S3Server:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], stdout=self._out,
             stderr=subprocess.STDOUT, start_new_session=True,
             env=env(INITIAL_NO_AUTH_ACTION_COUNT=str(self.BOOTSTRAP_ACTIONS), MOTO_IAM_LOAD_MANAGED_POLICIES="false"))
-        wait_http(f"{self.endpoint}/moto-api/", "S3 server (moto)", self.proc, self.log)
+        try:
+            wait_http(f"{self.endpoint}/moto-api/", "S3 server (moto)", self.proc, self.log)
+        except BaseException:
+            self.stop()
+            raise
         admin = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
         iam = self.client("iam", "bootstrap", "bootstrap")
         iam.create_user(UserName="admin")
@@ -279,7 +305,7 @@ class S3Server:
         iam = self.client("iam", *self.admin_keys)
         iam.create_user(UserName=self.worker_user)
         iam.put_user_policy(UserName=self.worker_user, PolicyName="cc-tuning-rw",
-                            PolicyDocument=(DOCKER / "minio-policy.json").read_text())
+                            PolicyDocument=json.dumps(moto_policy(json.loads((DOCKER / "minio-policy.json").read_text()))))
         self.worker_keys = self._keys(iam, self.worker_user)
 
     @staticmethod
@@ -338,7 +364,11 @@ class MlflowServer:
         self.proc = subprocess.Popen([str(BIN / self.command[0]), *self.command[1:]], cwd=self.root,
                                      env=env(**self.env), stdout=self._out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        wait_http(f"{self.url}/health", "MLflow server", self.proc, self.log)
+        try:
+            wait_http(f"{self.url}/health", "MLflow server", self.proc, self.log)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -437,6 +467,7 @@ def main() -> int:
     print(f"services up in {time.perf_counter() - begun:.0f} s ({services.timings}); logs in {root}")
     for key, value in sorted(services.client_env().items()):
         print(f"export {key}='{value}'")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         signal.pause()
     except KeyboardInterrupt:
