@@ -163,9 +163,10 @@ class Worker:
         self._out = open(self.log, "w")
         self.proc = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name, *extra_args], cwd=checkout,
-            env=env(**server.client_env(PREFECT_HOME=str(checkout.parent / f"{name}-prefect-home"),
-                                        CC_TUNING_HOME=str(checkout), PREFECT_WORKER_QUERY_SECONDS="2",
-                                        **extra_env)),
+            # extra_env: e.g. the node's S3 and MLflow settings; the worker's own Prefect home wins
+            env=env(**{**extra_env, **server.client_env(PREFECT_HOME=str(checkout.parent / f"{name}-prefect-home"),
+                                                        CC_TUNING_HOME=str(checkout),
+                                                        PREFECT_WORKER_QUERY_SECONDS="2")}),
             stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill_node(self) -> list[int]:
