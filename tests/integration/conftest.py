@@ -23,4 +23,5 @@ def services(tmp_path_factory):
     yield running
     stopping = time.perf_counter()
     running.stop()
-    print(f"\nservices fixture: stopped in {time.perf_counter() - stopping:.0f} s")
+    stops = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in running.timings.items() if name.startswith("stop"))
+    print(f"\nservices fixture: stopped in {time.perf_counter() - stopping:.0f} s ({stops})")

@@ -449,15 +449,15 @@ class Services:
                                                                                 self.s3.admin_keys[1]]
 
     def stop(self) -> None:
-        for name in ("prefect", "mlflow", "s3"):
+        for name in ("prefect", "mlflow", "s3", "postgres"):
             service = getattr(self, name)
             if service is not None:
+                begun = time.perf_counter()
                 try:
-                    service.stop()
+                    service.close() if name == "postgres" else service.stop()
                 except Exception as err:  # noqa: BLE001 - stop the others all the same
                     print(f"stopping {name}: {err}", file=sys.stderr)
-        if self.postgres is not None:
-            self.postgres.close()
+                self.timings[f"stop {name}"] = time.perf_counter() - begun
 
 
 def main() -> int:

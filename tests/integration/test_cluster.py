@@ -144,7 +144,7 @@ def test_eval_jobs_spread_over_two_nodes_and_survive_a_killed_one(cluster):
     stages = [f"eval@base-{b}" for b in ("XNLI", "XLSum")] + [f"eval_cc@{b}" for b in ("XNLI", "XLSum")] + ["report"]
     status = check([DVC, "status", "--json", *stages], head)
     assert json.loads(status.stdout or "{}") == {}, status.stdout
-    cloud = check([DVC, "status", "--cloud", "--remote", "cluster", "--json", *stages], head)
+    cloud = check([DVC, "status", "--cloud", "--remote", "cluster", "--json", *stages], head, **cluster.client)
     assert json.loads(cloud.stdout or "{}") == {}, cloud.stdout  # the eval outputs are in the remote
     # the nodes pulled exactly the versions the pipeline run named (its dvc.lock entries)
     head_lock = yaml.safe_load((head / "dvc.lock").read_text())["stages"]
