@@ -179,8 +179,8 @@ def _fresh_checkout_pulls_everything(cluster) -> None:
                     "dvc.lock"], cwd=head, check=True, capture_output=True)
     fresh = root / "fresh"
     check(["git", "clone", "-q", head, fresh], root)
-    check([DVC, "pull", "--remote", "cluster"], fresh, timeout=600, **cluster.client)
-    recorded = list(yaml.safe_load((fresh / "dvc.lock").read_text())["stages"])
+    recorded = list(yaml.safe_load((fresh / "dvc.lock").read_text())["stages"])  # (not sft's: never run here)
+    check([DVC, "pull", "--remote", "cluster", *recorded], fresh, timeout=600, **cluster.client)
     status = check([DVC, "status", "--json", *recorded], fresh)
     assert json.loads(status.stdout or "{}") == {}, status.stdout
     for stage in recorded:
