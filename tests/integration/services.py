@@ -12,7 +12,8 @@ names from .env.example (each placeholder replaced by a fresh random secret), th
 settings from prefect-server.env, MLflow's auth settings from mlflow-auth.ini (its user database
 moved into a temporary folder), the S3 policy from minio-policy.json and MLflow's users from
 mlflow_users.py. What differs from compose, and why: PostgreSQL 15 from Debian (compose: the
-16.10 image); moto, not MinIO; `--workers 1` for MLflow (2-core test machines).
+16.10 image), without fsync (the data is thrown away); moto, not MinIO; `--workers 1` for MLflow
+(2-core test machines).
 
     python tests/integration/services.py      # start them by hand: prints the clients' environment
 
@@ -212,11 +213,14 @@ class Postgres:
         return out
 
     def start(self) -> None:
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root}"
+        # no fsync: the tests throw the data away (a clean stop still writes everything)
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         self._run([self.bins["pg_ctl"], "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "60", "start"])
 
-    def stop(self) -> None:
-        self._run([self.bins["pg_ctl"], "-D", self.data, "-m", "fast", "-w", "stop"])
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: what a stopped database looks like to its clients (connections closed, then down)."""
+        self._run([self.bins["pg_ctl"], "-D", self.data, "-m", mode, "-w", "stop"])
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
@@ -233,7 +237,7 @@ class Postgres:
     def close(self) -> None:
         if self.running():
             try:
-                self.stop()
+                self.stop("immediate")  # its data is thrown away next
             except RuntimeError:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
