@@ -172,11 +172,10 @@ def test_eval_jobs_spread_over_two_nodes_and_survive_a_killed_one(cluster):
 
 
 def _fresh_checkout_pulls_everything(cluster) -> None:
-    """A clone at the head's commit, with the head's dvc.lock committed, pulls every output dvc.lock
-    names from the S3 remote (nothing local: its own DVC cache starts empty)."""
+    """The head's run committed (dvc.lock and the metrics, which git holds), a clone of it pulls every
+    output dvc.lock names from the S3 remote (nothing local: its own DVC cache starts empty)."""
     head, root = cluster.head, cluster.root
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "the run's versions",
-                    "dvc.lock"], cwd=head, check=True, capture_output=True)
+    commit(head, "the run's versions")
     fresh = root / "fresh"
     check(["git", "clone", "-q", head, fresh], root)
     recorded = list(yaml.safe_load((fresh / "dvc.lock").read_text())["stages"])  # (not sft's: never run here)
