@@ -1,6 +1,6 @@
 """Helpers for the integration tests that run real Prefect servers and workers (test_cluster.py,
-test_prefect_ui.py): a copy of the project, a server on a free loopback port, workers whose whole
-process tree can be killed, and the server's REST API."""
+test_prefect_ui.py, services.py): a copy of the project, a server on a loopback port, workers whose
+whole process tree can be killed, and the server's REST API."""
 
 from __future__ import annotations
 
@@ -67,27 +67,19 @@ def commit(root: Path, message: str) -> None:
 
 
 class PrefectServer:
-    """``prefect server start`` on a free loopback port, with its own PREFECT_HOME.
+    """``prefect server start`` on a loopback port, with its own PREFECT_HOME and the server settings
+    ``server_env`` (tests/integration/services.py gives compose's: PostgreSQL, the auth string, CSRF
+    protection, CORS). With an auth string the REST helpers below authenticate, and fetch a CSRF token
+    for writes when CSRF protection is on."""
 
-    By default SQLite, no auth (what a test about SQLite uses); ``server_env`` (e.g. the compose
-    settings of tests/integration/services.py: PostgreSQL, the auth string, CSRF protection) replaces
-    that. With an auth string the REST helpers below authenticate, and fetch a CSRF token for writes."""
-
-    def __init__(self, home: Path, cwd: Path, port: int | None = None, command: list[str] | None = None,
-                 server_env: dict[str, str] | None = None):
+    def __init__(self, home: Path, server_env: dict[str, str], port: int | None = None,
+                 command: list[str] | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = f"{self.url}/api"
         self.home = home
         self.log = home.parent / f"{home.name}-server.log"
         home.mkdir(parents=True, exist_ok=True)
-        if server_env is None:
-            server_env = {
-                # the UI (in a browser) finds the API on this port, not the default 4200
-                "PREFECT_UI_API_URL": self.api,
-                # SQLite on a loaded 2-core CI machine: a write can wait for the lock longer than the
-                # default 10 s statement limit
-                "PREFECT_SERVER_DATABASE_TIMEOUT": "60"}
         self.auth_string = server_env.get("PREFECT_SERVER_API_AUTH_STRING")
         self._csrf: dict[str, str] | None = None
         self.command = command or [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",

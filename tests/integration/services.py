@@ -427,8 +427,8 @@ class Services:
         # Prefect boots (migrations on PostgreSQL) while MLflow starts
         prefect_env = service_env("prefect-server", self.variables, self.addresses)
         command = service_command("prefect-server", self.addresses, ports["prefect-server"])
-        self.prefect = PrefectServer(self.root / "prefect-home", self.root, port=ports["prefect-server"],
-                                     command=[str(BIN / command[0]), *command[1:]], server_env=prefect_env)
+        self.prefect = PrefectServer(self.root / "prefect-home", prefect_env, port=ports["prefect-server"],
+                                     command=[str(BIN / command[0]), *command[1:]])
         begun = time.perf_counter()
         self.mlflow = self._timed("mlflow", lambda: MlflowServer(self.root, self.variables, self.addresses,
                                                                  ports["mlflow"]))
