@@ -369,6 +369,7 @@ def test_s3_server_stopped_during_dvc_push_fails_naming_the_remote_and_changes_n
     assert result["error"] and "\n" not in result["error"], result
     assert f"dvc push to remote 'spare' ({cluster.remote}) failed" in result["error"], result
     assert result["reason"].startswith(f"cannot connect to the S3 endpoint 127.0.0.1:{spare.port}: "), result
+    assert f"[cannot connect to the S3 endpoint 127.0.0.1:{spare.port}: " in result["error"], result
     assert not any(secret in stdout + stderr for secret in [*spare.worker_keys[1:], *cluster.services.secrets()])
     assert listing() == before and (head / "dvc.lock").read_text() == lock  # nothing in the workspace changed
     print(f"S3 stopped during dvc push: failed in {time.perf_counter() - started:.0f} s")

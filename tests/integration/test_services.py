@@ -181,6 +181,7 @@ def test_wrong_s3_credentials_fail_in_one_line_naming_the_remote_and_the_variabl
             assert not any(secret in text for secret in services.secrets() + ["not-the-secret"]), (case, text)
         assert f"remote 'cluster' (s3://{services.bucket}/dvc)" in message, (case, message)
         assert "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in reason, (case, reason)
+        assert f"[{reason}]" in message, (case, message)  # the one line says what to check
         assert not (project / "data").exists()  # nothing half-pulled
         for key, value in client.items():
             monkeypatch.setenv(key, value)
