@@ -152,6 +152,8 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lang", required=True, help="language code")
     p.add_argument("--predictions", required=True, help='JSONL: {"id" or line order, "output"} per line')
     p.add_argument("--limit", type=int, default=None, help="score only the first N items")
+    p.add_argument("--partial", action="store_true",
+                   help="score only the items that have a prediction (default: every item needs one)")
     p.add_argument("--output", default=None, help="write the summary JSON here")
     p.add_argument("--protocol", choices=["lenient", "standard"], default=None,
                    help="lenient (robust parsing, for deltas) | standard (the reference scripts) (default: eval.protocol)")
@@ -162,7 +164,7 @@ def _score(args, params):
     from cc_core.evaluate import score
 
     return score(args.benchmark, args.data_dir or params.eval.data_dir, args.lang, args.predictions, args.limit,
-                 args.output, args.protocol or params.eval.protocol)
+                 args.output, args.protocol or params.eval.protocol, args.partial)
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
