@@ -397,6 +397,25 @@ def _make_trainer_class():
                 self.choice_counts.update(choice.argmax(-1).tolist())
             return (loss, outputs) if return_outputs else loss
 
+        def floating_point_ops(self, inputs) -> int:
+            """A micro-batch's training FLOPs for the Trainer's ``total_flos``: 6 × non-embedding
+            parameters per trained token (padding not counted), plus CC's English prompt pass, 2 × per
+            token (a forward; 6 × when gradients flow through it: train.detach_english false). The
+            Trainer's own estimate finds no parameters on the CC wrapper (0) and counts padding cells."""
+            from cc_core.modeling.cc_model import CCTuningModel
+
+            model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            cc = isinstance(model, CCTuningModel)
+            if getattr(self, "_flop_params", None) is None:
+                hf = model.model if cc else model
+                embedding = {id(p) for m in hf.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+                # ZeRO-3 partitions parameters (numel 0 here): ds_numel is the full count
+                self._flop_params = sum(getattr(p, "ds_numel", p.numel()) for p in hf.parameters()
+                                        if id(p) not in embedding)
+            english = 6 if cc and not model.detach_english else 2
+            return self._flop_params * (6 * int(inputs.get("token_count", 0))
+                                        + (english * int(inputs.get("en_token_count", 0)) if cc else 0))
+
         def _save_checkpoint(self, model, trial):
             # Counters first, so a checkpoint that has its trainer_state.json also has them.
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -504,7 +523,9 @@ def _make_log_callback(run, trainer_ref: dict):
             trainer = trainer_ref["trainer"]
             now = time.perf_counter()
             metrics = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if self.last_time is not None and now > self.last_time:
+            # the Trainer's closing summary (train_runtime, total_flos) trains no tokens: a rate over it
+            # would log 0 as the run's last tokens_per_s; train() logs the whole run's rate instead
+            if self.last_time is not None and now > self.last_time and trainer.tokens_seen > self.last_tokens:
                 metrics["tokens_per_s"] = (trainer.tokens_seen - self.last_tokens) * args.world_size / (now - self.last_time)
             self.last_time, self.last_tokens = now, trainer.tokens_seen
             if trainer.choice_counts:
@@ -533,6 +554,7 @@ class TrainResult:
     tokens_this_run: int = 0  # trained by this process (after a resume: since the resume); tokens_per_s's numerator
     tokens_total: int = 0  # trained over the whole training, resumed parts included
     resumed_from_step: int | None = None
+    total_flos: float = 0.0  # the Trainer's count (CCTrainer.floating_point_ops), resumed parts included
 
 
 def _fingerprint(params: Params, method: str, data_file: Path, base_dir: Path) -> dict[str, Any]:
@@ -687,7 +709,7 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
             method=method, out_dir=str(out), steps=trainer.state.global_step,
             final_loss=history[-1]["loss"] if history else None, train_runtime_s=runtime,
             tokens_per_s=tokens / runtime if runtime else 0.0, tokens_this_run=tokens, tokens_total=tokens_total,
-            resumed_from_step=_step_of(resume_from),
+            resumed_from_step=_step_of(resume_from), total_flos=float(trainer.state.total_flos),
             run_id=run.run_id, encode=asdict(stats),
             layer_choice_counts={f"layer_{k:02d}": v for k, v in sorted(choices.items())},
         )
@@ -698,8 +720,10 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
             replace_path(partial, out)
             shutil.rmtree(work_dir, ignore_errors=True)  # finished: a rerun must not resume from these
             _write_train_metrics(result, history, Path(metrics_dir), method)
+            # tokens_per_s's last point is the whole run's rate, as in metrics/train_<method>.json
             run.log_metrics({"final_loss": result.final_loss, "train_runtime_s": runtime,
-                             "train_tokens_per_s": result.tokens_per_s}, step=result.steps)
+                             "train_tokens_per_s": result.tokens_per_s, "tokens_per_s": result.tokens_per_s,
+                             "total_flos": result.total_flos}, step=result.steps)
             for key, count in result.layer_choice_counts.items():
                 run.log_metrics({f"dm_choice_{key}": count}, step=result.steps)
             if result.layer_choice_counts:
@@ -747,6 +771,7 @@ def _write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: 
                "first_loss": history[0]["loss"] if history else None,
                "train_runtime_s": round(result.train_runtime_s, 3), "tokens_per_s": round(result.tokens_per_s, 2),
                "tokens_this_run": result.tokens_this_run, "tokens_total": result.tokens_total,
+               "total_flos": result.total_flos,
                "resumed_from_step": result.resumed_from_step, "checkpoint_sha256": result.checkpoint_sha256,
                "examples": result.encode.get("kept", 0), "dropped_truncated": result.encode.get("dropped_truncated", 0),
                "layer_choice_counts": result.layer_choice_counts}
