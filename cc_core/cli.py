@@ -193,6 +193,14 @@ def _register(args, params):
     return register(params, args.model, args.transform, args.metrics_dir)
 
 
+# issue 23: the preflight (cc_core/preflight.py), added after the stages; it reads params and builds nothing
+@stage("check", "list what the params file needs (model, data, GPUs, disk) and whether it is there")(_no_args)
+def _check(args, params):
+    from cc_core.preflight import check
+
+    check(params, args.params)  # prints its own lines; a missing need is the one-line error
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
