@@ -65,7 +65,7 @@ def _model_shape(base: str) -> tuple[float | None, int | None, int | None, str]:
     import json
 
     if base in KNOWN_SIZES:
-        return (*KNOWN_SIZES[base], "the packaged model")
+        return (*KNOWN_SIZES[base], "the packaged model" if base.startswith("smollm2") else "its published config")
     if base.startswith("tiny-random-"):
         return 6.4e6, 2, 64, "the tiny random model"
     config = Path(base).expanduser() / "config.json"

@@ -90,7 +90,7 @@ def clone(tmp_path_factory):
     source = copy_project(root / "source", params=None)  # the working tree as a repository
     subprocess.run(["git", "clone", "-q", str(source), str(root / "cc-tuning")], check=True)
     clone = root / "cc-tuning"
-    (clone / ".venv").symlink_to(Path(sys.executable).resolve().parents[1])  # set-up excepted
+    (clone / ".venv").symlink_to(sys.prefix)  # set-up excepted: this venv
     return clone
 
 
