@@ -8,7 +8,7 @@ both methods, languages pooled per benchmark), so a user can tell a real gain fr
 
 DVC metrics stay small and flat, so ``dvc metrics show`` fits a terminal: one file per benchmark
 (and ``mean``), each with the same keys (a row each): the methods' averages, ``cc-sft`` and its
-interval (``cc-sft_lower``, ``cc-sft_upper``), ``items``. Everything per language (scores,
+interval (``cc-sft_lo``, ``cc-sft_up``), ``items``; two decimals. Everything per language (scores,
 deltas, intervals) is in ``reports/summary.json``, ``summary.csv`` and ``summary.md``.
 """
 
@@ -119,14 +119,14 @@ def dvc_metrics(scores, deltas, benchmarks, methods, mean_delta) -> dict[str, di
         if values:
             means[method] = round(sum(values) / len(values), 4)
     rows["mean"] = {**means, **_delta_keys(mean_delta)}
-    return rows
+    # two decimals on the 0-100 scale: enough to compare, and the table stays narrow
+    return {name: {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()} for name, row in rows.items()}
 
 
 def _delta_keys(delta: dict | None) -> dict[str, float]:
     if not delta:
         return {}
-    return {"cc-sft": delta["delta"], "cc-sft_lower": delta["low"], "cc-sft_upper": delta["high"],
-            "items": delta["n"]}
+    return {"cc-sft": delta["delta"], "cc-sft_lo": delta["low"], "cc-sft_up": delta["high"], "items": delta["n"]}
 
 
 def random_model_note(base: str) -> str | None:

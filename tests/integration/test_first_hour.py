@@ -133,7 +133,7 @@ def test_readme_commands_as_written_then_the_guides_prefect_setup(clone, tmp_pat
     # dvc metrics show fits a terminal: a row per benchmark and the mean, a few flat columns
     table = out["dvc metrics show"].strip().splitlines()
     assert max(map(len, table)) <= TERMINAL, "\n".join(table)
-    assert table[0].split() == ["Path", "base", "cc", "cc-sft", "cc-sft_lower", "cc-sft_upper", "items", "sft"]
+    assert table[0].split() == ["Path", "base", "cc", "cc-sft", "cc-sft_lo", "cc-sft_up", "items", "sft"]
     assert [row.split()[0] for row in table[1:]] == [f"metrics/report/{b}.json" for b in ("XLSum", "XNLI", "mean")]
 
     # dvc plots show: the page, in a browser, draws CC's and SFT's training loss and the scores

@@ -149,7 +149,7 @@ def test_dvc_repro_tiny_profile(project):
 
     # 4. metrics, plots and experiments
     metrics = _run([str(BIN / "dvc"), "metrics", "show", "--json"], project)
-    assert metrics.returncode == 0 and "cc-sft_lower" in metrics.stdout and "final_loss" not in metrics.stdout
+    assert metrics.returncode == 0 and "cc-sft_lo" in metrics.stdout and "final_loss" not in metrics.stdout
     plots = _run([str(BIN / "dvc"), "plots", "show", "--json"], project)
     assert plots.returncode == 0 and "train_cc_loss" in plots.stdout
     exp = _run([str(BIN / "dvc"), "exp", "run", "-S", "report.seed=1"], project)

@@ -392,8 +392,8 @@ def test_report_tables_delta_and_plots(tmp_path, monkeypatch):
     # the DVC metrics: a flat row per benchmark and the mean, the same keys in each
     rows = {p.stem: json.loads(p.read_text()) for p in (metrics_dir / "report").glob("*.json")}
     assert set(rows) == {"XNLI", "mean"}
-    assert rows["XNLI"] == {"sft": 20.0, "cc": 90.0, "cc-sft": delta["delta"], "cc-sft_lower": delta["low"],
-                            "cc-sft_upper": delta["high"], "items": 20}
+    assert rows["XNLI"] == {"sft": 20.0, "cc": 90.0, "cc-sft": round(delta["delta"], 2),
+                            "cc-sft_lo": round(delta["low"], 2), "cc-sft_up": round(delta["high"], 2), "items": 20}
     assert rows["mean"]["cc-sft"] == pytest.approx(70.0) and rows["mean"]["cc"] == 90.0
     assert all(not isinstance(v, (dict, list)) for row in rows.values() for v in row.values())
     bars = json.loads((out_dir / "scores.json").read_text())
