@@ -279,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                 api = _api_url()
                 lines = setup_local({**os.environ, "PREFECT_API_URL": api}, not args.no_worker)
                 lines += ["", "next:", f"  export PREFECT_API_URL={api}",
-                          "  prefect deployment run 'cc-tuning-pipeline/local-tiny' --watch"
-                          "      # or the UI: " + api.removesuffix("/api"),
-                          "  python -m flows.cluster stop                 # stops what this started"]
+                          "  prefect deployment run 'cc-tuning-pipeline/local-tiny' --watch   # or in the UI, "
+                          + api.removesuffix("/api"),
+                          "  python -m flows.cluster stop" + " " * 35 + "# stops what this started"]
         except SetupError as err:
             print(f"flows.cluster {args.command}: error: {err}", file=sys.stderr)
             return 2

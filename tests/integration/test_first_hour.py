@@ -179,8 +179,8 @@ def _render_plots(page_file: Path, tmp_path: Path) -> None:
         serve_offline(page, html)
         page.goto(page_file.as_uri())
         for name in specs:  # vega-embed draws each plot into a canvas of a real size
-            page.wait_for_function(f"() => {{ const c = document.querySelector('#{name} canvas');"
-                                   " return c && c.width > 100 && c.height > 100; }}", timeout=60_000)
+            page.wait_for_function("(id) => { const c = document.getElementById(id)?.querySelector('canvas');"
+                                   " return c && c.width > 100 && c.height > 100; }", arg=name, timeout=60_000)
         page.screenshot(path=str(tmp_path / "dvc-plots.png"), full_page=True)
         browser.close()
     assert not errors, errors
