@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 lines += ["", "next:", f"  export PREFECT_API_URL={api}",
                           "  prefect deployment run 'cc-tuning-pipeline/local-tiny' --watch   # or in the UI, "
                           + api.removesuffix("/api"),
-                          "  python -m flows.cluster stop" + " " * 35 + "# stops what this started"]
+                          "  python -m flows.cluster stop" + " " * 38 + "# stops what this started"]
         except SetupError as err:
             print(f"flows.cluster {args.command}: error: {err}", file=sys.stderr)
             return 2
