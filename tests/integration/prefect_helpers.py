@@ -43,8 +43,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def copy_project(root: Path, params: str = "params.tiny.yaml") -> Path:
-    """The working tree (tracked + untracked, not ignored) as a fresh git repo with ``params`` as params.yaml."""
+def copy_project(root: Path, params: str | None = "params.tiny.yaml") -> Path:
+    """The working tree (tracked + untracked, not ignored) as a fresh git repo with ``params`` as params.yaml
+    (None: params.yaml and dvc.lock as they are, as a clone has them)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split("\0")
     for name in filter(None, files):
@@ -52,10 +53,12 @@ def copy_project(root: Path, params: str = "params.tiny.yaml") -> Path:
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
-    for path in ("metrics", "reports/summary.md", "reports/summary.csv", "dvc.lock"):
+    for path in ("metrics", "reports/summary.md", "reports/summary.csv", "reports/summary.json", "reports/scores.json",
+                 *(["dvc.lock"] if params else [])):
         target = root / path
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    shutil.copy(root / params, root / "params.yaml")
+    if params:
+        shutil.copy(root / params, root / "params.yaml")
     commit(root, "project")
     return root
 

@@ -372,10 +372,12 @@ def test_default_command_is_a_prefect_worker_on_the_gpu_pool(dockerfile, service
 
 
 def test_deployments_pull_step_finds_the_project_in_the_image(dockerfile):
-    """prefect.yaml's pull step sets the working directory to $CC_TUNING_HOME: the image must define it
-    as the folder it copied the project to."""
-    prefect_yaml = (REPO / "prefect.yaml").read_text()
-    assert "{{ $CC_TUNING_HOME }}" in prefect_yaml
+    """prefect.yaml's pull step changes into the checkout $CC_TUNING_HOME names on the worker, at run
+    time (flows.cluster.enter_checkout): the image must define it as the folder it copied the project to."""
+    import yaml
+
+    prefect_yaml = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    assert prefect_yaml["pull"] == [{"flows.cluster.enter_checkout": {"variable": "CC_TUNING_HOME"}}]
     env = " ".join(args for keyword, args in dockerfile if keyword == "ENV")
     workdir = [args for keyword, args in dockerfile if keyword == "WORKDIR"][-1]
     assert f"CC_TUNING_HOME={workdir}" in env
