@@ -274,6 +274,7 @@ def write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: P
                "tokens_this_run": result.tokens_this_run, "tokens_total": result.tokens_total,
                "total_flos": result.total_flos,
                "resumed_from_step": result.resumed_from_step, "checkpoint_sha256": result.checkpoint_sha256,
+               "run_id": result.run_id,  # the model directory holds no run pointer: this names the run
                "examples": result.encode.get("kept", 0), "dropped_truncated": result.encode.get("dropped_truncated", 0),
                "layer_choice_counts": result.layer_choice_counts}
     write_json(metrics_dir / f"train_{method}.json", metrics)
