@@ -44,7 +44,8 @@ def scoring_identity(spec: BenchmarkSpec, protocol: str, choice_scoring: str) ->
                          kind=spec.kind)
 
 
-def _score(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str) -> ItemScore:
+def score_output(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str) -> ItemScore:
+    """One model output scored against the item's gold answer, as ``cctune eval`` / ``score`` do."""
     return score_item(spec.kind, protocol, output, item.gold, lang=item.lang, prompt=item.prompt,
                       labels=spec.labels, benchmark=spec.name)
 
@@ -112,7 +113,7 @@ def score(benchmark: str, data_dir: str | Path, lang: str, predictions: str | Pa
     scored = [(item, out) for item, out in zip(items, outputs) if out is not None]
     if not scored:
         raise InputError(f"{predictions}: no prediction for any of the {len(items)} items of {spec.name} {lang}")
-    summary = summarize(spec, lang, [_score(spec, i, o, protocol) for i, o in scored], [o for _, o in scored],
+    summary = summarize(spec, lang, [score_output(spec, i, o, protocol) for i, o in scored], [o for _, o in scored],
                         protocol)
     if partial:
         summary.update(partial=True, items_total=len(items))
@@ -189,7 +190,7 @@ def run_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem],
     for lang in dict.fromkeys(i.lang for i in items):
         picked = [(item, gen) for item, gen in zip(items, generations) if item.lang == lang]
         outputs = [gen.text for _, gen in picked]
-        scores = [_score(spec, item, out, protocol) for (item, _), out in zip(picked, outputs)]
+        scores = [score_output(spec, item, out, protocol) for (item, _), out in zip(picked, outputs)]
         summary = summarize(spec, lang, scores, outputs, protocol)
         summary["prompts_truncated"] = sum(gen.prompt_truncated for _, gen in picked)
         summary["new_tokens"] = sum(gen.new_tokens for _, gen in picked)

@@ -104,7 +104,7 @@ def test_loss_decreases_on_tiny_overfit_set(workspace, method, monkeypatch):
     assert run.data.metrics["tokens_per_s"] == pytest.approx(metrics["tokens_per_s"], abs=0.01)
     assert run.data.metrics["train_tokens_per_s"] == pytest.approx(metrics["tokens_per_s"], abs=0.01)
     assert run.data.metrics["total_flos"] == pytest.approx(metrics["total_flos"]) and metrics["total_flos"] > 0
-    from cc_core.modeling.base import load_model_dir
+    from cc_core.modeling.loading import load_model_dir
 
     base, _ = load_model_dir(workspace / "models/base")
     embedding = {id(p) for m in base.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
