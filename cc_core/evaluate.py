@@ -24,6 +24,7 @@ from cc_core.lineage import combined_sha256, items_sha256, scorer_sha256
 from cc_core.generate import Generator
 from cc_core.loglik import score_choice_items
 from cc_core.metrics import ItemScore, check_protocol, score_item
+from cc_core.modeling.transform_matrix import check_fit_record
 from cc_core.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ def load_generator(params: Params, method: str, model_dir: str | Path | None, tr
     """The Generator ``eval`` uses for ``method`` (its model directory unless ``model_dir`` is given),
     set up from ``eval.*``; for cc, in ``eval.cc_mode`` with the Transform Matrix of ``transform``."""
     mode = params.eval.cc_mode if method == "cc" else "none"
+    if mode == "transform":
+        check_fit_record(transform)  # before the model loads: the matrix must be the one `cctune fit` wrote
     return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode, device=device,
                                decision_mode=params.eval.decision_mode, max_new_tokens=params.eval.max_new_tokens,
                                batch_size=params.eval.batch_size, max_prompt_len=params.eval.max_prompt_len,
