@@ -18,7 +18,9 @@ PEFT model runs, LoRA layers included.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,6 +75,14 @@ def require_peft():
     return peft
 
 
+@contextlib.contextmanager
+def _quiet():
+    """PEFT 0.21 asks transformers 5 a deprecated question (``is_gradient_checkpointing``) on every wrap."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_META).is_file()
 
@@ -86,7 +96,8 @@ def add_lora(model: torch.nn.Module, spec: LoraSpec, gradient_checkpointing: boo
     targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
     config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
                              bias="none", task_type="CAUSAL_LM")
-    wrapped = peft.get_peft_model(model, config)
+    with _quiet():
+        wrapped = peft.get_peft_model(model, config)
     if gradient_checkpointing:
         wrapped.get_base_model().enable_input_require_grads()
     return wrapped
@@ -154,7 +165,8 @@ def resolve_base(adapter_dir: str | Path, base_dir: str | Path | None = None) ->
 def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path):
     """``model`` (the checked base) wrapped with the adapter saved in ``adapter_dir``, for inference."""
     peft = require_peft()
-    return peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    with _quiet():
+        return peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
 
 
 def merge(peft_model) -> torch.nn.Module:

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines", ("cc_core.training", "cc_core.generation", "cc_core.generate", "cc_core.loglik",
                  "cc_core.tracking")),
     ("stages", ("cc_core.data.prepare", "cc_core.train", "cc_core.activations", "cc_core.transform",
-                "cc_core.evaluate", "cc_core.report", "cc_core.registry")),
+                "cc_core.evaluate", "cc_core.report", "cc_core.registry", "cc_core.registry_files")),
     ("adapters", ("cc_core.serving", "cc_core.pyfunc_model", "cc_core.lm_eval_backend")),
     ("cli", ("cc_core.cli",)),
 ]
