@@ -269,3 +269,49 @@ def test_an_sft_adapter_checkpoint_merges_into_a_plain_model(tiny_factory, tmp_p
                                    atol=1e-5, rtol=0)
     with pytest.raises(InputError, match="not an adapter checkpoint"):
         merge_checkpoint(tmp_path / "merged", tmp_path / "again")
+
+
+def test_the_decision_maker_can_have_its_own_learning_rate(tiny_factory, tmp_path):
+    from cc_core.training.data import FeatureDataset
+    from cc_core.training.trainer import CCTrainer, training_arguments
+
+    model, tok = tiny_factory("llama")
+    cc = _cc(add_lora(model, LoraSpec()), mode="gumbel")
+    tp = TrainParams(peft="lora", learning_rate=1e-4, decision_maker_lr=1e-3, weight_decay=0.1)
+    args = training_arguments(tp, tmp_path, None)
+    groups = {}
+    for dm_lr in (None, 1e-3):
+        trainer = CCTrainer(model=cc, args=args, train_dataset=FeatureDataset([]), decision_maker_lr=dm_lr)
+        groups[dm_lr] = trainer.create_optimizer().param_groups
+    dm = cc.decision_maker.proj.weight
+    own = [g for g in groups[1e-3] if any(p is dm for p in g["params"])]
+    assert len(own) == 1 and own[0]["lr"] == 1e-3 and own[0]["params"] == [dm]
+    assert all(g["lr"] == 1e-4 for g in groups[1e-3] if g is not own[0])
+    trained = {id(p) for g in groups[1e-3] for p in g["params"]}
+    assert trained == {id(p) for p in cc.parameters() if p.requires_grad}  # the adapters and the DM, once each
+    assert all(g["lr"] == 1e-4 for g in groups[None])  # default: the same learning rate
+
+
+def test_an_adapter_versions_base_files_are_verified(adapter_checkpoints, tmp_path):
+    """A registered adapter version names its base's every file by hash; a changed one is refused."""
+    import shutil
+
+    from cc_core.pyfunc_model import ModelFilesError, resolve_base_model
+    from cc_core.registry_files import file_manifest
+
+    root = adapter_checkpoints["qwen2"]
+    base = tmp_path / "base"
+    shutil.copytree(root / "base", base)
+    transform = tmp_path / "transform"
+    transform.mkdir()
+    random_transform().save(transform / "transform.safetensors")
+    manifest = file_manifest(root / "cc", transform, base)
+    assert "tokenizer.json" in manifest["base"] and "model.safetensors" in manifest["base"]
+    assert "tokenizer.json" not in manifest["model"]  # the base's own tokenizer travels with the base
+    assert {"adapter_model.safetensors", "decision_maker.safetensors", "cc_adapter.json"} <= set(manifest["model"])
+    config = {"storage": "reference", "base_dir": str(base), "files": manifest, "registered_model": "m"}
+    assert resolve_base_model(config) == base
+    assert resolve_base_model({**config, "files": {k: v for k, v in manifest.items() if k != "base"}}) is None
+    (base / "config.json").write_text((base / "config.json").read_text().replace("}", ', "x": 1}', 1))
+    with pytest.raises(ModelFilesError, match=r"config.json: sha256 is \w+, registered \w+: the file changed"):
+        resolve_base_model(config)
