@@ -73,6 +73,12 @@ class CCTuningModel(nn.Module):
         return self.model.config
 
     @property
+    def quantization_method(self):
+        """The base's (QLoRA: bitsandbytes): the Trainer then leaves the model where it loaded (a 4-bit
+        model cannot be moved with ``.to``)."""
+        return getattr(unwrap(self.model), "quantization_method", None)
+
+    @property
     def num_layers(self) -> int:
         return self.decision_maker.proj.out_features
 

@@ -315,3 +315,27 @@ def test_an_adapter_versions_base_files_are_verified(adapter_checkpoints, tmp_pa
     (base / "config.json").write_text((base / "config.json").read_text().replace("}", ', "x": 1}', 1))
     with pytest.raises(ModelFilesError, match=r"config.json: sha256 is \w+, registered \w+: the file changed"):
         resolve_base_model(config)
+
+
+def test_the_trainer_leaves_a_4bit_base_where_it_loaded(tiny_factory, tmp_path, monkeypatch):
+    """A bitsandbytes (QLoRA) base cannot be moved with ``.to``: CCTuningModel reports the base's
+    quantization method through the PEFT wrapper, so the HF Trainer skips the move; a plain base moves."""
+    from transformers.utils.quantization_config import QuantizationMethod
+
+    from cc_core.training.trainer import CCTrainer, training_arguments
+
+    moved = []
+    monkeypatch.setattr(CCTrainer, "_move_model_to_device", lambda self, model, device: moved.append(model))
+    args = training_arguments(TrainParams(peft="lora", max_steps=1), tmp_path, None)
+    plain = _cc(add_lora(tiny_factory("llama")[0], LoraSpec()))
+    assert plain.quantization_method is None
+    CCTrainer(model=plain, args=args)
+    assert moved == [plain]
+
+    peft_model = add_lora(tiny_factory("llama")[0], LoraSpec())
+    peft_model.get_base_model().quantization_method = QuantizationMethod.BITS_AND_BYTES  # as a 4-bit load sets it
+    quantized = _cc(peft_model)
+    assert quantized.quantization_method == QuantizationMethod.BITS_AND_BYTES
+    moved.clear()
+    CCTrainer(model=quantized, args=args)
+    assert moved == []
