@@ -150,20 +150,25 @@ class CCTrainer(Trainer):
 
     # --- checkpoints --------------------------------------------------------------------------------
     def floating_point_ops(self, inputs) -> int:
-        """A micro-batch's training FLOPs for the Trainer's ``total_flos``: 6 × non-embedding
-        parameters per trained token (padding not counted), plus CC's English prompt pass, 2 × per
-        token (a forward; 6 × when gradients flow through it: train.detach_english false). The
-        Trainer's own estimate finds no parameters on the CC wrapper (0) and counts padding cells."""
+        """A micro-batch's training FLOPs for the Trainer's ``total_flos``: 6 × trained non-embedding
+        parameters per trained token (padding not counted), 4 × frozen ones (LoRA's base: forward and
+        the input gradients, no weight gradients), plus CC's English prompt pass, 2 × every parameter
+        per token (a forward; as the trained pass when gradients flow through it: train.detach_english
+        false). The Trainer's own estimate finds no parameters on the CC wrapper (0) and counts padding."""
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         cc = isinstance(model, CCTuningModel)
         if getattr(self, "flop_params", None) is None:
             hf = model.model if cc else model
             embedding = {id(p) for m in hf.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+            counted = [p for p in hf.parameters() if id(p) not in embedding]
             # ZeRO-3 partitions parameters (numel 0 here): ds_numel is the full count
-            self.flop_params = sum(getattr(p, "ds_numel", p.numel()) for p in hf.parameters() if id(p) not in embedding)
-        english = 6 if cc and not model.detach_english else 2
-        return self.flop_params * (6 * int(inputs.get("token_count", 0))
-                                   + (english * int(inputs.get("en_token_count", 0)) if cc else 0))
+            self.flop_params = {grad: sum(getattr(p, "ds_numel", p.numel()) for p in counted if p.requires_grad == grad)
+                                for grad in (True, False)}
+        trained, frozen = self.flop_params[True], self.flop_params[False]
+        per_token = 6 * trained + 4 * frozen
+        english = per_token if cc and not model.detach_english else 2 * (trained + frozen)
+        return (per_token * int(inputs.get("token_count", 0))
+                + (english * int(inputs.get("en_token_count", 0)) if cc else 0))
 
     def _save_checkpoint(self, model, trial):
         # Counters first, so a checkpoint that has its trainer_state.json also has them.

@@ -339,3 +339,26 @@ def test_the_trainer_leaves_a_4bit_base_where_it_loaded(tiny_factory, tmp_path, 
     moved.clear()
     CCTrainer(model=quantized, args=args)
     assert moved == []
+
+
+def test_training_flops_count_the_frozen_base_without_its_weight_gradients(tiny_factory, tmp_path):
+    """total_flos: 6 × trained and 4 × frozen non-embedding parameters per trained token (no weight
+    gradients for LoRA's base), + 2 × every one per English prompt token; full CC: 6 × all, as before."""
+    from cc_core.training.trainer import CCTrainer, training_arguments
+
+    args = training_arguments(TrainParams(max_steps=1), tmp_path, None)
+    batch = {"token_count": torch.tensor(10), "en_token_count": torch.tensor(5)}
+
+    def non_embedding(model, trainable=None):
+        embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+        return sum(p.numel() for p in model.parameters()
+                   if id(p) not in embedding and (trainable is None or p.requires_grad == trainable))
+
+    full = _cc(tiny_factory("llama")[0])
+    n = non_embedding(full.model)
+    assert CCTrainer(model=full, args=args).floating_point_ops(batch) == 6 * n * 10 + 2 * n * 5
+
+    lora = _cc(add_lora(tiny_factory("llama")[0], LoraSpec()))
+    adapters, base = non_embedding(lora.model, True), non_embedding(lora.model, False)
+    assert base == n and 0 < adapters < n / 10
+    assert CCTrainer(model=lora, args=args).floating_point_ops(batch) == (6 * adapters + 4 * n) * 10 + 2 * (n + adapters) * 5
