@@ -17,7 +17,9 @@ or ``--seq-len L`` synthetic examples of L/2..L tokens (the same real-looking le
 ``--peft lora``: full CC against LoRA-CC (``train.lora``'s defaults: r 8, alpha 16, every linear layer;
 the Decision Maker trained in full), interleaved on the same batches, each with its own optimizer over
 what it trains; ``lora_over_full_step_time``, ``trainable_share`` (LoRA + Decision Maker over every
-parameter of the LoRA model) and each variant's peak memory: CUDA max allocated, or on a CPU the peak
+parameter of the LoRA model), the size on disk of each trained checkpoint as ``cctune train`` writes it
+(``full_over_lora_checkpoint_size``: weights or adapter, Decision Maker, tokenizer, in the bench's dtype)
+and each variant's peak memory: CUDA max allocated, or on a CPU the peak
 RSS of a child process that loads the model and runs the same steps with that variant alone (a
 process's peak RSS never comes down, so one process cannot measure two).
 
@@ -35,6 +37,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +48,8 @@ from _common import bench_tokenizer, footer, load_model, sync  # noqa: E402
 
 from cc_core.data.records import load_bundled  # noqa: E402
 from cc_core.modeling import CCTuningModel  # noqa: E402
+from cc_core.modeling.adapters import BaseRef  # noqa: E402
+from cc_core.modeling.checkpoint import save_cc_checkpoint  # noqa: E402
 from cc_core.prompts import pad_token_id  # noqa: E402
 from cc_core.training.data import CCCollator, PackedCollator, encode_records  # noqa: E402
 from cc_core.training.kernels import apply_liger, compile_decoder  # noqa: E402
@@ -212,6 +217,14 @@ def run_steps(variants: list[Variant], args, tokenizer) -> None:
             variant.step(batch, args.device, False, index >= args.warmup)
 
 
+def checkpoint_mib(variant: Variant, tokenizer, base: str) -> float:
+    """The size on disk of the checkpoint ``cctune train`` would write for this variant."""
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
+        # the bench loads no base directory: its name stands in for the hash (only the JSON's length counts)
+        save_cc_checkpoint(variant.net, tmp, tokenizer, base=BaseRef(base, "0" * 64))
+        return sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file()) / 2**20
+
+
 def peft_main(args, dtype) -> None:
     if args.memory_of:  # a child process: one variant alone, its peak memory
         variants, _, _, tokenizer = lora_variants(args, dtype, only=args.memory_of)
@@ -238,12 +251,15 @@ def peft_main(args, dtype) -> None:
           f"steps={args.steps}+{args.warmup} warm-up packing={args.packing} lora=r8/alpha16/all-linear "
           f"memory={'CUDA max allocated' if args.device.startswith('cuda') else 'peak RSS of a child process per variant'}")
     stats = {v.name: statistics.median(v.times) for v in variants}
+    sizes = {v.name: checkpoint_mib(v, tokenizer, args.model) for v in variants}
     for v in variants:
         print(f"  {v.name:8s} step {stats[v.name] * 1000:9.1f} ms  {v.tokens / sum(v.times):10.1f} tokens/s  "
-              f"peak memory {peaks[v.name]:9.1f} MiB")
+              f"peak memory {peaks[v.name]:9.1f} MiB  checkpoint {sizes[v.name]:8.1f} MiB")
     footer({"lora_over_full_step_time": stats["cc-lora"] / stats["cc"], "trainable_share": share,
             "full_peak_memory_mib": peaks["cc"], "lora_peak_memory_mib": peaks["cc-lora"],
-            "lora_over_full_peak_memory": peaks["cc-lora"] / peaks["cc"]})
+            "lora_over_full_peak_memory": peaks["cc-lora"] / peaks["cc"],
+            "full_checkpoint_mib": sizes["cc"], "lora_checkpoint_mib": sizes["cc-lora"],
+            "full_over_lora_checkpoint_size": sizes["cc"] / sizes["cc-lora"]})
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""LoRA-CC training through the recipe (train.peft: lora) on a tiny llama: ZeRO-3 on two CPU ranks,
-and resume after a crash reaching the uninterrupted run's loss.
+"""LoRA-CC training through the recipe (train.peft: lora) on a tiny llama: ZeRO-3, and ZeRO-2 with
+gradient checkpointing, on two CPU ranks, and resume after a crash reaching the uninterrupted run's loss.
 
     pytest -m integration tests/integration/test_lora_train.py
 """
@@ -40,18 +40,22 @@ def _adapter_b_norm(out: Path) -> float:
     return sum(float(t.norm()) for k, t in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in k)
 
 
-def test_zero3_on_two_cpu_ranks_trains_lora_adapters(workspace):
-    """torchrun, 2 processes, gloo, ZeRO-3 partitioning the frozen base and the adapters: an adapter
-    checkpoint (not the base's weights) whose adapters moved, choices counted over both ranks."""
+@pytest.mark.parametrize("stage,checkpointing", [("zero3", False), ("zero2", True)])
+def test_deepspeed_on_two_cpu_ranks_trains_lora_adapters(workspace, stage, checkpointing):
+    """torchrun, 2 processes, gloo; ZeRO-3 partitioning the frozen base and the adapters, or ZeRO-2 with
+    (non-reentrant) gradient checkpointing: an adapter checkpoint (not the base's weights) whose adapters
+    moved, choices counted over both ranks."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cc_core.cli", "train",
-           "--method", "cc", "--out", "models/cc-zero3"]
-    for key, value in {**SETTINGS, "train.deepspeed": "zero3", "train.max_steps": 2}.items():
+           "--method", "cc", "--out", f"models/cc-{stage}"]
+    settings = {**SETTINGS, "train.deepspeed": stage, "train.max_steps": 2,
+                "train.gradient_checkpointing": str(checkpointing).lower()}
+    for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]
     (workspace / "params.yaml").write_text((REPO / "params.yaml").read_text())
     proc = subprocess.run(cmd, cwd=workspace, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = workspace / "models/cc-zero3"
+    out = workspace / f"models/cc-{stage}"
     assert (out / "cc_adapter.json").is_file() and not (out / "model.safetensors").exists()
     assert _adapter_b_norm(out) > 0  # B starts at 0: the adapters trained
     metrics = json.loads((workspace / "metrics/train_cc.json").read_text())

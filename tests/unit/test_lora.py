@@ -252,6 +252,34 @@ def test_merged_and_unmerged_checkpoints_give_the_same_logits_and_generations(ad
         assert any(r.new_tokens > 2 for r in texts[1]), mode
 
 
+def test_the_lm_eval_backend_on_an_adapter_checkpoint_gives_the_merged_checkpoints_outputs(adapter_checkpoints):
+    """``--model_args checkpoint=<adapter>[,base=DIR]``: the same log-likelihoods (within 1e-4) and the same
+    greedy continuations as the merged checkpoint, with the connection (transform mode)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from cc_core.lineage import checkpoint_sha256
+    from cc_core.lm_eval_backend import CCTuningLM
+    from cc_core.modeling.transform_matrix import TransformMatrix
+
+    root = adapter_checkpoints["llama"]
+    matrix = random_transform()
+    for name in ("cc", "merged"):  # one matrix, recorded for each checkpoint (lineage is checked at load)
+        TransformMatrix(matrix.matrix, None, {}, {"model_sha256": checkpoint_sha256(root / name)}).save(root / f"{name}.t")
+    backends = [CCTuningLM(checkpoint=str(root / "cc"), base=str(root / "base"), transform=str(root / "cc.t"),
+                           max_gen_toks=8),
+                CCTuningLM(checkpoint=str(root / "merged"), transform=str(root / "merged.t"), max_gen_toks=8)]
+    contexts = [lm.apply_chat_template([{"role": "user", "content": p}]) for lm in backends[:1] for p in PROMPTS]
+    scored = [lm.loglikelihood([Instance("loglikelihood", {}, (c, " Nairobi"), 0) for c in contexts])
+              for lm in backends]
+    assert [greedy for _, greedy in scored[0]] == [greedy for _, greedy in scored[1]]
+    for (adapter, _), (merged, _) in zip(*scored):
+        assert adapter == pytest.approx(merged, abs=1e-4)
+    texts = [lm.generate_until([Instance("generate_until", {}, (c, {"until": []}), 0) for c in contexts])
+             for lm in backends]
+    assert texts[0] == texts[1] and any(t.strip() for t in texts[1])
+
+
 def test_an_sft_adapter_checkpoint_merges_into_a_plain_model(tiny_factory, tmp_path):
     from cc_core.modeling.adapters import save_adapter
 
