@@ -4,6 +4,7 @@
     python bench/train_step.py --model tiny-random-llama                    # seconds
     python bench/train_step.py --model llama-1b --device cuda --batch 16 --seq-len 1024 --packing [--liger] [--compile]
     python bench/train_step.py --model llama-8b-shape --layers 4 --device cuda --deepspeed zero3_offload --seq-len 1024
+    python bench/train_step.py --model models/base --peft lora --batch 4 --steps 4 --warmup 2     # LoRA-CC vs full CC
 
 Variants step alternately on the same batches (so clock ramps, allocator warm-up and machine noise
 hit all alike): SFT; CC with the English pass detached (the default, as the authors' run); with
@@ -13,6 +14,15 @@ they share one model and one optimizer (step time does not depend on the weights
 step of each costs no extra memory. Data: the bundled parallel set, cycled so any --batch works,
 or ``--seq-len L`` synthetic examples of L/2..L tokens (the same real-looking length spread).
 
+``--peft lora``: full CC against LoRA-CC (``train.lora``'s defaults: r 8, alpha 16, every linear layer;
+the Decision Maker trained in full), interleaved on the same batches, each with its own optimizer over
+what it trains; ``lora_over_full_step_time``, ``trainable_share`` (LoRA + Decision Maker over every
+parameter of the LoRA model), the size on disk of each trained checkpoint as ``cctune train`` writes it
+(``full_over_lora_checkpoint_size``: weights or adapter, Decision Maker, tokenizer, in the bench's dtype)
+and each variant's peak memory: CUDA max allocated, or on a CPU the peak
+RSS of a child process that loads the model and runs the same steps with that variant alone (a
+process's peak RSS never comes down, so one process cannot measure two).
+
 MFU = achieved FLOPs / peak, with 6·N FLOPs per trained token, and for CC the English prompt
 tokens too: 2·N (forward only) when detached, 6·N when gradients flow. N is counted before ZeRO
 partitions the parameters. ``ideal_ratio``: CC's step over SFT's if time were proportional to FLOPs.
@@ -21,9 +31,13 @@ partitions the parameters. ``ideal_ratio``: CC's step over SFT's if time were pr
 from __future__ import annotations
 
 import argparse
+import copy
 import random
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +48,8 @@ from _common import bench_tokenizer, footer, load_model, sync  # noqa: E402
 
 from cc_core.data.records import load_bundled  # noqa: E402
 from cc_core.modeling import CCTuningModel  # noqa: E402
+from cc_core.modeling.adapters import BaseRef  # noqa: E402
+from cc_core.modeling.checkpoint import save_cc_checkpoint  # noqa: E402
 from cc_core.prompts import pad_token_id  # noqa: E402
 from cc_core.training.data import CCCollator, PackedCollator, encode_records  # noqa: E402
 from cc_core.training.kernels import apply_liger, compile_decoder  # noqa: E402
@@ -155,6 +171,97 @@ def build(args, dtype) -> tuple[list[Variant], int, object]:
     return variants, params, tokenizer
 
 
+# --- --peft lora: LoRA-CC against full CC ----------------------------------------------------------------
+
+def lora_variants(args, dtype, only: str | None = None) -> tuple[list[Variant], int, float, object]:
+    """Full CC and LoRA-CC on copies of one model, each with its own optimizer (``only``: just that one)."""
+    from cc_core.modeling.adapters import LoraSpec, add_lora, trainable_parameters
+
+    model, tokenizer = load_model(args.model, dtype, args.device, layers=args.layers)
+    params = sum(p.numel() for p in model.parameters())
+    model.train()
+    model.config.use_cache = False
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    variants, share = [], float("nan")
+    if only in (None, "cc-lora"):
+        lora = CCTuningModel(add_lora(model if only else copy.deepcopy(model), LoraSpec(),
+                                      gradient_checkpointing=args.gradient_checkpointing))
+        trainable, total = trainable_parameters(lora)
+        share = trainable / total
+        _, optimizer = engine_for(lora, 1e-4, None, args.batch, args.device)
+        variants.append(Variant("cc-lora", lora, lora, optimizer, args.packing, True))
+    if only in (None, "cc"):
+        full = CCTuningModel(model)
+        _, optimizer = engine_for(full, 1e-5, None, args.batch, args.device)
+        variants.insert(0, Variant("cc", full, full, optimizer, args.packing, True))
+    return variants, params, share, tokenizer
+
+
+def peak_memory_mib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_steps(variants: list[Variant], args, tokenizer) -> None:
+    """Every variant steps on the same batches, alternating the order (noise hits all alike)."""
+    total = (args.steps + args.warmup) * args.batch
+    features = (synthetic_features(len(tokenizer), total, args.seq_len) if args.seq_len
+                else bundled_features(tokenizer, total, args.cutoff))
+    pad = pad_token_id(tokenizer)
+    collate = PackedCollator(pad, args.pack_max_tokens) if args.packing else CCCollator(pad)
+    batches = [collate(features[i * args.batch:(i + 1) * args.batch]) for i in range(args.steps + args.warmup)]
+    for index, batch in enumerate(batches):
+        for variant in variants if index % 2 == 0 else list(reversed(variants)):
+            variant.step(batch, args.device, False, index >= args.warmup)
+
+
+def checkpoint_mib(variant: Variant, tokenizer, base: str) -> float:
+    """The size on disk of the checkpoint ``cctune train`` would write for this variant."""
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
+        # the bench loads no base directory: its name stands in for the hash (only the JSON's length counts)
+        save_cc_checkpoint(variant.net, tmp, tokenizer, base=BaseRef(base, "0" * 64))
+        return sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file()) / 2**20
+
+
+def peft_main(args, dtype) -> None:
+    if args.memory_of:  # a child process: one variant alone, its peak memory
+        variants, _, _, tokenizer = lora_variants(args, dtype, only=args.memory_of)
+        run_steps(variants, args, tokenizer)
+        print(f"peak_memory_mib: {peak_memory_mib(args.device):.1f}")
+        return
+    peaks = {}
+    for name in ("cc", "cc-lora"):
+        if args.device.startswith("cuda"):
+            continue  # measured in this process, below
+        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory-of", name],
+                               capture_output=True, text=True, check=True)
+        peaks[name] = float(child.stdout.strip().splitlines()[-1].split(":")[1])
+    variants, params, share, tokenizer = lora_variants(args, dtype)
+    if args.device.startswith("cuda"):  # one variant after the other, peak reset between
+        for variant in variants:
+            torch.cuda.reset_peak_memory_stats()
+            run_steps([variant], args, tokenizer)
+            peaks[variant.name] = peak_memory_mib(args.device)
+            variant.times.clear()
+            variant.tokens = variant.english = 0
+    run_steps(variants, args, tokenizer)
+    print(f"model={args.model} ({params / 1e6:.1f}M params) device={args.device} dtype={dtype} batch={args.batch} "
+          f"steps={args.steps}+{args.warmup} warm-up packing={args.packing} lora=r8/alpha16/all-linear "
+          f"memory={'CUDA max allocated' if args.device.startswith('cuda') else 'peak RSS of a child process per variant'}")
+    stats = {v.name: statistics.median(v.times) for v in variants}
+    sizes = {v.name: checkpoint_mib(v, tokenizer, args.model) for v in variants}
+    for v in variants:
+        print(f"  {v.name:8s} step {stats[v.name] * 1000:9.1f} ms  {v.tokens / sum(v.times):10.1f} tokens/s  "
+              f"peak memory {peaks[v.name]:9.1f} MiB  checkpoint {sizes[v.name]:8.1f} MiB")
+    footer({"lora_over_full_step_time": stats["cc-lora"] / stats["cc"], "trainable_share": share,
+            "full_peak_memory_mib": peaks["cc"], "lora_peak_memory_mib": peaks["cc-lora"],
+            "lora_over_full_peak_memory": peaks["cc-lora"] / peaks["cc"],
+            "full_checkpoint_mib": sizes["cc"], "lora_checkpoint_mib": sizes["cc-lora"],
+            "full_over_lora_checkpoint_size": sizes["cc"] / sizes["cc-lora"]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct",
@@ -179,9 +286,17 @@ def main() -> None:
     parser.add_argument("--liger", action="store_true", help="Liger Kernel (CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
     parser.add_argument("--gpu", default="h100", choices=sorted(PEAK_TFLOPS), help="peak FLOPs for MFU")
+    parser.add_argument("--peft", choices=["none", "lora"], default="none",
+                        help="lora: LoRA-CC against full CC (step time, trainable share, peak memory of both)")
+    parser.add_argument("--memory-of", choices=["cc", "cc-lora"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     dtype = torch.bfloat16 if (args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")) == "bf16" \
         else torch.float32
+    if args.peft == "lora":
+        if args.deepspeed:
+            parser.error("--peft lora measures one process without DeepSpeed")
+        peft_main(args, dtype)
+        return
     variants, params, tokenizer = build(args, dtype)
     total = (args.steps + args.warmup) * args.batch
     features = (synthetic_features(len(tokenizer), total, args.seq_len) if args.seq_len

@@ -9,6 +9,7 @@
     cctune score --benchmark xnli --data-dir DIR --lang zh --predictions preds.jsonl
     cctune report                          # reports/
     cctune register                        # MLflow Model Registry
+    cctune merge --model models/cc --out models/cc-merged   # LoRA adapters → a full checkpoint
 
 Every stage takes ``--params FILE`` (default params.yaml) and ``--set section.key=value``.
 """
@@ -202,6 +203,20 @@ def _register(args, params):
     from cc_core.registry import register  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return register(params, args.model, args.transform, args.metrics_dir)
+
+
+def _merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="models/cc", help="adapter checkpoint, CC or SFT (default: models/cc)")
+    p.add_argument("--out", required=True, help="where the merged full checkpoint goes")
+    p.add_argument("--base", default=None,
+                   help="the base model directory (default: the one the adapter records; its hash is checked)")
+
+
+@stage("merge", "merge a LoRA adapter checkpoint into its base model → a full checkpoint of the same kind")(_merge_args)
+def _merge(args, params):
+    from cc_core.modeling.loading import merge_checkpoint  # why: a stage loads only its own modules (dvc.yaml deps)
+
+    return {"merged": str(merge_checkpoint(args.model, args.out, args.base))}
 
 
 def _no_args(p: argparse.ArgumentParser) -> None:

@@ -69,6 +69,24 @@ class DataParams(_Section):
         return [check_language(code) for code in value]
 
 
+class LoraParams(_Section):
+    """``train.lora``: the adapters of ``train.peft: lora`` (LLaMA-Factory's defaults)."""
+
+    r: int = Field(8, ge=1)  # rank of each adapter
+    alpha: float = Field(16.0, gt=0)  # scale alpha / r
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # "all-linear": every linear layer of the decoder (not the LM head); or module names, e.g. [q_proj, v_proj]
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    quantize: Literal["4bit"] | None = None  # QLoRA: the frozen base in 4-bit NF4 (CUDA, bitsandbytes)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one module, or all-linear")
+        return value
+
+
 class TrainParams(_Section):
     epochs: float = Field(1, gt=0)
     max_steps: int = -1
@@ -98,6 +116,9 @@ class TrainParams(_Section):
     pack_max_tokens: int | None = Field(None, ge=8)  # tokens per packed row at most (None: twice the batch's longest example)
     liger: bool = False  # Liger Kernel: fused linear cross-entropy, RMSNorm, SwiGLU, RoPE (CUDA; extra [gpu])
     compile: bool = False  # torch.compile each decoder layer's submodules (hooks stay outside the graphs)
+    peft: Literal["none", "lora"] = "none"  # lora: train LoRA adapters (+ the Decision Maker) on a frozen base
+    lora: LoraParams = Field(default_factory=LoraParams)
+    decision_maker_lr: float | None = Field(None, gt=0)  # the Decision Maker's own learning rate (None: learning_rate)
 
     @field_validator("max_steps")
     @classmethod

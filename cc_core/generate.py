@@ -112,11 +112,13 @@ class Generator:
 
     @classmethod
     def from_dirs(cls, model_dir: str | Path, transform: str | Path | None = None, mode: str = "none",
-                  device: str = "cpu", dtype: torch.dtype | None = None, **kwargs):
-        """Load a model directory (CC checkpoint or plain HF) and, for ``transform``, the matrix.
-        On a GPU the default dtype is bfloat16, on a CPU float32."""
+                  device: str = "cpu", dtype: torch.dtype | None = None, base_dir: str | Path | None = None,
+                  merge_adapter: bool = True, **kwargs):
+        """Load a model directory (CC checkpoint or plain HF; either may be LoRA adapters on ``base_dir``,
+        default the base they record, merged unless ``merge_adapter`` is false) and, for ``transform``,
+        the matrix. On a GPU the default dtype is bfloat16, on a CPU float32."""
         loaded = load_for_inference(model_dir, transform, with_transform=mode == "transform", device=device,
-                                    dtype=dtype)
+                                    dtype=dtype, base_dir=base_dir, merge_adapter=merge_adapter)
         generator = cls(loaded.model, loaded.tokenizer, loaded.cc, loaded.transform, mode, **kwargs)
         generator.lineage = loaded.lineage
         return generator

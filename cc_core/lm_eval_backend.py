@@ -22,7 +22,9 @@ with it is pinned, plain ``lm_eval --model cc-tuning ...`` works too. From Pytho
 module registers the name: ``import cc_core.lm_eval_backend; lm_eval.simple_evaluate(model="cc-tuning", ...)``.
 
 Model arguments (``--model_args k=v,...``):
-    checkpoint (or pretrained)  model directory: a CC checkpoint or a plain HF directory
+    checkpoint (or pretrained)  model directory: a CC checkpoint or a plain HF directory (either may be
+                                LoRA adapters: loaded onto their base and merged)
+    base                        an adapter checkpoint's base model directory (default: the one it records)
     transform                   Transform Matrix file or directory (mode transform; default: transform)
     mode                        transform | none (default: transform for a CC checkpoint, none otherwise)
     decision_mode               argmax (default) | gumbel | soft
@@ -119,7 +121,7 @@ class CCTuningLM(TemplateLM):
 
     def __init__(self, checkpoint: str | None = None, pretrained: str | None = None, transform: str = "transform",
                  mode: str | None = None, decision_mode: str = "argmax", lang: str | None = None,
-                 device: str | None = None, dtype=None, batch_size=8, max_batch_size=None,
+                 device: str | None = None, dtype=None, batch_size=8, max_batch_size=None, base: str | None = None,
                  max_length: int | None = None, max_gen_toks: int = 256, **unused) -> None:
         super().__init__()
         model_dir = checkpoint or pretrained
@@ -133,7 +135,7 @@ class CCTuningLM(TemplateLM):
                              "parallels, which lm-eval tasks do not carry)")
         device = pick_device(device)
         self.gen = Generator.from_dirs(model_dir, transform=transform, mode=mode, device=device,
-                                       dtype=_dtype(dtype), decision_mode=decision_mode,
+                                       dtype=_dtype(dtype), base_dir=base, decision_mode=decision_mode,
                                        batch_size=_batch_size(batch_size), max_new_tokens=int(max_gen_toks))
         self.tokenizer = self.gen.tokenizer
         self.scorer = LoglikScorer(self.gen)

@@ -15,7 +15,10 @@ fp32), divided over the GPUs by ZeRO-3 (only gradients and optimizer state by Ze
 activations (with gradient checkpointing one layer input per layer: batch × cutoff × hidden ×
 layers × 2 bytes); disk = the base model and two trained models in their dtype, ``save_total_limit``
 resumable checkpoints with optimizer state (one method's at a time), and the activations ``collect`` writes
-(2 × pairs × layers × hidden × 4 bytes).
+(2 × pairs × layers × hidden × 4 bytes). With ``train.peft: lora`` the base is frozen (its weights
+only: bf16/fp32, or ~0.57 bytes a parameter in 4-bit NF4 with its scales) and only the adapters train,
+16 bytes a parameter (fp32 weights, gradients, AdamW moments), ~20 × r × hidden a layer on every linear
+layer (Llama-3.1-8B's exact count); their checkpoints and the trained models are then adapters only.
 """
 
 from __future__ import annotations
@@ -170,6 +173,15 @@ def check_eval_data(params: Params) -> Check:
     return Check("evaluation data", True, f"{data_dir}: languages per benchmark {', '.join(found)}")
 
 
+def adapter_params(params: Params, layers: int | None, hidden: int | None) -> float:
+    """LoRA's trainable parameters, roughly (module docstring); 0 without ``train.peft: lora``."""
+    tp = params.train
+    if tp.peft != "lora" or not (layers and hidden):
+        return 0.0
+    share = 1.0 if tp.lora.target_modules == "all-linear" else len(tp.lora.target_modules) / 7
+    return 20.0 * tp.lora.r * hidden * layers * share
+
+
 def training_memory_gib(params: Params, n_params: float, layers: int | None, hidden: int | None, gpus: int) -> float:
     """Per-GPU training memory estimate (module docstring)."""
     tp = params.train
@@ -177,17 +189,20 @@ def training_memory_gib(params: Params, n_params: float, layers: int | None, hid
     n = max(gpus, 1)
     weights = 2 if tp.bf16 else 4
     states = 14 if tp.bf16 else 8  # gradients + AdamW moments (+ the fp32 master copy under mixed precision)
-    if "zero3" in ds:
-        per_param = (weights + states) / n
+    if tp.peft == "lora":  # a frozen base, fp32 adapters with their gradients and AdamW moments
+        frozen = 0.57 if tp.lora.quantize == "4bit" else weights
+        model_bytes = n_params * frozen / (n if "zero3" in ds else 1) + 16 * adapter_params(params, layers, hidden)
+    elif "zero3" in ds:
+        model_bytes = n_params * (weights + states) / n
     elif "zero2" in ds:
-        per_param = weights + states / n
+        model_bytes = n_params * (weights + states / n)
     else:
-        per_param = weights + states
+        model_bytes = n_params * (weights + states)
     activations = 0.0
     if layers and hidden:
         per_layer = 1 if tp.gradient_checkpointing else 16  # stored tensors of a layer's input size
         activations = tp.per_device_batch_size * tp.cutoff_len * hidden * layers * per_layer * weights * 2  # CC: two passes
-    return (n_params * per_param + activations) / GIB
+    return (model_bytes + activations) / GIB
 
 
 def check_gpus(params: Params, n_params: float | None, layers, hidden, where: str) -> Check:
@@ -208,8 +223,10 @@ def check_gpus(params: Params, n_params: float | None, layers, hidden, where: st
                      f"deepspeed={params.train.deepspeed}; ~{eight:.0f} GiB per GPU on 8 GPUs")
     memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus)) / GIB
     detail = f"{gpus} × {memory:.0f} GiB; this profile needs ~{need:.1f} GiB per GPU on {gpus} ({size})"
-    return Check("GPUs", memory >= need, detail + ("" if memory >= need else
-                 ": not enough; use more GPUs with train.deepspeed: zero3, or gradient checkpointing"))
+    hint = ("train.lora.quantize: 4bit, gradient checkpointing or a smaller per_device_batch_size"
+            if params.train.peft == "lora" else
+            "use more GPUs with train.deepspeed: zero3, or gradient checkpointing (or train.peft: lora)")
+    return Check("GPUs", memory >= need, detail + ("" if memory >= need else f": not enough; {hint}"))
 
 
 def check_disk(params: Params, n_params: float | None, layers, hidden, root: Path = Path(".")) -> Check:
@@ -218,10 +235,12 @@ def check_disk(params: Params, n_params: float | None, layers, hidden, root: Pat
         return Check("disk", True, f"{free:.0f} GiB free; the model's size is unknown: no estimate", note=True)
     tp = params.train
     weights = 2 if tp.bf16 else 4
-    models = 3 * n_params * weights  # models/base, models/cc, models/sft
+    # LoRA: models/cc and models/sft are adapters, their checkpoints adapters with AdamW moments
+    trained = adapter_params(params, layers, hidden) or n_params
+    models = n_params * weights + 2 * trained * (4 if tp.peft == "lora" else weights)  # base, cc, sft
     # one method's resumable checkpoints at a time (a finished training deletes its own), each with the
     # fp32 master weights and AdamW moments
-    checkpoints = (tp.save_total_limit or 1) * n_params * (weights + 12)
+    checkpoints = (tp.save_total_limit or 1) * trained * (weights + 12)
     pairs = min(params.collect.num_pairs, params.data.num_pairs)
     activations = 2 * pairs * (layers or 0) * (hidden or 0) * 4
     need = (models + checkpoints + activations) / GIB

@@ -15,7 +15,9 @@ the ``cc_core`` package as ``code_paths``. The model config says where the check
 records the sha256 of every file (``files``), and loading verifies each one: a missing or
 changed file, or a Transform Matrix fitted for another checkpoint, is refused with an error
 naming the version (registered model, run, logged model id), the file and both hashes; it
-never falls back to other weights.
+never falls back to other weights. An adapter version (LoRA) also names its base model: logged once
+into the artifact store (``base_model_id``, fetched through the tracking store at load) or referenced
+by path (``base_dir``); its files are verified the same way, and the adapter is merged into it on load.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def verify_files(config: dict, roots: dict[str, Path]) -> None:
     """Every file of ``config['files']`` is present under its root with its recorded sha256, and the
     model holds no other weights (the checkpoint hash covers every ``*.safetensors`` below it)."""
     where, manifest = describe(config), config.get("files")
-    if not isinstance(manifest, dict) or not manifest.get("model") or not manifest.get("transform"):
+    if not isinstance(manifest, dict) or not all(manifest.get(group) for group in (*roots, "model", "transform")):
         raise ModelFilesError(f"{where}: its model config lists no file hashes (registered by an older cc-tuning); "
                               "its weights cannot be verified: register the checkpoint again")
     for group, root in roots.items():
@@ -105,6 +107,8 @@ def verify_files(config: dict, roots: dict[str, Path]) -> None:
             if actual != expected:
                 raise ModelFilesError(f"{where}: {path}: sha256 is {actual}, registered {expected}: the file changed "
                                       f"after registration; {_hint(config)}")
+    if "model" not in roots:
+        return
     model_root = roots["model"]
     extra = sorted(p.relative_to(model_root).as_posix() for p in model_root.rglob("*.safetensors")
                    if p.relative_to(model_root).as_posix() not in manifest["model"])
@@ -122,6 +126,32 @@ def check_transform_lineage(config: dict, transform_file: Path, model_dir: Path)
                                 model_dir, rerun="cctune collect && cctune fit, then cctune register")
     except LineageError as err:
         raise LineageError(f"{describe(config)}: {err}") from None
+
+
+def base_model_root(config: dict) -> Path:
+    """Where an adapter version's base model is: the referenced directory, or the logged base model's
+    artifacts (a local store's own folder, else downloaded through the tracking store)."""
+    if config.get("storage") == "reference":
+        return Path(config["base_dir"])
+    model_id = config.get("base_model_id")
+    if not model_id:
+        raise ModelFilesError(f"{describe(config)}: an adapter version without its base model's id: register again")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.get("tracking_uri")
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", tracking_uri=uri))
+    except Exception as err:  # noqa: BLE001 - the store's own error, in one line naming the base
+        raise ModelFilesError(f"{describe(config)}: its base model (logged model {model_id}) cannot be fetched "
+                              f"from the tracking store: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                              ) from None
+
+
+def resolve_base_model(config: dict) -> Path | None:
+    """An adapter version's base model directory, every file verified (None: not an adapter version)."""
+    if "base" not in (config.get("files") or {}):
+        return None
+    root = base_model_root(config)
+    verify_files(config, {"base": root})
+    return root
 
 
 def resolve_checkpoint(config: dict, artifacts: dict) -> tuple[Path, Path]:
@@ -147,8 +177,9 @@ class CCTuningPyfunc(PythonModel):
     def load_context(self, context):
         config = dict(context.model_config or {})
         model_dir, transform = resolve_checkpoint(config, dict(context.artifacts or {}))
+        base_dir = resolve_base_model(config)  # an adapter version: the base it loads onto, verified
         self.generator = Generator.from_dirs(
-            model_dir, transform=transform, mode=config.get("mode", "transform"),
+            model_dir, transform=transform, mode=config.get("mode", "transform"), base_dir=base_dir,
             decision_mode=config.get("decision_mode", "argmax"),
             max_new_tokens=int(config.get("max_new_tokens", 40)), batch_size=int(config.get("batch_size", 8)))
         text_config = self.generator.model.config.get_text_config()

@@ -12,6 +12,12 @@ happens to the checkout. With ``log_weights: false`` (very large checkpoints on 
 storage) the files are referenced by absolute path; the model config then records the sha256
 of every referenced file and loading verifies each one, refusing a changed or missing file.
 
+Adapter versions. A checkpoint trained with LoRA (``train.peft: lora``) is registered as its adapter,
+Decision Maker and Transform Matrix (megabytes) plus a reference to its base model by content hash:
+the base is logged once into the artifact store and shared by every version trained on it (or, with
+``log_weights: false``, referenced by path), its every file hashed in the model config and verified at
+load (cc_core/registry_files.py). Serving loads the adapter onto the base and merges it.
+
 Servable anywhere. The ``cc_core`` package travels with the model (``code_paths``); its
 ``requirements.txt`` pins the serving-time libraries exactly and its ``constraints.txt`` pins every
 distribution of the environment it was registered from (``environment_pins``), so
@@ -37,12 +43,9 @@ is appended to the registered model's ``alias_history`` tag. Versions are never 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import math
-import os
-import re
 import shutil
 import tempfile
 import time
@@ -52,8 +55,6 @@ from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from safetensors import safe_open
 
 from cc_core.champion import metric_tags, pending_tags, settle, should_promote
@@ -61,26 +62,22 @@ from cc_core.config import Params
 from cc_core.data.benchmarks import canonical_benchmark
 from cc_core.io import InputError, file_sha256, read_json, write_json
 from cc_core.lineage import LineageError, checkpoint_sha256, combined_sha256, require_same_checkpoint, short
+from cc_core.modeling.adapters import is_adapter_dir, read_adapter_meta, resolve_base
 from cc_core.modeling.checkpoint import read_cc_metadata
 from cc_core.modeling.transform_matrix import TRANSFORM_FILE, check_fit_record
 from cc_core.redact import strip_userinfo
-from cc_core.tracking import (RUN_FILE, Tracker, close_orphaned_training_runs, fluent_tracking_uri, git_commit,
-                              store_errors)
+from cc_core.registry_files import (CONSTRAINTS_FILE, PACKAGE_DIR, RegistryError, environment_pins, file_manifest,
+                                    logged_base_model, model_signature, read_constraints, serving_requirements,
+                                    stage_code, stage_files)
+from cc_core.tracking import Tracker, close_orphaned_training_runs, fluent_tracking_uri, git_commit, store_errors
 
 log = logging.getLogger(__name__)
-PACKAGE_DIR = Path(__file__).resolve().parent
 PYFUNC_FILE = PACKAGE_DIR / "pyfunc_model.py"
-CONSTRAINTS_FILE = PACKAGE_DIR.parent / "constraints.txt"
 LOGGED_MODEL_NAME = "cc_tuning_model"
 REQUIRED_BY = "cctune register"
-# What the pyfunc imports at serving time (cc_core travels as code): pinned from constraints.txt.
-# Training-only tools (deepspeed, prefect, dvc, datasets, accelerate) are deliberately absent.
-SERVING_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
-                    "numpy", "pandas", "pyyaml", "pydantic", "jinja2")
-
-
-class RegistryError(ValueError):
-    pass
+# Re-exported: what a version carries lives in cc_core/registry_files.py
+__all__ = ["CONSTRAINTS_FILE", "RegisterResult", "RegistryError", "environment_pins", "file_manifest",
+           "read_constraints", "register", "serving_requirements"]
 
 
 @dataclass(frozen=True)
@@ -192,108 +189,6 @@ def check_lineage(model_dir: Path, transform_file: Path, evaluated: dict[str, di
     return checkpoint, transform
 
 
-# --- what a version carries -------------------------------------------------------------------------
-
-def checkpoint_files(model_dir: Path) -> list[str]:
-    """The files of a checkpoint a version needs (relative POSIX paths): every top-level file but the
-    MLflow run pointer and hidden files, and every ``*.safetensors`` below (what the checkpoint hash covers)."""
-    files = {p.name for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != RUN_FILE}
-    files |= {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*.safetensors") if p.is_file()}
-    return sorted(files)
-
-
-def transform_files(transform_dir: Path) -> list[str]:
-    return [name for name in (TRANSFORM_FILE, "transform.json") if (transform_dir / name).is_file()]
-
-
-def file_manifest(model_dir: Path, transform_dir: Path) -> dict[str, dict[str, str]]:
-    """``{"model": {relative path: sha256}, "transform": {...}}``: what loading verifies."""
-    return {"model": {rel: file_sha256(model_dir / rel) for rel in checkpoint_files(model_dir)},
-            "transform": {rel: file_sha256(transform_dir / rel) for rel in transform_files(transform_dir)}}
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)  # no second copy on disk while MLflow uploads
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def _stage(model_dir: Path, transform_dir: Path, manifest: dict, into: Path) -> dict[str, str]:
-    """Exactly the manifest's files under ``into/model`` and ``into/transform`` (MLflow artifacts)."""
-    for group, root in (("model", model_dir), ("transform", transform_dir)):
-        for rel in manifest[group]:
-            _link_or_copy(root / rel, into / group / rel)
-    return {"model": str(into / "model"), "transform": str(into / "transform")}
-
-
-def _stage_code(into: Path) -> str:
-    """A copy of the cc_core package without bytecode caches (MLflow's ``code_paths``)."""
-    target = into / "code" / "cc_core"
-    shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-    return str(target)
-
-
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def read_constraints(path: Path = CONSTRAINTS_FILE) -> dict[str, tuple[str, str]]:
-    """``{normalised name: (name as written, version)}`` of the ``name==version`` lines of constraints.txt."""
-    pins = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if "==" in line and not line.startswith("-"):
-                name, version = (part.strip() for part in line.split("==", 1))
-                pins[_normalise(name)] = (name, version)
-    return pins
-
-
-def _editable(dist) -> bool:
-    return bool(json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"))
-
-
-def environment_pins() -> list[str]:
-    """``name==version`` of every distribution installed in this environment (the one registering),
-    without local tags such as +cpu; editable installs (the project itself: it travels as code) left
-    out. Logged as the version's constraints.txt: a serving host that builds an environment gets
-    every dependency at the version registered, not the newest."""
-    pins: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():  # sys.path order: the first is the one imported
-        name = dist.metadata["Name"]
-        # the project travels as code (by name too: a checkout's egg-info shadows the editable record)
-        if not name or _normalise(name) in pins or _editable(dist) or _normalise(name) == "cc-tuning":
-            continue
-        pins[_normalise(name)] = f"{name}=={dist.version.split('+', 1)[0]}"
-    return [pins[key] for key in sorted(pins)]
-
-
-def serving_requirements(constraints: Path = CONSTRAINTS_FILE) -> list[str]:
-    """Exact pins of what the pyfunc needs at serving time, at their versions in this environment
-    (as ``environment_pins``); constraints.txt's pin for one that is not installed."""
-    pins = read_constraints(constraints)
-    requirements = []
-    for package in SERVING_PACKAGES:
-        try:
-            name, version = package, importlib.metadata.version(package).split("+", 1)[0]
-        except importlib.metadata.PackageNotFoundError:
-            if package not in pins:
-                raise RegistryError(f"{constraints}: no pin for {package}, and it is not installed") from None
-            name, version = pins[package]
-        requirements.append(f"{name}=={version}")
-    return requirements
-
-
-def model_signature(max_new_tokens: int):
-    """Param ``max_new_tokens`` (int); output: one string per prompt. No input schema: MLflow would
-    then refuse a bare string or list of strings before the model sees it; the pyfunc checks every
-    accepted form itself (cc_core/serving.py), with the limits of the model config."""
-    return ModelSignature(inputs=None, outputs=Schema([ColSpec("string")]),
-                          params=ParamSchema([ParamSpec("max_new_tokens", "long", int(max_new_tokens))]))
-
-
 # --- the stage ---------------------------------------------------------------------------------------
 
 def _ensure_registered_model(client, name: str) -> None:
@@ -329,6 +224,8 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     settings_hash = eval_settings_hash(params)
     evidence = score_identity(evaluated)
     read_cc_metadata(model_dir)  # a clear error if this is not a CC checkpoint
+    # an adapter checkpoint: its base model, checked by content hash (another base is refused)
+    base_dir = resolve_base(model_dir) if is_adapter_dir(model_dir) else None
     transform_file = transform_dir / TRANSFORM_FILE
     if not transform_file.is_file():
         raise InputError(f"{transform_dir}: no Transform Matrix; run `cctune fit` first")
@@ -341,13 +238,14 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     name = model_name(params)
     training_run = tracker.training_run_id(checkpoint)
     storage = "artifacts" if params.register.log_weights else "reference"
-    manifest = file_manifest(model_dir, transform_dir)
+    manifest = file_manifest(model_dir, transform_dir, base_dir)
+    adapter = {} if base_dir is None else {"adapter": "lora", "base_model_sha256": read_adapter_meta(model_dir).sha256}
     tags = {"git_commit": git_commit(), "params_sha256": params.section_hash(),
             "dvc_lock_sha256": file_sha256(lock_file) if Path(lock_file).is_file() else "none",
             "register_metric": params.register.metric, **metric_tags(value),
             "eval_settings_sha256": settings_hash, **evidence,
             "checkpoint_sha256": checkpoint, "transform_sha256": transform_sha,
-            "training_run_id": training_run or "none", "storage": storage,
+            "training_run_id": training_run or "none", "storage": storage, **adapter,
             **({"failed_languages": json.dumps(failed)} if failed else {}),
             **{f"avg_{k}": f"{v:.4f}" for k, v in averages.items()}}
     config = {"mode": "transform", "decision_mode": params.eval.decision_mode,
@@ -357,9 +255,11 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
               "max_prompt_chars": params.register.max_prompt_chars,
               "request_timeout_s": params.register.request_timeout_s,
               "checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "files": manifest,
-              "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **adapter}
     if storage == "reference":
         config.update(model_dir=str(model_dir.resolve()), transform_dir=str(transform_dir.resolve()))
+        if base_dir is not None:
+            config.update(base_dir=str(base_dir.resolve()))
 
     try:  # next to the checkpoint: its files are hard-linked, not copied, into the staging folder
         staging = Path(tempfile.mkdtemp(prefix=".register-", dir=model_dir.resolve().parent))
@@ -374,8 +274,9 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                 # trained against another tracking store: log the model in a new run here
                 log.warning("training run %s is not in %s: registering from a new run", run_id, strip_userinfo(uri))
                 run_id = None
-            artifacts = _stage(model_dir, transform_dir, manifest, staging) if storage == "artifacts" else None
-            code = _stage_code(staging)
+            artifacts = (stage_files({"model": model_dir, "transform": transform_dir}, manifest, staging)
+                         if storage == "artifacts" else None)
+            code = stage_code(staging)
             pins = staging / "constraints.txt"
             pins.write_text("\n".join(environment_pins()) + "\n", encoding="utf-8")
             experiment = tracker.experiment_id(client)
@@ -385,6 +286,10 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                     name=LOGGED_MODEL_NAME, source_run_id=run.info.run_id,
                     experiment_id=run.info.experiment_id)  # its id goes into the config: load errors name it
                 config.update(run_id=run.info.run_id, logged_model_id=logged.model_id)
+                if base_dir is not None and storage == "artifacts":  # logged once per base, reused after
+                    config["base_model_id"] = logged_base_model(client, run.info.experiment_id, run.info.run_id,
+                                                                base_dir, manifest["base"], staging)
+                    tags["base_model_id"] = config["base_model_id"]
                 with warnings.catch_warnings():
                     # No input example on purpose: MLflow would load the model (the whole checkpoint) to check it.
                     warnings.filterwarnings("ignore", message=".*input example was not provided.*")
@@ -392,7 +297,7 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                         name=LOGGED_MODEL_NAME, model_id=logged.model_id, python_model=str(PYFUNC_FILE),
                         code_paths=[code], model_config=config, artifacts=artifacts,
                         signature=model_signature(params.eval.max_new_tokens),
-                        pip_requirements=[*serving_requirements(), f"-c {pins}"],
+                        pip_requirements=[*serving_requirements(adapter=base_dir is not None), f"-c {pins}"],
                         tags={"checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "storage": storage})
             _ensure_registered_model(client, name)
             tags["logged_model_id"] = info.model_id

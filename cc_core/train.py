@@ -4,6 +4,7 @@
     cctune train --method sft                                 # models/sft/ (the paper's baseline)
     cctune train --method cc --resume                         # continue from the last checkpoint
     cctune train --method cc --set train.deepspeed=zero3      # ZeRO-3 (one process; gloo on CPU)
+    cctune train --method cc --set train.peft=lora            # LoRA adapters + the Decision Maker
     torchrun --nproc_per_node 2 -m cc_core.cli train --method cc --set train.deepspeed=zero3
 
 Both methods train on the same non-English records with the same hyper-parameters; CC adds
@@ -12,6 +13,10 @@ bottom: ``_setup`` (check the options, read and encode the data, load the model,
 point), then the Trainer's loop, then ``_save`` (the final model renamed into ``models/<method>/``,
 metrics, tracking). Its pieces live in ``cc_core/training/``: data and collators, the Trainer
 subclass, checkpoints, kernels, distributed set-up, the non-finite guard.
+
+With ``train.peft: lora`` the base stays frozen and LoRA adapters train beside the Decision Maker
+(cc_core.training.adapters); ``models/<method>/`` is then an adapter checkpoint naming its base model
+by content hash (cc_core.modeling.adapters).
 
 Intermediate Trainer checkpoints go to ``models/.<method>-checkpoints/`` (removed once the final
 model is in place, so a later rerun trains afresh); the final model is written to a temp directory
@@ -33,12 +38,14 @@ from transformers import set_seed
 from cc_core.config import Params
 from cc_core.data.records import read_records
 from cc_core.io import InputError, dir_sha256, project_path, replace_path, write_json
+from cc_core.modeling.adapters import BaseRef
 from cc_core.modeling.architectures import ArchPaths
 from cc_core.modeling.cc_model import CCTuningModel
 from cc_core.modeling.loading import check_tokenizer_matches, load_model_dir
 from cc_core.prompts import pad_token_id
 from cc_core.tracking import (NullRun, Tracker, close_orphaned_training_runs, git_commit, read_run_id,
                               tracking_uri, write_run_file)
+from cc_core.training.adapters import base_dtype, check_adapter_options, quantize, with_adapters
 from cc_core.training.checkpoints import (BASE_WEIGHTS, FINGERPRINT, CheckpointWriteError, base_weights,
                                           disk_errors, make_fingerprint, resume_point, step_of)
 from cc_core.training.data import EncodeStats, FeatureDataset, encode_records, make_collator
@@ -87,6 +94,7 @@ class _Setup:
     fingerprint: dict[str, Any]
     resume_from: Path | None
     tracker: Tracker
+    adapter_base: BaseRef | None = None  # train.peft=lora: the base model the adapters belong to
 
 
 def train(params: Params, method: str, base_dir: str | Path = "models/base", data_dir: str | Path = "data/prepared",
@@ -134,6 +142,7 @@ def _setup(params: Params, method: str, base_dir: Path, data_file: Path, out: Pa
     tp = params.train
     is_main = rank() == 0
     check_kernel_options(tp, base_dir)  # before anything loads: a clear error naming the key
+    check_adapter_options(tp)
     ds_config = resolve_deepspeed(tp.deepspeed)
     if ds_config is not None and tp.nonfinite_patience:
         # DeepSpeed applies the update inside backward(): a bad step cannot be skipped after the fact.
@@ -157,13 +166,17 @@ def _setup(params: Params, method: str, base_dir: Path, data_file: Path, out: Pa
 
     args = training_arguments(tp, work_dir, ds_config)  # before loading: ZeRO-3 loads partitioned
     set_seed(tp.seed)
-    model, tokenizer = load_model_dir(base_dir)
+    model, tokenizer = load_model_dir(base_dir, dtype=base_dtype(tp), quantize=quantize(tp))
     model.config.use_cache = False  # training never reuses a KV cache (and a cache turns off packed masks)
     if tp.liger:
         apply_liger(model)
     check_tokenizer_matches(tokenizer, model, base_dir)
     features, stats = _encode(params, method, records, tokenizer, data_file)
     arch_map = ArchPaths.from_mapping(params.model.arch_map.model_dump()) if params.model.arch_map else None
+    adapter_base = None
+    if tp.peft == "lora":
+        adapter_base = BaseRef.of(base_dir)  # its content hash: loading the adapter refuses another base
+        model = with_adapters(model, tp)
     if tp.compile:
         compile_decoder(model, arch_map)
     if method == "cc":
@@ -181,7 +194,8 @@ def _setup(params: Params, method: str, base_dir: Path, data_file: Path, out: Pa
         work_dir.mkdir(parents=True, exist_ok=True)
         write_json(work_dir / FINGERPRINT, fingerprint)
         write_json(work_dir / BASE_WEIGHTS, weights)  # the next start trusts these while size and mtime hold
-    return _Setup(method, out, work_dir, model, tokenizer, features, stats, args, fingerprint, resume_from, tracker)
+    return _Setup(method, out, work_dir, model, tokenizer, features, stats, args, fingerprint, resume_from, tracker,
+                  adapter_base)
 
 
 def _encode(params: Params, method: str, records, tokenizer, data_file: Path):
@@ -218,6 +232,7 @@ def _run_trainer(params: Params, setup: _Setup, run):
         model=setup.model, args=setup.args, train_dataset=FeatureDataset(setup.features),
         data_collator=make_collator(tp, pad_token_id(setup.tokenizer)), processing_class=setup.tokenizer,
         callbacks=[callback], nonfinite_patience=tp.nonfinite_patience, save_total_limit=tp.save_total_limit,
+        adapter_base=setup.adapter_base, decision_maker_lr=tp.decision_maker_lr,
     )
     callback.attach(trainer)
     if setup.resume_from:

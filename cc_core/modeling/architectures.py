@@ -5,6 +5,10 @@ layer the module whose output is the FFN contribution added to the residual stre
 decoders call it ``mlp``; Gemma 2/3 normalise the MLP output (``post_feedforward_layernorm``)
 before the residual add, so that module is their FFN output.
 
+With LoRA adapters (PEFT) the model is wrapped and every module path gains a prefix
+(``base_model.model.``); ``unwrap`` resolves through the wrapper, so the same paths name the same
+modules, LoRA layers included, whichever object the caller holds.
+
 An architecture belongs here only if (a) adding a vector to that module's output equals adding
 it to the residual stream after the layer, and (b) the hidden state entering layer 0 is the
 input embedding module's output (training reads the anchor embedding from ``embed``, inference
@@ -58,12 +62,27 @@ class UnsupportedArchitectureError(ValueError):
     pass
 
 
+def is_wrapped(model: nn.Module) -> bool:
+    """A PEFT wrapper (duck-typed: ``get_base_model`` returns the transformers model inside)."""
+    return callable(getattr(type(model), "get_base_model", None))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (itself when not wrapped): the root of ``ArchPaths``."""
+    while is_wrapped(model):
+        inner = model.get_base_model()
+        if inner is model:
+            break
+        model = inner
+    return model
+
+
 def arch_paths(model: nn.Module, override: ArchPaths | Mapping[str, str] | None = None) -> ArchPaths:
     """Paths for ``model`` (by ``config.model_type``), or ``override`` (params.yaml's ``model.arch_map``,
     or a checkpoint's ``cc_tuning.json``) when given."""
     if override is not None:
         return override if isinstance(override, ArchPaths) else ArchPaths.from_mapping(override)
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    model_type = getattr(getattr(unwrap(model), "config", None), "model_type", None)
     if model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"architecture {model_type!r} has no module map; supported: {', '.join(sorted(ARCHITECTURES))}. "
@@ -86,7 +105,7 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
 
 
 def decoder_layers(model: nn.Module, paths: ArchPaths) -> list[nn.Module]:
-    layers = get_module(model, paths.layers)
+    layers = get_module(unwrap(model), paths.layers)
     if not isinstance(layers, (nn.ModuleList, list, tuple)):
         raise UnsupportedArchitectureError(f"{paths.layers!r} is a {type(layers).__name__}, not a list of layers")
     return list(layers)

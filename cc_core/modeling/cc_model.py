@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from cc_core.modeling.architectures import ArchPaths, arch_paths, decoder_layers, get_module
+from cc_core.modeling.architectures import ArchPaths, arch_paths, decoder_layers, get_module, is_wrapped, unwrap
 from cc_core.modeling.decision import DecisionMaker
 from cc_core.modeling.hooks import capture_ffn, connected
 
@@ -56,7 +56,9 @@ class CCTuningModel(nn.Module):
                 raise ValueError(f"decision_maker_init={decision_maker_init!r}; valid: model, linear")
             std = getattr(text_config, "initializer_range", 0.02) if decision_maker_init == "model" else None
             decision_maker = DecisionMaker(hidden, num_layers, gumbel_tau, init_std=std)
-            decision_maker.to(device=model.device, dtype=next(model.parameters()).dtype)
+            # beside LoRA adapters it trains in float32 like them, whatever the frozen base's dtype
+            dtype = torch.float32 if is_wrapped(model) else next(model.parameters()).dtype
+            decision_maker.to(device=model.device, dtype=dtype)
         self.decision_maker = decision_maker
         self.inject_layer = inject_layer
         self.decision_mode = decision_mode
@@ -71,6 +73,12 @@ class CCTuningModel(nn.Module):
         return self.model.config
 
     @property
+    def quantization_method(self):
+        """The base's (QLoRA: bitsandbytes): the Trainer then leaves the model where it loaded (a 4-bit
+        model cannot be moved with ``.to``)."""
+        return getattr(unwrap(self.model), "quantization_method", None)
+
+    @property
     def num_layers(self) -> int:
         return self.decision_maker.proj.out_features
 
@@ -81,7 +89,9 @@ class CCTuningModel(nn.Module):
         ``detach_english`` is off (reentrant checkpointing would silently detach them).
         """
         ckpt_kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
-        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
+        unwrap(self.model).activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
+        if is_wrapped(self.model):  # frozen embeddings: a reentrant checkpoint's input would need no grad
+            unwrap(self.model).enable_input_require_grads()
 
     gradient_checkpointing_enable = activation_checkpointing_enable
 
@@ -108,7 +118,7 @@ class CCTuningModel(nn.Module):
         """The hidden state entering layer 0 at the anchor (embedding, scaled where the model scales it)."""
         rows = torch.arange(input_ids.shape[0], device=input_ids.device) if rows is None else rows
         tokens = input_ids[rows, anchor]
-        return get_module(self.model, self.paths.embed)(tokens)
+        return get_module(unwrap(self.model), self.paths.embed)(tokens)
 
     def forward(self, input_ids: torch.Tensor, anchor: torch.Tensor, en_input_ids: torch.Tensor,
                 en_anchor: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -1,11 +1,15 @@
 """CC checkpoint format: a plain HF model directory + ``cc_tuning.json`` + ``decision_maker.safetensors``.
 
     save_cc_checkpoint(cc_model, "models/cc", tokenizer)
+    save_cc_checkpoint(cc_lora_model, "models/cc", tokenizer, base=BaseRef.of("models/base"))
     cc_model, tokenizer = load_cc_checkpoint("models/cc")     # cc_core.modeling.loading
 
 ``AutoModelForCausalLM.from_pretrained("models/cc")`` still loads the fine-tuned base model
-for anyone who ignores CC. The Transform Matrix, fitted later, lives in its own file
-(``transform/transform.safetensors``; see cc_core.modeling.transform_matrix).
+for anyone who ignores CC. A model trained with LoRA adapters saves the adapter instead of the
+weights (PEFT's format plus ``cc_adapter.json`` naming the base model by content hash:
+cc_core.modeling.adapters); the Decision Maker and ``cc_tuning.json`` are the same. The Transform
+Matrix, fitted later, lives in its own file (``transform/transform.safetensors``; see
+cc_core.modeling.transform_matrix).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 from safetensors.torch import save_file
 
 from cc_core.io import write_json
+from cc_core.modeling.adapters import BaseRef, save_adapter
+from cc_core.modeling.architectures import is_wrapped
 from cc_core.modeling.cc_model import CCTuningModel
 
 FORMAT_VERSION = 1
@@ -44,23 +50,30 @@ def cc_metadata(model: CCTuningModel) -> dict:
 
 
 def save_cc_checkpoint(model: CCTuningModel, out_dir: str | Path, tokenizer=None,
-                       state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                       state_dict: dict[str, torch.Tensor] | None = None, base: BaseRef | None = None) -> Path:
     """Write the CC checkpoint into ``out_dir`` (an existing or new directory).
 
     ``state_dict`` (keys ``model.*`` and ``decision_maker.*``) overrides the module's own
-    weights: under DeepSpeed ZeRO-3 the Trainer passes the gathered full weights here.
+    weights: under DeepSpeed ZeRO-3 the Trainer passes the gathered full weights here. A model with
+    LoRA adapters saves only them, naming ``base``: the base model they were trained on.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # cc_tuning.json is the marker and goes last: a directory whose write was cut short is not
     # mistaken for a checkpoint (the stages also write to a temp directory and rename it).
     (out / CC_CONFIG).unlink(missing_ok=True)
+    explicit = state_dict is not None
     if state_dict is None:
         state_dict = model.state_dict()
-    base = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+    weights = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
     dm = {k[len("decision_maker."):]: v.detach().contiguous().cpu()
           for k, v in state_dict.items() if k.startswith("decision_maker.")}
-    model.model.save_pretrained(out, state_dict=base, safe_serialization=True)
+    if is_wrapped(model.model):
+        if base is None:
+            raise ValueError("a CC checkpoint with LoRA adapters must name its base model (base=BaseRef.of(dir))")
+        save_adapter(model.model, out, base, state_dict=weights if explicit else None)
+    else:
+        model.model.save_pretrained(out, state_dict=weights, safe_serialization=True)
     save_file(dm, str(out / DM_WEIGHTS), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(out)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cc_core.modeling.architectures import ArchPaths, arch_paths, decoder_layers, get_module
+from cc_core.modeling.architectures import ArchPaths, arch_paths, decoder_layers, get_module, unwrap
 
 
 def _chunk_start(kwargs: dict[str, Any], layer_idx: int) -> int:
@@ -163,7 +163,9 @@ def capturing(model: nn.Module, anchor: torch.Tensor, paths: ArchPaths | None = 
 
 
 def decoder_body(model: nn.Module) -> nn.Module:
-    """The transformer body without the LM head (captures need no logits over the vocabulary)."""
+    """The transformer body without the LM head (captures need no logits over the vocabulary); through
+    a PEFT wrapper, the wrapped model's body (its LoRA layers included)."""
+    model = unwrap(model)
     body = getattr(model, "base_model", None)
     return body if isinstance(body, nn.Module) and body is not model else model
 

@@ -1,12 +1,16 @@
-"""Loading what the stages run: a model directory (plain Hugging Face or CC checkpoint), its
-Decision Maker, and the Transform Matrix, each checked before use.
+"""Loading what the stages run: a model directory (plain Hugging Face, CC checkpoint, or either
+as LoRA adapters on a base model), its Decision Maker, and the Transform Matrix, each checked before use.
 
     model, tokenizer = load_model_dir("models/base")                  # any HF directory
     cc_model, tokenizer = load_cc_checkpoint("models/cc")             # CCTuningModel + tokenizer
     model, tokenizer, cc = load_inference_model("models/cc")          # cc: None for a plain model
     loaded = load_for_inference("models/cc", transform="transform")   # + matrix + lineage hashes
+    merge_checkpoint("models/cc", "models/cc-merged")                 # `cctune merge`
 
-Every loader refuses weights holding NaN or inf (a diverged training), naming the first bad one.
+An adapter checkpoint loads onto the base model it names (its content hash checked: another base is
+refused) and is merged on load, so every stage computes exactly what the merged checkpoint would
+(``merge=False`` keeps PEFT's wrapper: the unmerged computation). Every loader refuses weights
+holding NaN or inf (a diverged training), naming the first bad one.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from cc_core.io import InputError, file_sha256
+from cc_core.io import InputError, atomic_dir, file_sha256
 from cc_core.lineage import checkpoint_sha256, require_same_checkpoint
+from cc_core.modeling.adapters import attach_adapter, is_adapter_dir, load_adapter_weights, merge, resolve_base
 from cc_core.modeling.cc_model import CCTuningModel
-from cc_core.modeling.checkpoint import CC_CONFIG, DM_WEIGHTS, read_cc_metadata
+from cc_core.modeling.checkpoint import CC_CONFIG, DM_WEIGHTS, read_cc_metadata, save_cc_checkpoint
 from cc_core.modeling.decision import DecisionMaker
 from cc_core.modeling.transform_matrix import TRANSFORM_FILE, TransformMatrix, load_transform
 
@@ -56,46 +61,108 @@ def _with_pad_token(tokenizer):
     return tokenizer
 
 
-def load_model_dir(path: str | Path, dtype=torch.float32, trust_remote_code: bool = False):
-    """(model, tokenizer) from a directory written by this project (or any HF directory)."""
+def quantization_config(quantize: str | None):
+    """transformers' 4-bit NF4 config (QLoRA: double quantisation, bfloat16 compute), or None."""
+    if quantize is None:
+        return None
+    if quantize != "4bit":
+        raise InputError(f"train.lora.quantize={quantize!r}; valid: 4bit or null")
+    # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_model_dir(path: str | Path, dtype=torch.float32, trust_remote_code: bool = False,
+                   base_dir: str | Path | None = None, merge_adapter: bool = True, quantize: str | None = None):
+    """(model, tokenizer) from a directory written by this project (or any HF directory). An adapter
+    checkpoint (an SFT model trained with LoRA) loads onto its base (``base_dir``, default the one it
+    records), merged unless ``merge_adapter`` is false. ``quantize="4bit"``: QLoRA's frozen base (CUDA)."""
     # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
+    if is_adapter_dir(path):
+        model = _adapter_model(path, dtype, base_dir, merge_adapter)
+        return model, _with_pad_token(AutoTokenizer.from_pretrained(_tokenizer_dir(path, base_dir)))
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"{path}: no model here (run the stage that writes it first)")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 quantization_config=quantization_config(quantize))
     check_finite_weights(model, path)
     return model, _with_pad_token(tokenizer)
 
 
-def load_cc_checkpoint(path: str | Path, dtype=torch.float32, device: str | torch.device = "cpu"):
-    """(CCTuningModel, tokenizer) from a directory written by ``save_cc_checkpoint``."""
+def _adapter_model(path: Path, dtype, base_dir, merge_adapter: bool):
+    """The base model ``path``'s adapter names (checked by content hash) with the adapter on it."""
+    base, _ = load_model_dir(resolve_base(path, base_dir), dtype=dtype)
+    model = attach_adapter(base, path)
+    if merge_adapter:
+        model = merge(model)
+    check_finite_weights(model, path)
+    return model
+
+
+def _tokenizer_dir(path: Path, base_dir) -> Path:
+    """An adapter checkpoint's own tokenizer, or its base model's (a registered version logs the
+    tokenizer only where it differs from the base's)."""
+    return path if (path / "tokenizer_config.json").is_file() else resolve_base(path, base_dir)
+
+
+def load_cc_checkpoint(path: str | Path, dtype=torch.float32, device: str | torch.device = "cpu",
+                       base_dir: str | Path | None = None, merge_adapter: bool = True):
+    """(CCTuningModel, tokenizer) from a directory written by ``save_cc_checkpoint``; one with LoRA
+    adapters loads onto its base model (see ``load_model_dir``)."""
     # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    path = Path(path)
     meta = read_cc_metadata(path)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    if is_adapter_dir(path):
+        base = _adapter_model(path, dtype, base_dir, merge_adapter).to(device)
+        tokenizer_dir = _tokenizer_dir(path, base_dir)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        check_finite_weights(base, path)
+        tokenizer_dir = path
     decision = DecisionMaker(meta["hidden_size"], meta["num_layers"], meta["gumbel_tau"])
-    decision.load_state_dict(load_file(str(Path(path) / DM_WEIGHTS)))
+    decision.load_state_dict(load_file(str(path / DM_WEIGHTS)))
     decision.to(device=device, dtype=torch.float32)  # float32 whatever the model's dtype (docs/method.md, Inference)
-    check_finite_weights(base, path)
-    check_finite_weights(decision, Path(path) / DM_WEIGHTS)
+    check_finite_weights(decision, path / DM_WEIGHTS)
     model = CCTuningModel(base, decision, meta["inject_layer"], meta["decision_mode_train"], meta["gumbel_tau"],
                           meta["detach_english"], arch_map=meta["arch_map"])
-    return model.eval(), _with_pad_token(AutoTokenizer.from_pretrained(path))
+    return model.eval(), _with_pad_token(AutoTokenizer.from_pretrained(tokenizer_dir))
 
 
-def load_inference_model(model_dir: str | Path, dtype=torch.float32):
-    """(causal LM, tokenizer, CCTuningModel or None) from a CC checkpoint or a plain HF directory."""
+def load_inference_model(model_dir: str | Path, dtype=torch.float32, base_dir: str | Path | None = None,
+                         merge_adapter: bool = True):
+    """(causal LM, tokenizer, CCTuningModel or None) from a CC checkpoint or a plain HF directory (either
+    may be LoRA adapters on a base model: merged, unless ``merge_adapter`` is false)."""
     model_dir = Path(model_dir)
     with _LOAD_LOCK:
         if (model_dir / CC_CONFIG).is_file():
-            cc, tokenizer = load_cc_checkpoint(model_dir, dtype=dtype)
+            cc, tokenizer = load_cc_checkpoint(model_dir, dtype=dtype, base_dir=base_dir, merge_adapter=merge_adapter)
             return cc.model.eval(), tokenizer, cc
-        model, tokenizer = load_model_dir(model_dir, dtype=dtype)
+        model, tokenizer = load_model_dir(model_dir, dtype=dtype, base_dir=base_dir, merge_adapter=merge_adapter)
         return model.eval(), tokenizer, None
+
+
+def merge_checkpoint(model_dir: str | Path, out_dir: str | Path, base_dir: str | Path | None = None) -> Path:
+    """``cctune merge``: an adapter checkpoint (CC or SFT) → a full checkpoint of the same kind, with the
+    adapters merged into the base weights; written to a temp directory and renamed into ``out_dir``."""
+    model_dir = Path(model_dir)
+    if not is_adapter_dir(model_dir):
+        raise InputError(f"{model_dir}: not an adapter checkpoint (no cc_adapter.json): nothing to merge")
+    model, tokenizer, cc = load_inference_model(model_dir, base_dir=base_dir)
+    with atomic_dir(out_dir) as tmp:
+        if cc is not None:
+            save_cc_checkpoint(cc, tmp, tokenizer)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
 
 
 @dataclass
@@ -110,11 +177,12 @@ class LoadedModel:
 
 
 def load_for_inference(model_dir: str | Path, transform: str | Path | None = None, with_transform: bool = False,
-                       device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
+                       device: str = "cpu", dtype: torch.dtype | None = None, base_dir: str | Path | None = None,
+                       merge_adapter: bool = True) -> LoadedModel:
     """The model of ``model_dir`` on ``device`` and, ``with_transform``, the Transform Matrix of
     ``transform`` (a file, or a directory holding ``transform.safetensors``; default ``transform/``),
     which must have been fitted for this checkpoint. On a GPU the default dtype is bfloat16, on a
-    CPU float32."""
+    CPU float32. An adapter checkpoint loads onto ``base_dir`` (default: the base it records)."""
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     checkpoint = checkpoint_sha256(model_dir)
     matrix, lineage = None, {"checkpoint_sha256": checkpoint}
@@ -125,7 +193,7 @@ def load_for_inference(model_dir: str | Path, transform: str | Path | None = Non
         require_same_checkpoint(path, matrix.meta.get("model_sha256"), checkpoint, model_dir,
                                 "cctune collect && cctune fit (dvc repro fit)")
         lineage["transform_sha256"] = file_sha256(path)
-    model, tokenizer, cc = load_inference_model(model_dir, dtype=dtype)
+    model, tokenizer, cc = load_inference_model(model_dir, dtype=dtype, base_dir=base_dir, merge_adapter=merge_adapter)
     model.to(device)
     if cc is not None:
         cc.to(device)
@@ -151,8 +219,12 @@ def load_base_weights(model: torch.nn.Module, directory: str | Path) -> None:
 
 
 def load_cc_weights(model: CCTuningModel, directory: str | Path) -> None:
-    """A CC checkpoint's weights (base model and Decision Maker) into an existing ``CCTuningModel`` (resume)."""
-    load_base_weights(model.model, directory)
+    """A CC checkpoint's weights (base model or adapters, and the Decision Maker) into an existing
+    ``CCTuningModel`` (resume)."""
+    if is_adapter_dir(directory):
+        load_adapter_weights(model.model, directory)
+    else:
+        load_base_weights(model.model, directory)
     model.decision_maker.load_state_dict(load_file(str(Path(directory) / DM_WEIGHTS)))
 
 

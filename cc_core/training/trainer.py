@@ -7,8 +7,9 @@
 
 The Trainer brings DeepSpeed, accumulation, bf16, the schedule and checkpoints. ``CCTrainer``
 adds: the loss of the CC two-pass step (or plain SFT), token and layer-choice counters, the
-non-finite guard (cc_core.training.divergence), and checkpoints that count only once complete
-(cc_core.training.checkpoints). It overrides four Trainer methods that are private in
+non-finite guard (cc_core.training.divergence), checkpoints that count only once complete
+(cc_core.training.checkpoints), adapter checkpoints for a model with LoRA adapters (naming
+``adapter_base``), and the Decision Maker's own learning rate (``decision_maker_lr``). It overrides four Trainer methods that are private in
 transformers 5.24 (``_clip_grad_norm``, ``_save_checkpoint``, ``_save``, ``_load_from_checkpoint``):
 the seams where the norm, the checkpoint folder and the CC checkpoint format are handled.
 """
@@ -27,6 +28,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from cc_core.config import TrainParams
+from cc_core.modeling.adapters import BaseRef, load_adapter_weights, save_adapter
+from cc_core.modeling.architectures import is_wrapped
 from cc_core.modeling.cc_model import CCTuningModel
 from cc_core.modeling.checkpoint import save_cc_checkpoint
 from cc_core.modeling.loading import load_cc_weights
@@ -72,8 +75,11 @@ def training_arguments(tp: TrainParams, work_dir: Path, deepspeed_config: dict |
 class CCTrainer(Trainer):
     """Trainer whose loss is the CC two-pass step (or plain SFT); counts tokens and layer choices."""
 
-    def __init__(self, *args, nonfinite_patience: int = 0, save_total_limit: int | None = None, **kwargs):
+    def __init__(self, *args, nonfinite_patience: int = 0, save_total_limit: int | None = None,
+                 adapter_base: BaseRef | None = None, decision_maker_lr: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.adapter_base = adapter_base  # the base model LoRA adapters are trained on (None: full weights)
+        self.decision_maker_lr = decision_maker_lr
         self.tokens_seen = 0  # non-English (trained) tokens
         self.english_tokens_seen = 0
         self.tokens_restored = 0  # part of tokens_seen that a resumed run inherited (not trained now)
@@ -92,6 +98,20 @@ class CCTrainer(Trainer):
         norm = super()._clip_grad_norm(model)  # pre-clip norm (after the step under DeepSpeed)
         self.guard.record_grad_norm(norm)
         return norm
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer; with ``decision_maker_lr``, the Decision Maker's weights in a group of
+        their own at that learning rate (the schedule scales every group alike)."""
+        optimizer = super().create_optimizer(model)
+        target = self.model if model is None else model
+        if self.decision_maker_lr is None or not isinstance(target, CCTuningModel):
+            return optimizer
+        mine = {id(p) for p in target.decision_maker.parameters()}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in mine]
+        optimizer.add_param_group({"params": list(target.decision_maker.parameters()), "weight_decay": 0.0,
+                                   "lr": self.decision_maker_lr})
+        return optimizer
 
     def check_finite(self, model) -> None:
         """Before each optimizer step (TrackingCallback): skip a non-finite update or stop training."""
@@ -130,20 +150,25 @@ class CCTrainer(Trainer):
 
     # --- checkpoints --------------------------------------------------------------------------------
     def floating_point_ops(self, inputs) -> int:
-        """A micro-batch's training FLOPs for the Trainer's ``total_flos``: 6 × non-embedding
-        parameters per trained token (padding not counted), plus CC's English prompt pass, 2 × per
-        token (a forward; 6 × when gradients flow through it: train.detach_english false). The
-        Trainer's own estimate finds no parameters on the CC wrapper (0) and counts padding cells."""
+        """A micro-batch's training FLOPs for the Trainer's ``total_flos``: 6 × trained non-embedding
+        parameters per trained token (padding not counted), 4 × frozen ones (LoRA's base: forward and
+        the input gradients, no weight gradients), plus CC's English prompt pass, 2 × every parameter
+        per token (a forward; as the trained pass when gradients flow through it: train.detach_english
+        false). The Trainer's own estimate finds no parameters on the CC wrapper (0) and counts padding."""
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         cc = isinstance(model, CCTuningModel)
         if getattr(self, "flop_params", None) is None:
             hf = model.model if cc else model
             embedding = {id(p) for m in hf.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+            counted = [p for p in hf.parameters() if id(p) not in embedding]
             # ZeRO-3 partitions parameters (numel 0 here): ds_numel is the full count
-            self.flop_params = sum(getattr(p, "ds_numel", p.numel()) for p in hf.parameters() if id(p) not in embedding)
-        english = 6 if cc and not model.detach_english else 2
-        return self.flop_params * (6 * int(inputs.get("token_count", 0))
-                                   + (english * int(inputs.get("en_token_count", 0)) if cc else 0))
+            self.flop_params = {grad: sum(getattr(p, "ds_numel", p.numel()) for p in counted if p.requires_grad == grad)
+                                for grad in (True, False)}
+        trained, frozen = self.flop_params[True], self.flop_params[False]
+        per_token = 6 * trained + 4 * frozen
+        english = per_token if cc and not model.detach_english else 2 * (trained + frozen)
+        return (per_token * int(inputs.get("token_count", 0))
+                + (english * int(inputs.get("en_token_count", 0)) if cc else 0))
 
     def _save_checkpoint(self, model, trial):
         # Counters first, so a checkpoint that has its trainer_state.json also has them.
@@ -161,21 +186,30 @@ class CCTrainer(Trainer):
 
     def _save(self, output_dir=None, state_dict=None):
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        if not isinstance(model, CCTuningModel):
+        out = output_dir or self.args.output_dir
+        if not isinstance(model, CCTuningModel) and not is_wrapped(model):
             super()._save(output_dir, state_dict)
             if self.args.should_save:  # HF pickles TrainingArguments there; nothing reads it: no pickle
-                Path(output_dir or self.args.output_dir, "training_args.bin").unlink(missing_ok=True)
+                Path(out, "training_args.bin").unlink(missing_ok=True)
             return None
         if not self.args.should_save:
             return None
-        save_cc_checkpoint(model, output_dir or self.args.output_dir, self.processing_class, state_dict=state_dict)
+        if isinstance(model, CCTuningModel):
+            save_cc_checkpoint(model, out, self.processing_class, state_dict=state_dict, base=self.adapter_base)
+        else:  # SFT with LoRA adapters: the adapter checkpoint (PEFT's files + cc_adapter.json)
+            save_adapter(model, out, self.adapter_base, state_dict=state_dict)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(out)
         return None
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         target = model or self.model
-        if not isinstance(target, CCTuningModel):
+        if isinstance(target, CCTuningModel):
+            load_cc_weights(target, resume_from_checkpoint)
+        elif is_wrapped(target):
+            load_adapter_weights(target, resume_from_checkpoint)
+        else:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_cc_weights(target, resume_from_checkpoint)
         return None
 
 

@@ -124,7 +124,9 @@ def test_stage_inputs_are_the_cached_outputs_of_other_stages():
     from flows.stage_graph import stage_inputs
 
     # not source files, not params, not metrics files (in git): what another stage produces and DVC caches
-    assert stage_inputs(REPO, ["eval_cc@XNLI"]) == {"models/cc": "train_cc", "transform": "fit"}
+    # (models/base: what an adapter checkpoint, train.peft: lora, loads onto)
+    assert stage_inputs(REPO, ["eval_cc@XNLI"]) == {"models/cc": "train_cc", "transform": "fit",
+                                                   "models/base": "base_model"}
     # a stage's output read by another stage of the same set is not an input of the set
     inputs = stage_inputs(REPO, ["eval_cc@XNLI", "train_cc"])
     assert "models/cc" not in inputs and inputs["transform"] == "fit"

@@ -82,3 +82,29 @@ def test_prepare_says_where_a_missing_data_file_comes_from(tmp_path, capsys, mon
     assert main(["prepare", "--set", "data.source=mine.jsonl", "--params", str(REPO / "params.tiny.yaml"),
                  "--out", str(tmp_path / "out")]) == 2
     assert "mine.jsonl: data file not found (data.source); it is your parallel SFT data" in capsys.readouterr().err
+
+
+def test_the_lora_profile_fits_one_80gb_gpu_where_full_fine_tuning_does_not(monkeypatch):
+    """train.peft: lora: a frozen bf16 base and fp32 adapters; the paper's full fine-tuning on one GPU does not fit."""
+    import torch
+
+    from cc_core.config import load_params
+    from cc_core.preflight import adapter_params, check_disk, check_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: namedtuple("P", "total_memory")(80 << 30))
+    shape = (8.03e9, 32, 4096, "its published config")
+    lora, paper = load_params(REPO / "params.lora.yaml"), load_params(REPO / "params.paper.yaml")
+    assert adapter_params(lora, 32, 4096) == pytest.approx(21.0e6, rel=0.01)  # r 8 on every linear layer
+    assert adapter_params(paper, 32, 4096) == 0
+    fits = check_gpus(lora, *shape)
+    assert fits.ok, fits.detail
+    need = float(fits.detail.split("needs ~")[1].split(" GiB")[0])
+    assert 15 < need < 40  # the bf16 base (15 GiB) + adapters + checkpointed activations
+    full = check_gpus(paper, *shape)
+    assert not full.ok and "train.peft: lora" in full.detail
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("U", "total used free")(1 << 40, 0, 1 << 40))
+    lora_disk = float(check_disk(lora, *shape[:3]).detail.split("needs ~")[1].split(" GiB")[0])
+    paper_disk = float(check_disk(paper, *shape[:3]).detail.split("needs ~")[1].split(" GiB")[0])
+    assert lora_disk < paper_disk / 5  # the trained models and checkpoints are adapters
