@@ -42,6 +42,9 @@ class ModelParams(_Section):
     chat_template: str | None = None
     trust_remote_code: bool = False
     arch_map: ArchMap | None = None
+    # The connection's anchor: the last prompt token (any template) | authors (their tag_locate.py per template:
+    # Llama-3 the last prompt token, Mistral the token before [/INST], Qwen2 the "assistant" token)
+    anchor: Literal["last_prompt_token", "authors"] = "last_prompt_token"
 
 
 class DataParams(_Section):
@@ -98,6 +101,12 @@ class TrainParams(_Section):
     pack_max_tokens: int | None = Field(None, ge=8)  # tokens per packed row at most (None: twice the batch's longest example)
     liger: bool = False  # Liger Kernel: fused linear cross-entropy, RMSNorm, SwiGLU, RoPE (CUDA; extra [gpu])
     compile: bool = False  # torch.compile each decoder layer's submodules (hooks stay outside the graphs)
+    # keep_prompt: the prompt whole, the response cut | llama_factory: LLaMA-Factory's infer_seqlen (prompt cut
+    # from the right, the English prompt gets cutoff - len(x + y) tokens)
+    truncation: Literal["keep_prompt", "llama_factory"] = "keep_prompt"
+    # global_tokens: the loss is the mean over every label token of the step on all devices | micro_batch: over
+    # each device's micro-batch (the Trainer passes no num_items_in_batch, as the authors' LLaMA-Factory)
+    loss_average: Literal["global_tokens", "micro_batch"] = "global_tokens"
 
 
 class CollectParams(_Section):
@@ -105,6 +114,7 @@ class CollectParams(_Section):
     batch_size: int = Field(16, ge=1)
     shard_size: int = Field(512, ge=1)
     max_prompt_len: int = Field(1024, ge=16)
+    add_special_tokens: bool = False  # also the tokenizer's own specials (the authors: a second BOS)
 
 
 class FitParams(_Section):
@@ -114,6 +124,8 @@ class FitParams(_Section):
     per_language: bool = False
     holdout_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = 0
+    holdout_split: Literal["random", "last"] = "random"  # last: the last pairs of pairs.jsonl (draw order) held out
+    solver: Literal["cholesky", "lstsq"] = "cholesky"  # lstsq: SVD on the stacked rows (the reference)
 
 
 class EvalParams(_Section):
@@ -141,6 +153,11 @@ class EvalParams(_Section):
     # How generated text is compared with the gold (cc_core.metrics): lenient (option words, look-alike letters,
     # one spelling per number) | standard (the reference scripts: SQuAD/MLQA, MKQA, rouge-score with XL-Sum's tokenisation)
     protocol: Literal["lenient", "standard"] = "lenient"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 on a GPU, float32 on a CPU
+    # end_of_turn: stop at the model's EOS and the template's end of turn, text stripped | model_eos: stop only
+    # at model.config.eos_token_id, special tokens skipped, nothing stripped (the authors)
+    stop: Literal["end_of_turn", "model_eos"] = "end_of_turn"
+    add_special_tokens: bool = False  # also the tokenizer's own specials (the authors: a second BOS)
 
     @field_validator("benchmarks")
     @classmethod

@@ -36,7 +36,7 @@ from cc_core.io import InputError, dir_sha256, project_path, replace_path, write
 from cc_core.modeling.architectures import ArchPaths
 from cc_core.modeling.cc_model import CCTuningModel
 from cc_core.modeling.loading import check_tokenizer_matches, load_model_dir
-from cc_core.prompts import pad_token_id
+from cc_core.prompts import anchor_rule, pad_token_id
 from cc_core.tracking import NullRun, Tracker, git_commit, read_run_id, tracking_uri, write_run_file
 from cc_core.training.checkpoints import (FINGERPRINT, CheckpointWriteError, disk_errors, make_fingerprint,
                                           resume_point, step_of)
@@ -180,14 +180,18 @@ def _encode(params: Params, method: str, records, tokenizer, data_file: Path):
     """Training features of ``records``; examples that cannot fit are dropped with a warning (or refused)."""
     tp = params.train
     budget = tp.pack_max_tokens  # None: rows of at most twice each batch's longest example
+    rule = anchor_rule(tokenizer, params.model.anchor) if method == "cc" else None  # SFT has no anchor
     features, stats = encode_records(records, tokenizer, tp.cutoff_len, method, tp.on_truncated, str(data_file),
-                                     budget if tp.packing else None)
+                                     budget if tp.packing else None, tp.truncation, rule)
     if stats.dropped_over_budget:
         log.warning("dropped %d of %d examples longer than train.pack_max_tokens=%s", stats.dropped_over_budget,
                     stats.records, budget)
     if stats.dropped_truncated:
         log.warning("dropped %d of %d examples whose response did not fit train.cutoff_len=%d",
                     stats.dropped_truncated, stats.records, tp.cutoff_len)
+    if stats.anchor_lost or stats.english_anchor_lost:
+        log.warning("%d examples (%d English prompts) lost their anchor to train.truncation=%s: the authors' -1, "
+                    "their batch's last column", stats.anchor_lost, stats.english_anchor_lost, tp.truncation)
     if not features:
         raise InputError(f"{data_file}: all {stats.records} examples were truncated away by "
                          f"train.cutoff_len={tp.cutoff_len}; raise it")
@@ -205,6 +209,7 @@ def _run_trainer(params: Params, setup: _Setup, run):
         model=setup.model, args=setup.args, train_dataset=FeatureDataset(setup.features),
         data_collator=make_collator(tp, pad_token_id(setup.tokenizer)), processing_class=setup.tokenizer,
         callbacks=[callback], nonfinite_patience=tp.nonfinite_patience, save_total_limit=tp.save_total_limit,
+        loss_average=tp.loss_average,
     )
     callback.attach(trainer)
     if setup.resume_from:

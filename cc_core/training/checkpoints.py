@@ -50,6 +50,7 @@ def make_fingerprint(params: Params, method: str, data_file: Path, base_dir: Pat
              if p.is_file() and p.suffix != ".safetensors" and p.stat().st_size < 64 << 20}
     weights = {p.name: p.stat().st_size for p in sorted(base_dir.glob("*.safetensors"))}
     return {"method": method, "train_params": params.section_hash("train"), "arch_map": str(params.model.arch_map),
+            "anchor": params.model.anchor,
             "data_sha256": file_sha256(data_file), "base_files_sha256": small, "base_weight_sizes": weights}
 
 

@@ -36,6 +36,7 @@ from cc_core.training.distributed import barrier, rank
 from cc_core.training.divergence import NonFiniteGuard
 
 log = logging.getLogger(__name__)
+LOSS_AVERAGES = ("global_tokens", "micro_batch")
 
 
 def training_arguments(tp: TrainParams, work_dir: Path, deepspeed_config: dict | None) -> TrainingArguments:
@@ -72,8 +73,15 @@ def training_arguments(tp: TrainParams, work_dir: Path, deepspeed_config: dict |
 class CCTrainer(Trainer):
     """Trainer whose loss is the CC two-pass step (or plain SFT); counts tokens and layer choices."""
 
-    def __init__(self, *args, nonfinite_patience: int = 0, save_total_limit: int | None = None, **kwargs):
+    def __init__(self, *args, nonfinite_patience: int = 0, save_total_limit: int | None = None,
+                 loss_average: str = "global_tokens", **kwargs):
+        """``loss_average``: ``global_tokens`` (the Trainer's token count over all micro-batches of the step
+        on every device) | ``micro_batch``: each micro-batch's own token mean, divided by the accumulation
+        steps and averaged over devices by their gradients (the authors' Trainer passed no token count)."""
+        if loss_average not in LOSS_AVERAGES:
+            raise ValueError(f"train.loss_average={loss_average!r}; valid: {', '.join(LOSS_AVERAGES)}")
         super().__init__(*args, **kwargs)
+        self.loss_average = loss_average
         self.tokens_seen = 0  # non-English (trained) tokens
         self.english_tokens_seen = 0
         self.tokens_restored = 0  # part of tokens_seen that a resumed run inherited (not trained now)
@@ -84,6 +92,8 @@ class CCTrainer(Trainer):
 
     # --- the step -------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.loss_average == "micro_batch":
+            num_items_in_batch = None  # the model's own mean; the Trainer then divides by the accumulation steps
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.guard.record_loss(loss)
         return loss
