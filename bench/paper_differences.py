@@ -56,25 +56,37 @@ def fixture_items(benchmarks):
             for item in load_benchmark(name, lang, FIXTURE)]
 
 
-def run_dtype(args) -> dict[str, float]:
+def run_dtype(args) -> dict[str, object]:
+    """Pass 1 of the transform prefill (capture at the anchor → matrix → Decision Maker, in float32 as
+    generation does) once per dtype; argmax and the seeded Gumbel draw both read the same activations."""
     from cc_core.data.benchmarks import BENCHMARKS
     from cc_core.generate import Generator
+    from cc_core.generation.prefill import select_layer
+    from cc_core.modeling.hooks import capture_ffn
 
     items = fixture_items(list(BENCHMARKS))
     prompts, langs = [i.prompt for i in items], [i.lang for i in items]
-    choices = {}
+    choices: dict[tuple, list[int]] = {}
     for dtype in (torch.float32, torch.bfloat16):
-        for mode in ("argmax", "gumbel"):
-            gen = Generator.from_dirs(args.model, transform=args.transform, mode="transform", dtype=dtype,
-                                      decision_mode=mode, seed=0, max_prompt_len=None, batch_size=args.batch_size)
-            picked = []
-            for start in range(0, len(prompts), args.batch_size):
-                batch = prompts[start:start + args.batch_size]
-                _, _, _, choice, _ = gen.prefill(batch, langs[start:start + args.batch_size])
-                picked += choice.argmax(-1).tolist()
-            choices[(dtype, mode)] = picked
-            print(f"{dtype} {mode}: {len(picked)} prompts, layers used {sorted(set(picked))}", flush=True)
-    out = {"prompts": len(prompts)}
+        gen = Generator.from_dirs(args.model, transform=args.transform, mode="transform", dtype=dtype,
+                                  max_prompt_len=None)
+        encoded = [gen.encode_prompt(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i].input_ids))
+        picked = {mode: [0] * len(prompts) for mode in ("argmax", "gumbel")}
+        for start in range(0, len(order), args.batch_size):
+            chunk = order[start:start + args.batch_size]
+            ids, mask, anchor, _ = gen.encode([prompts[i] for i in chunk], [encoded[i] for i in chunk])
+            with torch.no_grad():
+                acts, embeds = capture_ffn(gen.model, ids, mask, anchor, with_embed=True, paths=gen.cc.paths)
+                mapped = gen.transform.apply(acts.float(), [langs[i] for i in chunk])
+                for mode in picked:
+                    _, choice = select_layer(gen.cc, mapped, embeds, mode, 0, [prompts[i] for i in chunk])
+                    for i, layer in zip(chunk, choice.argmax(-1).tolist()):
+                        picked[mode][i] = layer
+        for mode, layers in picked.items():
+            choices[(dtype, mode)] = layers
+            print(f"{dtype} {mode}: {len(layers)} prompts, layers used {sorted(set(layers))}", flush=True)
+    out: dict[str, object] = {"prompts": len(prompts)}
     for mode in ("argmax", "gumbel"):
         a, b = choices[(torch.float32, mode)], choices[(torch.bfloat16, mode)]
         out[f"dm_choices_differ_{mode}"] = sum(x != y for x, y in zip(a, b))
