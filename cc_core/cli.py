@@ -163,6 +163,8 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lang", required=True, help="language code")
     p.add_argument("--predictions", required=True, help='JSONL: {"id" or line order, "output"} per line')
     p.add_argument("--limit", type=int, default=None, help="score only the first N items")
+    p.add_argument("--partial", action="store_true",
+                   help="score only the items that have a prediction (default: every item needs one)")
     p.add_argument("--output", default=None, help="write the summary JSON here")
     p.add_argument("--protocol", choices=["lenient", "standard"], default=None,
                    help="lenient (robust parsing, for deltas) | standard (the reference scripts) (default: eval.protocol)")
@@ -173,7 +175,7 @@ def _score(args, params):
     from cc_core.evaluate import score  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return score(args.benchmark, args.data_dir or params.eval.data_dir, args.lang, args.predictions, args.limit,
-                 args.output, args.protocol or params.eval.protocol)
+                 args.output, args.protocol or params.eval.protocol, args.partial)
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -200,6 +202,18 @@ def _register(args, params):
     from cc_core.registry import register  # why: a stage loads only its own modules (dvc.yaml deps)
 
     return register(params, args.model, args.transform, args.metrics_dir)
+
+
+def _no_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+# The preflight (cc_core/preflight.py): not a pipeline stage; it reads params and builds nothing.
+@stage("check", "list what the params file needs (model, data, GPUs, disk) and whether it is there")(_no_args)
+def _check(args, params):
+    from cc_core.preflight import check  # why: a command loads only its own modules
+
+    check(params, args.params)  # prints its own lines; a missing need is the one-line error
 
 
 # --- entry point ---------------------------------------------------------------------------------

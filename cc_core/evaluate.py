@@ -66,9 +66,11 @@ def summarize(spec: BenchmarkSpec, lang: str, scores: list[ItemScore], outputs: 
     return summary
 
 
-def read_predictions(path: str | Path, items: list[BenchmarkItem]) -> list[str]:
+def read_predictions(path: str | Path, items: list[BenchmarkItem], partial: bool = False) -> list[str | None]:
     """Outputs aligned to ``items``: each line ``{"id": ..., "output": ...}`` or ``{"output": ...}``
-    (then the line index is the item index)."""
+    (then the line index is the item index). An item without a prediction is an error that says how
+    to score the file (``--limit N`` when it covers the first N items, else ``--partial``); with
+    ``partial`` it is None instead."""
     by_id = {item.id: index for index, item in enumerate(items)}
     outputs: list[str | None] = [None] * len(items)
     for position, (number, row) in enumerate(iter_jsonl(path)):
@@ -83,20 +85,39 @@ def read_predictions(path: str | Path, items: list[BenchmarkItem]) -> list[str]:
             if index >= len(items):
                 raise InputError(f"{path}:{number}: more predictions than the {len(items)} items")
         outputs[index] = row["output"]
-    missing = [items[i].id for i, o in enumerate(outputs) if o is None]
-    if missing:
-        raise InputError(f"{path}: no prediction for {len(missing)} items (first: {missing[0]})")
-    return outputs  # type: ignore[return-value]
+    missing = [i for i, o in enumerate(outputs) if o is None]
+    if missing and not partial:
+        raise InputError(_missing_message(path, items, missing))
+    return outputs
+
+
+def _missing_message(path, items: list[BenchmarkItem], missing: list[int]) -> str:
+    present = len(items) - len(missing)
+    message = (f"{path}: no prediction for {len(missing)} of the {len(items)} items "
+               f"(first: {items[missing[0]].id})")
+    if present and missing[0] == present:  # the first items only, as an eval.limit run writes them
+        return (message + f"; the file covers the first {present}: score those with --limit {present}, "
+                "or only the items present with --partial")
+    if present:
+        return message + "; score only the items present with --partial"
+    return message + ": is it this benchmark's and language's predictions file?"
 
 
 def score(benchmark: str, data_dir: str | Path, lang: str, predictions: str | Path, limit: int | None = None,
-          output: str | Path | None = None, protocol: str = "lenient") -> dict[str, Any]:
+          output: str | Path | None = None, protocol: str = "lenient", partial: bool = False) -> dict[str, Any]:
+    """Score a predictions file against the benchmark's golds. ``partial``: score the items that have a
+    prediction (the summary says how many of the benchmark's items that is), not all of them."""
     protocol = check_protocol(protocol)
     spec = get_spec(benchmark)
     items = load_benchmark(spec.name, lang, data_dir, limit)
-    outputs = read_predictions(predictions, items)
-    summary = summarize(spec, lang, [_score(spec, i, o, protocol) for i, o in zip(items, outputs)], outputs,
+    outputs = read_predictions(predictions, items, partial)
+    scored = [(item, out) for item, out in zip(items, outputs) if out is not None]
+    if not scored:
+        raise InputError(f"{predictions}: no prediction for any of the {len(items)} items of {spec.name} {lang}")
+    summary = summarize(spec, lang, [_score(spec, i, o, protocol) for i, o in scored], [o for _, o in scored],
                         protocol)
+    if partial:
+        summary.update(partial=True, items_total=len(items))
     if output:
         write_json(output, summary)
     return summary

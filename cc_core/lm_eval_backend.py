@@ -1,10 +1,17 @@
 """lm-evaluation-harness model type ``cc-tuning``: any lm-eval task on a CC checkpoint, with its connection.
 
     pip install -c constraints.txt -e '.[lm-eval]'
-    cctune-lm-eval --model cc-tuning \\
-        --model_args checkpoint=models/cc,transform=transform/transform.safetensors,mode=transform \\
-        --tasks xnli --apply_chat_template
-    cctune-lm-eval --model hf --model_args pretrained=models/sft --tasks xnli --apply_chat_template
+    cctune-lm-eval --model cc-tuning --model_args checkpoint=models/cc,transform=transform \\
+        --tasks cc_xnli,cc_xstorycloze,cc_mmmlu,cc_xquad,cc_mkqa,cc_xlsum --apply_chat_template --limit 2
+    cctune-lm-eval --model hf --model_args pretrained=models/sft --tasks cc_xnli --apply_chat_template
+
+The ``cc_<benchmark>`` tasks ship with the package (``cc_core/lm_eval_tasks``, :data:`TASKS_DIR`):
+the six benchmarks from ``eval.data_dir`` (params.yaml's in the current directory; the bundled
+fixture without one; ``--metadata '{"data_dir": DIR}'`` overrides), one subtask per paper language
+(``cc_xnli_ar``...), offline, scored as ``cctune eval --choice-scoring loglik`` scores them.
+``cctune-lm-eval`` finds them by itself; from Python, pass
+``TaskManager(include_path=cc_core.lm_eval_backend.TASKS_DIR)``. lm-eval's own tasks (``xnli``...)
+work as well where the hub is reachable.
 
 ``cctune-lm-eval`` (also ``python -m cc_core.lm_eval_backend``) is lm-eval's own CLI, unchanged,
 with ``cc-tuning`` registered first. lm-eval 0.4.13 (the release pinned here) resolves ``--model``
@@ -21,6 +28,8 @@ Model arguments (``--model_args k=v,...``):
     decision_mode               argmax (default) | gumbel | soft
     lang                        language code for a per-language Transform Matrix (default: the shared one)
     device, dtype, batch_size, max_length, max_gen_toks
+    (the device is picked as lm-eval's ``hf`` model picks it: the one asked for where this machine has
+    it, else CUDA when available, else the CPU, logged as ``hf`` logs it; lm-eval's CLI asks for cuda:0)
 
 What each request type does:
 * ``loglikelihood``: cc_core.loglik. The connection applies as in generation with the anchor at
@@ -64,6 +73,7 @@ from cc_core.prompts import anchor_positions, pad_sequences
 
 log = logging.getLogger(__name__)
 NAME = "cc-tuning"
+TASKS_DIR = str(Path(__file__).with_name("lm_eval_tasks"))  # the offline cc_<benchmark> task definitions
 _MARK = "\u27e6cc-tuning\u27e7"  # a user text no template contains: splits off the generation prompt
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,6 +86,25 @@ def _dtype(value):
     if str(value) not in DTYPES:
         raise ValueError(f"{NAME}: dtype={value!r}; valid: auto, {', '.join(DTYPES)}")
     return DTYPES[str(value)]
+
+
+def pick_device(device: str | None) -> str:
+    """``device`` if this machine has it, else ``cuda`` when available, else ``cpu``: lm-eval's ``hf``
+    model's rule and messages (its CLI passes cuda:0 by default, on a CPU-only laptop too)."""
+    available = {"cpu"}
+    if torch.cuda.is_available():
+        available |= {"cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))}
+    if torch.backends.mps.is_available():
+        available |= {"mps", "mps:0"}
+    say = logging.getLogger("lm_eval.models.cc_tuning").info  # shown as lm-eval shows hf's
+    if device and device in available:
+        say("Using device '%s'", device)
+        return device
+    if device:
+        say("%s: device %r is not available on this machine", NAME, device)
+    say("Device not specified")
+    say("Cuda Available? %s", torch.cuda.is_available())
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _batch_size(value) -> int:
@@ -102,7 +131,7 @@ class CCTuningLM(TemplateLM):
         if mode not in ("none", "transform"):
             raise ValueError(f"{NAME}: mode={mode!r}; valid: transform, none (parallel needs English "
                              "parallels, which lm-eval tasks do not carry)")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device(device)
         self.gen = Generator.from_dirs(model_dir, transform=transform, mode=mode, device=device,
                                        dtype=_dtype(dtype), decision_mode=decision_mode,
                                        batch_size=_batch_size(batch_size), max_new_tokens=int(max_gen_toks))
@@ -264,9 +293,20 @@ class CCTuningLM(TemplateLM):
 
 
 def main() -> None:
-    """``cctune-lm-eval``: lm-eval's CLI with ``cc-tuning`` registered (this module is imported)."""
+    """``cctune-lm-eval``: lm-eval's CLI with ``cc-tuning`` registered (this module is imported) and the
+    ``cc_<benchmark>`` tasks of :data:`TASKS_DIR` indexed beside lm-eval's own and ``--include_path``."""
+    import lm_eval.tasks  # why: lm-eval's task index, for this console script only
     from lm_eval.__main__ import cli_evaluate  # why: lm-eval's command-line module, for this console script only
 
+    base = lm_eval.tasks.TaskManager
+
+    class TaskManager(base):  # the CLI builds its TaskManager through this name, at run time
+        def __init__(self, *args, include_path=None, **kwargs):
+            extra = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) \
+                else [include_path]
+            super().__init__(*args, include_path=[TASKS_DIR, *extra], **kwargs)
+
+    lm_eval.tasks.TaskManager = TaskManager
     cli_evaluate()
 
 

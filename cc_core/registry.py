@@ -254,8 +254,7 @@ def read_constraints(path: Path = CONSTRAINTS_FILE) -> dict[str, tuple[str, str]
 
 
 def _editable(dist) -> bool:
-    text = dist.read_text("direct_url.json")
-    return bool(text) and bool(json.loads(text).get("dir_info", {}).get("editable"))
+    return bool(json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"))
 
 
 def environment_pins() -> list[str]:
@@ -266,7 +265,8 @@ def environment_pins() -> list[str]:
     pins: dict[str, str] = {}
     for dist in importlib.metadata.distributions():  # sys.path order: the first is the one imported
         name = dist.metadata["Name"]
-        if not name or _normalise(name) in pins or _editable(dist):
+        # the project travels as code (by name too: a checkout's egg-info shadows the editable record)
+        if not name or _normalise(name) in pins or _editable(dist) or _normalise(name) == "cc-tuning":
             continue
         pins[_normalise(name)] = f"{name}=={dist.version.split('+', 1)[0]}"
     return [pins[key] for key in sorted(pins)]

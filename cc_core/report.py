@@ -1,9 +1,15 @@
 """The ``report`` stage: methods × benchmarks × languages, CC − SFT deltas with bootstrap CIs, plots.
 
-    cctune report          # metrics/eval + eval/ → reports/summary.{md,csv}, reports/plots/*.png
+    cctune report          # metrics/eval + eval/ → reports/summary.{md,csv,json}, reports/plots/*.png,
+                           # reports/scores.json (a DVC plot), metrics/report/<benchmark>.json (DVC metrics)
 
 A delta's 95% interval comes from a paired bootstrap over items (the same items resampled for
 both methods, languages pooled per benchmark), so a user can tell a real gain from noise.
+
+DVC metrics stay small and flat, so ``dvc metrics show`` fits a terminal: one file per benchmark
+(and ``mean``), each with the same keys (a row each): the methods' averages, ``cc-sft`` and its
+interval (``cc-sft_lo``, ``cc-sft_up``), ``items``; two decimals. Everything per language (scores,
+deltas, intervals) is in ``reports/summary.json``, ``summary.csv`` and ``summary.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from cc_core.io import atomic_dir, atomic_file, iter_jsonl, read_json, write_jso
 from cc_core.tracking import Tracker
 
 log = logging.getLogger(__name__)
+# modeling.base.TINY_PREFIX (a test keeps them equal): the report needs the name, not the model code
+RANDOM_MODEL_PREFIX = "tiny-random-"
 METHODS = ("base", "sft", "cc")
 # CC-Tuning's published scores (Ye et al., ACL 2025; one setting, as listed publicly, most likely
 # Llama-3.1-8B): the paper's 10 languages of each benchmark, English included.
@@ -80,6 +88,58 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], samples: int, con
             "n": n, "significant": low > 0 or high < 0}
 
 
+def stratified_bootstrap(pairs: list[tuple[dict[str, float], dict[str, float]]], samples: int, confidence: float,
+                         seed: int) -> dict[str, float] | None:
+    """The mean over benchmarks of their mean(a − b) ×100, with a percentile interval from resampling
+    items within each benchmark (the ``mean`` row: every benchmark weighs the same, as in the table)."""
+    diffs = [[a[i] - b[i] for i in sorted(set(a) & set(b))] for a, b in pairs]
+    diffs = [d for d in diffs if d]
+    if not diffs:
+        return None
+    rng = random.Random(seed)
+    means = sorted(sum(sum(d[rng.randrange(len(d))] for _ in d) / len(d) for d in diffs) / len(diffs)
+                   for _ in range(samples))
+    tail = (1 - confidence) / 2
+    low, high = means[int(tail * (samples - 1))], means[int((1 - tail) * (samples - 1))]
+    delta = sum(sum(d) / len(d) for d in diffs) / len(diffs)
+    return {"delta": round(100 * delta, 3), "low": round(100 * low, 3), "high": round(100 * high, 3),
+            "n": sum(len(d) for d in diffs), "significant": low > 0 or high < 0}
+
+
+def dvc_metrics(scores, deltas, benchmarks, methods, mean_delta) -> dict[str, dict[str, float]]:
+    """``{row: {key: value}}`` for ``metrics/report/<row>.json``: a row per benchmark and ``mean``,
+    the same flat keys in each (DVC shows files as rows and keys as columns)."""
+    rows: dict[str, dict[str, float]] = {}
+    for bench in benchmarks:
+        row = {m: scores[m][bench]["average"] for m in methods if scores[m].get(bench, {}).get("average") is not None}
+        rows[bench] = {**row, **_delta_keys(deltas.get("cc - sft", {}).get(bench))}
+    means = {}
+    for method in methods:
+        values = [scores[method][b]["average"] for b in benchmarks
+                  if scores[method].get(b, {}).get("average") is not None]
+        if values:
+            means[method] = round(sum(values) / len(values), 4)
+    rows["mean"] = {**means, **_delta_keys(mean_delta)}
+    # two decimals on the 0-100 scale: enough to compare, and the table stays narrow
+    return {name: {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()} for name, row in rows.items()}
+
+
+def _delta_keys(delta: dict | None) -> dict[str, float]:
+    if not delta:
+        return {}
+    return {"cc-sft": delta["delta"], "cc-sft_lo": delta["low"], "cc-sft_up": delta["high"], "items": delta["n"]}
+
+
+def random_model_note(base: str) -> str | None:
+    """The first line of the summary when the base model is a random smoke-test model."""
+    if not base.startswith(RANDOM_MODEL_PREFIX):
+        return None
+    return (f"> **Smoke run.** `{base}` is a 2-layer model with random weights: its scores are chance level "
+            "and its deltas noise. This profile checks that every stage runs and connects (predictions, "
+            "scores, intervals, plots, registration), not the method; use params.yaml or params.paper.yaml "
+            "for numbers that mean something.")
+
+
 @dataclass(frozen=True)
 class ReportResult:
     out_dir: str
@@ -118,8 +178,9 @@ def inference_lines(scores, methods, benchmarks) -> list[str]:
     return lines
 
 
-def _markdown(scores, deltas, benchmarks, methods, confidence, paper: bool = False) -> str:
-    lines = ["# CC-Tuning evaluation summary", "",
+def _markdown(scores, deltas, benchmarks, methods, confidence, paper: bool = False, note: str | None = None) -> str:
+    lines = [note, ""] if note else []
+    lines += ["# CC-Tuning evaluation summary", "",
              "Scores on the paper's 0–100 scale (accuracy for XNLI/XStoryCloze/MMMLU, token F1 for XQuAD/MKQA, "
              "ROUGE-L for XLSum), averaged over languages.", ""]
     protocols = sorted({scores[m][b].get("protocol", "lenient") for m in methods for b in benchmarks if b in scores[m]})
@@ -290,18 +351,33 @@ def report(params: Params, metrics_dir: str | Path = "metrics", eval_root: str |
                                  dl["significant"], "", ""])
             writer.writerow([pair, bench, "avg", f"delta {metric}", d["delta"], d["n"], "", d["low"], d["high"],
                              d["significant"], "", ""])
+    mean_delta = None
+    if "cc" in scores and "sft" in scores:
+        mean_delta = stratified_bootstrap([(_pooled(items[("cc", b)]), _pooled(items[("sft", b)])) for b in benchmarks],
+                                          rp.bootstrap_samples, rp.confidence, rp.seed)
     plots_dir = out_dir / "plots"
     with atomic_dir(plots_dir) as tmp:
         _plots(tmp, scores, benchmarks, methods, metrics_dir)
     with atomic_file(out_dir / "summary.csv") as handle:
         handle.write(buffer.getvalue())
     with atomic_file(out_dir / "summary.md") as handle:
-        handle.write(_markdown(scores, deltas, benchmarks, methods, rp.confidence, rp.paper_reference))
+        handle.write(_markdown(scores, deltas, benchmarks, methods, rp.confidence, rp.paper_reference,
+                               random_model_note(params.model.base)))
     means = {m: {b: scores[m][b]["average"] for b in scores[m]} for m in methods}
     flagged = {f"{m}/{b}": why for m in methods for b in scores[m] if (why := incomplete(scores[m][b]))}
-    write_json(metrics_dir / "report.json", {"averages": means, "deltas": deltas, "incomplete": flagged,
-                                              "protocols": sorted({scores[m][b].get("protocol", "lenient")
-                                                                   for m in methods for b in scores[m]})})
+    # per-language detail: a plain JSON output, not a DVC metric (it would make hundreds of columns)
+    write_json(out_dir / "summary.json", {"averages": means, "deltas": deltas, "mean_delta_cc_sft": mean_delta,
+                                          "incomplete": flagged,
+                                          "protocols": sorted({scores[m][b].get("protocol", "lenient")
+                                                               for m in methods for b in scores[m]})})
+    # the DVC plot of scores per benchmark: one bar per (benchmark, method)
+    write_json(out_dir / "scores.json", [{"benchmark": b, "method": m, "bar": f"{b} {m}",
+                                          "score": scores[m][b]["average"]}
+                                         for b in benchmarks for m in methods
+                                         if scores[m].get(b, {}).get("average") is not None])
+    with atomic_dir(metrics_dir / "report") as tmp:
+        for row, values in dvc_metrics(scores, deltas, benchmarks, methods, mean_delta).items():
+            write_json(tmp / f"{row}.json", values)
     _log_report(params, out_dir, metrics_dir)
     return ReportResult(str(out_dir), methods, benchmarks, deltas)
 

@@ -66,6 +66,7 @@ class TrainResult:
     tokens_this_run: int = 0  # trained by this process (after a resume: since the resume); tokens_per_s's numerator
     tokens_total: int = 0  # trained over the whole training, resumed parts included
     resumed_from_step: int | None = None
+    total_flos: float = 0.0  # the Trainer's count (CCTrainer.floating_point_ops), resumed parts included
 
 
 @dataclass
@@ -240,7 +241,7 @@ def _save(params: Params, setup: _Setup, trainer, output, run, metrics_dir: Path
         method=method, out_dir=str(out), steps=trainer.state.global_step,
         final_loss=history[-1]["loss"] if history else None, train_runtime_s=runtime,
         tokens_per_s=tokens / runtime if runtime else 0.0, tokens_this_run=tokens, tokens_total=tokens_total,
-        resumed_from_step=step_of(setup.resume_from),
+        resumed_from_step=step_of(setup.resume_from), total_flos=float(trainer.state.total_flos),
         run_id=run.run_id, encode=asdict(setup.stats),
         layer_choice_counts={f"layer_{k:02d}": v for k, v in sorted(choices.items())},
     )
@@ -257,8 +258,10 @@ def _save(params: Params, setup: _Setup, trainer, output, run, metrics_dir: Path
 
 
 def _log_result(params: Params, result: TrainResult, run, out: Path) -> None:
+    # tokens_per_s's last point is the whole run's rate, as in metrics/train_<method>.json
     run.log_metrics({"final_loss": result.final_loss, "train_runtime_s": result.train_runtime_s,
-                     "train_tokens_per_s": result.tokens_per_s}, step=result.steps)
+                     "train_tokens_per_s": result.tokens_per_s, "tokens_per_s": result.tokens_per_s,
+                     "total_flos": result.total_flos}, step=result.steps)
     for key, count in result.layer_choice_counts.items():
         run.log_metrics({f"dm_choice_{key}": count}, step=result.steps)
     if result.layer_choice_counts:
@@ -274,6 +277,7 @@ def write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: P
                "first_loss": history[0]["loss"] if history else None,
                "train_runtime_s": round(result.train_runtime_s, 3), "tokens_per_s": round(result.tokens_per_s, 2),
                "tokens_this_run": result.tokens_this_run, "tokens_total": result.tokens_total,
+               "total_flos": result.total_flos,
                "resumed_from_step": result.resumed_from_step, "checkpoint_sha256": result.checkpoint_sha256,
                "examples": result.encode.get("kept", 0), "dropped_truncated": result.encode.get("dropped_truncated", 0),
                "layer_choice_counts": result.layer_choice_counts}

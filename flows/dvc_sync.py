@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from cc_core.redact import redact, strip_userinfo
+from flows.s3_errors import s3_reason
 
 
 class DvcError(RuntimeError):
@@ -116,11 +117,14 @@ def remote_url(project: str | Path, remote: str) -> str:
 def _remote_failure(project, verb: str, remote: str, what: str, out: subprocess.CompletedProcess) -> DvcError:
     direction = "from" if verb == "pull" else "to"
     url = remote_url(project, remote)
+    error = error_text(out)
     reason = probe(url)
+    hint = f" [the remote cannot be reached: {reason}]" if reason else ""
+    if not hint and (s3 := s3_reason(url, error)):  # DVC says only "Forbidden (403)": name the variables
+        hint = f" [{s3}]"
     # the URL and DVC's own words may carry a login: neither reaches a message
     return DvcError(f"{what}: dvc {verb} {direction} remote '{remote}' ({strip_userinfo(url)}) failed: "
-                    f"{redact(error_text(out))}"
-                    + (f" [the remote cannot be reached: {reason}]" if reason else ""))
+                    f"{redact(error)}{hint}")
 
 
 def pull(project: str | Path, targets: list[str], remote: str, what: str = "stage") -> list[str]:

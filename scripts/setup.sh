@@ -39,5 +39,12 @@ if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt
   { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } >/dev/null 2>&1 \
     || echo "warning: could not install chromium; tests/integration/test_prefect_ui.py will be skipped" >&2
 fi
+# PostgreSQL for the cluster's services in the integration tests (tests/integration/services.py
+# starts a cluster of its own; it runs as the `postgres` user the package creates). Installed only
+# as root and only when missing (about half a minute); without it those tests are skipped, saying so.
+if [ "$(id -u)" = 0 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }; } >/dev/null 2>&1 \
+    || echo "warning: could not install postgresql; the tests on the cluster's services will be skipped" >&2
+fi
 echo "set-up done in $(( $(date +%s) - t0 )) s; venv size: $(du -sh "$VENV" | cut -f1)"
 echo "activate with: source $VENV/bin/activate"

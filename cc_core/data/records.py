@@ -162,10 +162,25 @@ def _element_lines(text: str) -> Iterator[int]:
         position, start = start, skip(end)
 
 
+AUTHORS_REPO = "git clone https://github.com/YYF-Tommy/CC-Tuning external/CC-Tuning"
+
+
+def where_from(path: str | Path, kind: str = "data") -> str:
+    """Where a missing ``data.source`` (``kind="data"``) or ``eval.data_dir`` (``"eval"``) comes from."""
+    if "CC-Tuning" in str(path):  # params.paper.yaml's: the authors' files, not redistributed here
+        return (f"the authors' {'training data' if kind == 'data' else 'benchmark files'}, from their repository: "
+                f"{AUTHORS_REPO} (docs/user-guide.md, 'Reproduce the paper')")
+    if kind == "eval":
+        return ("a copy of the authors' benchmark folder (<BENCH>/<split>/<lang>.json), e.g. "
+                f"{AUTHORS_REPO} then eval.data_dir: external/CC-Tuning/Inference/data; or eval.data_dir: bundled")
+    return ("your parallel SFT data: a .jsonl of {id, lang, instruction, output, instruction_en} records or a "
+            "reference-format JSON array (docs/user-guide.md, 'Real data'); or data.source: bundled")
+
+
 def load_file(path: str | Path, on_bad_record: str = "error") -> LoadReport:
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: data file not found (data.source)")
+        raise InputError(f"{path}: data file not found (data.source); it is {where_from(path)}")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json"))
         if not files:

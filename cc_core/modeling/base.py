@@ -89,14 +89,20 @@ def smollm2_tokenizer():
 
 
 def tiny_config(arch: str, vocab_size: int, tokenizer=None):
-    """A 2-layer, 64-wide config of ``arch``: real code paths, random weights, seconds to run."""
+    """A 2-layer, 64-wide config of ``arch``: real code paths, random weights, seconds to run.
+
+    The output head is a random matrix of its own (``tie_word_embeddings=False``): with the input
+    embedding as the head, two near-identity random layers make the logits peak at the last input
+    token, so greedy decoding echoes the chat prompt's final "\\n" forever and every answer is empty
+    once stripped. An untied head maps each context to some other token: meaningless but visible
+    text, so a smoke run's predictions, scores and served answers show the plumbing works."""
     # why: transformers' auto classes take seconds to import; cctune imports this module at start-up
     from transformers import AutoConfig
 
     common = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
     if tokenizer is not None:
         common.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

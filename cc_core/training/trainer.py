@@ -139,6 +139,22 @@ class CCTrainer(Trainer):
         self.choice_counts = Counter({int(k): v for k, v in saved["choice_counts"].items()})
 
     # --- checkpoints --------------------------------------------------------------------------------
+    def floating_point_ops(self, inputs) -> int:
+        """A micro-batch's training FLOPs for the Trainer's ``total_flos``: 6 × non-embedding
+        parameters per trained token (padding not counted), plus CC's English prompt pass, 2 × per
+        token (a forward; 6 × when gradients flow through it: train.detach_english false). The
+        Trainer's own estimate finds no parameters on the CC wrapper (0) and counts padding cells."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        cc = isinstance(model, CCTuningModel)
+        if getattr(self, "flop_params", None) is None:
+            hf = model.model if cc else model
+            embedding = {id(p) for m in hf.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+            # ZeRO-3 partitions parameters (numel 0 here): ds_numel is the full count
+            self.flop_params = sum(getattr(p, "ds_numel", p.numel()) for p in hf.parameters() if id(p) not in embedding)
+        english = 6 if cc and not model.detach_english else 2
+        return self.flop_params * (6 * int(inputs.get("token_count", 0))
+                                   + (english * int(inputs.get("en_token_count", 0)) if cc else 0))
+
     def _save_checkpoint(self, model, trial):
         # Counters first, so a checkpoint that has its trainer_state.json also has them.
         run_dir = Path(self._get_output_dir(trial=trial))
@@ -199,7 +215,9 @@ class TrackingCallback(TrainerCallback):
         trainer = self.trainer
         now = time.perf_counter()
         metrics = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if self.last_time is not None and now > self.last_time:
+        # the Trainer's closing summary (train_runtime, total_flos) trains no tokens: a rate over it
+        # would log 0 as the run's last tokens_per_s; train() logs the whole run's rate instead
+        if self.last_time is not None and now > self.last_time and trainer.tokens_seen > self.last_tokens:
             metrics["tokens_per_s"] = (trainer.tokens_seen - self.last_tokens) * args.world_size / (now - self.last_time)
         self.last_time, self.last_tokens = now, trainer.tokens_seen
         if trainer.choice_counts:

@@ -1,6 +1,6 @@
 """Helpers for the integration tests that run real Prefect servers and workers (test_cluster.py,
-test_prefect_ui.py): a copy of the project, a server on a free loopback port, workers whose whole
-process tree can be killed, and the server's REST API."""
+test_prefect_ui.py, services.py): a copy of the project, a server on a loopback port, workers whose
+whole process tree can be killed, and the server's REST API."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ BIN = Path(sys.executable).parent
 
 def env(**extra) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_"))}
-    out.update(PATH=f"{BIN}{os.pathsep}{out['PATH']}", DO_NOT_TRACK="1", MLFLOW_DISABLE_TELEMETRY="true",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", **extra)
+    out.update({"PATH": f"{BIN}{os.pathsep}{out['PATH']}", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", **extra})
     return out
 
 
@@ -43,8 +43,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def copy_project(root: Path, params: str = "params.tiny.yaml") -> Path:
-    """The working tree (tracked + untracked, not ignored) as a fresh git repo with ``params`` as params.yaml."""
+def copy_project(root: Path, params: str | None = "params.tiny.yaml") -> Path:
+    """The working tree (tracked + untracked, not ignored) as a fresh git repo with ``params`` as params.yaml
+    (None: params.yaml and dvc.lock as they are, as a clone has them)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split("\0")
     for name in filter(None, files):
@@ -52,10 +53,12 @@ def copy_project(root: Path, params: str = "params.tiny.yaml") -> Path:
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
-    for path in ("metrics", "reports/summary.md", "reports/summary.csv", "dvc.lock"):
+    for path in ("metrics", "reports/summary.md", "reports/summary.csv", "reports/summary.json", "reports/scores.json",
+                 *(["dvc.lock"] if params else [])):
         target = root / path
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    shutil.copy(root / params, root / "params.yaml")
+    if params:
+        shutil.copy(root / params, root / "params.yaml")
     commit(root, "project")
     return root
 
@@ -67,27 +70,35 @@ def commit(root: Path, message: str) -> None:
 
 
 class PrefectServer:
-    """``prefect server start`` on a free loopback port, with its own PREFECT_HOME."""
+    """``prefect server start`` on a loopback port, with its own PREFECT_HOME and the server settings
+    ``server_env`` (tests/integration/services.py gives compose's: PostgreSQL, the auth string, CSRF
+    protection, CORS). With an auth string the REST helpers below authenticate, and fetch a CSRF token
+    for writes when CSRF protection is on."""
 
-    def __init__(self, home: Path, cwd: Path):
-        self.port = free_port()
+    def __init__(self, home: Path, server_env: dict[str, str], port: int | None = None,
+                 command: list[str] | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = f"{self.url}/api"
         self.home = home
         self.log = home.parent / f"{home.name}-server.log"
         home.mkdir(parents=True, exist_ok=True)
-        self._out = open(self.log, "w")
-        self.proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                      str(self.port)], cwd=cwd, stdout=self._out,
-                                     # the UI (in a browser) finds the API on this port, not the default 4200
-                                     env=env(PREFECT_HOME=str(home), PREFECT_UI_API_URL=self.api,
-                                             # SQLite on a loaded 2-core CI machine: a write can wait
-                                             # for the lock longer than the default 10 s statement limit
-                                             PREFECT_SERVER_DATABASE_TIMEOUT="60"),
+        self.auth_string = server_env.get("PREFECT_SERVER_API_AUTH_STRING")
+        self._csrf: dict[str, str] | None = None
+        self.command = command or [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                   str(self.port)]
+        self._env = env(PREFECT_HOME=str(home), **server_env)
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self._out = open(self.log, "a")
+        self.proc = subprocess.Popen(self.command, cwd=self.home.parent, stdout=self._out, env=self._env,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def client_env(self, **extra) -> dict[str, str]:
-        return {"PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api, **extra}
+        auth = {"PREFECT_API_AUTH_STRING": self.auth_string} if self.auth_string else {}
+        return {"PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api, **auth, **extra}
 
     def wait_healthy(self, timeout: float = 180) -> None:
         deadline = time.time() + timeout
@@ -102,14 +113,31 @@ class PrefectServer:
                 time.sleep(0.5)
         raise TimeoutError(f"{self.api}/health not healthy after {timeout} s")
 
+    def _headers(self, write: bool = False) -> dict[str, str]:
+        import base64
+
+        headers = {"Content-Type": "application/json"}
+        if self.auth_string:
+            headers["Authorization"] = "Basic " + base64.b64encode(self.auth_string.encode()).decode()
+        if write and self._env.get("PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED", "").lower() == "true":
+            if self._csrf is None:
+                client = "cc-tuning-tests"
+                request = urllib.request.Request(f"{self.api}/csrf-token?client={client}", headers=headers)
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    self._csrf = {"Prefect-Csrf-Token": json.loads(response.read())["token"],
+                                  "Prefect-Csrf-Client": client}
+            headers.update(self._csrf)
+        return headers
+
     def post(self, path: str, body: dict | None = None):
         request = urllib.request.Request(f"{self.api}{path}", data=json.dumps(body or {}).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+                                         headers=self._headers(write=True), method="POST")
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or "null")
 
     def get(self, path: str):
-        with urllib.request.urlopen(f"{self.api}{path}", timeout=30) as response:
+        request = urllib.request.Request(f"{self.api}{path}", headers=self._headers())
+        with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or "null")
 
     def flow_runs(self, **flow_run_filter) -> list[dict]:
@@ -130,9 +158,10 @@ class Worker:
         self._out = open(self.log, "w")
         self.proc = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name, *extra_args], cwd=checkout,
-            env=env(**server.client_env(PREFECT_HOME=str(checkout.parent / f"{name}-prefect-home"),
-                                        CC_TUNING_HOME=str(checkout), PREFECT_WORKER_QUERY_SECONDS="2",
-                                        **extra_env)),
+            # extra_env: e.g. the node's S3 and MLflow settings; the worker's own Prefect home wins
+            env=env(**{**extra_env, **server.client_env(PREFECT_HOME=str(checkout.parent / f"{name}-prefect-home"),
+                                                        CC_TUNING_HOME=str(checkout),
+                                                        PREFECT_WORKER_QUERY_SECONDS="2")}),
             stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill_node(self) -> list[int]:

@@ -47,7 +47,8 @@ def test_malformed_training_data_fails_the_flow_naming_stage_method_and_file(tmp
     run = subprocess.run([sys.executable, "-m", "flows.pipeline", "--stages", "train", "--methods", "cc"],
                          cwd=project, env=_env(), capture_output=True, text=True, timeout=900)
     assert run.returncode == 1
-    last = run.stderr.strip().splitlines()[-1]
+    # the flow's last word (Prefect's ephemeral server logs its own shutdown after it)
+    last = next(line for line in run.stderr.splitlines()[::-1] if line.startswith("cc-tuning-pipeline ended"))
     assert last.startswith("cc-tuning-pipeline ended Failed: stage train_cc (method cc) failed: "), last
     assert "data/prepared/train.jsonl:3" in last, last
     log = run.stdout + run.stderr

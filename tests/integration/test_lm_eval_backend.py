@@ -141,3 +141,66 @@ def test_cctune_lm_eval_is_lm_evals_cli():
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     assert "--model" in done.stdout and "--include_path" in done.stdout
+
+
+CHOICE = ("XNLI", "XStoryCloze", "MMMLU")
+
+
+def test_cli_runs_the_packaged_tasks_offline_on_cpu_and_equals_cctune_eval(checkpoints, tmp_path):
+    """The documented command, through lm-eval's real CLI, on a CPU: lm-eval asks for cuda:0, the
+    backend falls back to the CPU with hf's messages; the packaged cc_<benchmark> tasks read the
+    bundled fixture (no params.yaml here) offline; every option benchmark's per-item log-likelihoods,
+    per-language acc / acc_norm and group mean equal ``cctune eval --choice-scoring loglik`` on the
+    same items; a generative task runs and scores its outputs as ``cctune score`` does."""
+    import subprocess
+
+    from cc_core.data.benchmarks import get_spec, load_benchmark
+    from cc_core.evaluate import score_item
+
+    root, limit = checkpoints, 2
+    script = Path(sys.executable).with_name("cctune-lm-eval")
+    if not script.is_file():
+        pytest.skip("cctune-lm-eval not installed (pip install -c constraints.txt -e '.[lm-eval]')")
+    tasks = [f"cc_{b.lower()}" for b in CHOICE] + ["cc_mkqa"]
+    cmd = [str(script), "--model", "cc-tuning", "--model_args",
+           f"checkpoint={root / 'cc'},transform={root / 'transform.safetensors'}", "--tasks", ",".join(tasks),
+           "--apply_chat_template", "--limit", str(limit), "--batch_size", "4", "--log_samples",
+           "--output_path", str(tmp_path / "out")]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                               "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Device not specified" in done.stderr and "Cuda Available? False" in done.stderr
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
+    samples = {}
+    for path in (tmp_path / "out").rglob("samples_*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            sample = json.loads(line)
+            samples[sample["doc"]["id"]] = sample
+    for bench in CHOICE:
+        spec = get_spec(bench)
+        # lm-eval keeps whole prompts (up to the model's context): so does eval.max_prompt_len null
+        params = parse_params({}, overrides=["tracking.enabled=false", "eval.cc_mode=transform",
+                                             "eval.max_prompt_len=null"])
+        evaluate(params, "cc", bench, langs=list(spec.langs), limit=limit, model_dir=root / "cc",
+                 transform=root / "transform.safetensors", out_root=tmp_path / "eval",
+                 metrics_root=tmp_path / "metrics", choice_scoring="loglik")
+        mine = json.loads((tmp_path / "metrics" / "cc" / f"{bench}.json").read_text())
+        for lang in spec.langs:
+            rows = [json.loads(r) for r in (tmp_path / "eval/cc" / bench / f"{lang}.jsonl").read_text().splitlines()]
+            assert len(rows) == limit and not any(row["prompt_truncated"] for row in rows)
+            for row in rows:
+                theirs = [float(resp[0]) for resp in samples[row["id"]]["filtered_resps"]]
+                torch.testing.assert_close(torch.tensor(theirs), torch.tensor(list(row["loglik"].values())),
+                                           atol=1e-4, rtol=0)
+            task = results[f"cc_{bench.lower()}_{lang}"]
+            assert 100 * task["acc,none"] == pytest.approx(mine["languages"][lang]["score"])
+            assert 100 * task["acc_norm,none"] == pytest.approx(mine["languages"][lang]["acc_norm"])
+        assert 100 * results[f"cc_{bench.lower()}"]["acc,none"] == pytest.approx(mine["average"])
+    spec = get_spec("MKQA")
+    for lang in spec.langs:
+        for item in load_benchmark("MKQA", lang, "bundled", limit):
+            sample = samples[item.id]
+            output = sample["filtered_resps"][0] if isinstance(sample["filtered_resps"][0], str) \
+                else sample["filtered_resps"][0][0]
+            assert sample["score"] == pytest.approx(100 * score_item(spec, item, output).score)

@@ -1,9 +1,10 @@
 """The Prefect UI as a user meets it, in a real browser (Debian's Chromium driven by Playwright,
-headless): a real `prefect server start` on a free loopback port, the `local-tiny` deployment from
-prefect.yaml (made cheap: only the `prepare` stage), a process worker. The deployment's Parameters
-tab lists the flow's parameters one by one with their descriptions; Run → Custom run with one
-parameter changed in the form starts a run, which completes with the changed value (checked
-through the API).
+headless): the cluster's Prefect server as docker/compose.yaml runs it (tests/integration/services.py:
+PostgreSQL, the auth string, CSRF protection), the `local-tiny` deployment from prefect.yaml (made
+cheap: only the `prepare` stage), a process worker. The UI asks for the auth string first; the
+deployment's Parameters tab lists the flow's parameters one by one with their descriptions; Run →
+Custom run with one parameter changed in the form starts a run (one click on Submit), which completes
+with the changed value (checked through the API).
 
     apt-get install -y chromium          # as root; scripts/setup.sh does it when missing
     pytest -m integration tests/integration/test_prefect_ui.py -s
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_helpers import BIN, PrefectServer, Worker, check, copy_project
+from prefect_helpers import BIN, Worker, check, copy_project
 
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
@@ -36,48 +37,24 @@ def _chromium() -> Path:
 
 
 SUCCESS = "scheduled to start"  # the UI's toast when the run was created
-FAILURE = "Something went wrong trying to create a flow run"  # its toast when the API call failed
 
 
-def submit(page, server: PrefectServer, deployment_id: str, failures: list[str], attempts: int = 3) -> None:
-    """Click Submit and wait for the UI's answer. A SQLite-backed Prefect server can answer a write
-    with HTTP 500 while its own services hold the database lock ("database is locked", a known
-    Prefect behaviour; the compose stack uses PostgreSQL): then the run was not created, and the test
-    submits again as a user would, at most ``attempts`` times, keeping every error for the message."""
-    for _ in range(attempts):
-        errors_before = page.get_by_text(FAILURE, exact=False).count()
-        page.get_by_role("button", name="Submit", exact=True).click()
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if page.get_by_text(SUCCESS, exact=False).count():
-                return
-            if page.get_by_text(FAILURE, exact=False).count() > errors_before:
-                break
-            page.wait_for_timeout(250)
-        else:
-            raise AssertionError(f"no answer from the UI 60 s after Submit; API errors: {failures}")
-        if server.post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}}):
-            return  # created after all (the answer was lost): submitting again would make a second run
-    raise AssertionError(f"the UI could not create the run in {attempts} attempts; API errors: {failures}")
-
-
-def test_custom_run_from_the_deployment_page(tmp_path):
+def test_custom_run_from_the_deployment_page(services, tmp_path):
     chromium = _chromium()
     from playwright.sync_api import expect, sync_playwright
 
     started = time.perf_counter()
     project = copy_project(tmp_path / "project")
-    server = PrefectServer(tmp_path / "prefect-home", project)
+    server = services.prefect
     worker = None
     shots = tmp_path / "screenshots"
     try:
-        server.wait_healthy()
-        client = server.client_env()
-        check([BIN / "prefect", "work-pool", "create", "local", "--type", "process"], project, **client)
+        client = services.client_env()
+        check([BIN / "prefect", "work-pool", "create", "local", "--type", "process", "--overwrite"], project, **client)
         # the deployment as prefect.yaml defines it, with cheap defaults: one stage, nothing committed
         check([BIN / "prefect", "--no-prompt", "deploy", "--name", "local-tiny",
                "--params", json.dumps({"stages": ["prepare"], "dvc_commit": False})], project, **client)
-        worker = Worker(server, project, "local", "ui-worker")
+        worker = Worker(server, project, "local", "ui-worker", **client)
         deployment = server.post("/deployments/filter", {"deployments": {"name": {"any_": ["local-tiny"]}}})[0]
 
         with sync_playwright() as playwright:
@@ -88,6 +65,11 @@ def test_custom_run_from_the_deployment_page(tmp_path):
             page.on("response", lambda r: failures.append(f"{r.status} {r.request.method} {r.url}: {r.text()[:500]}")
                     if r.status >= 400 and "/api/" in r.url else None)
             try:
+                # the UI's login page: the auth string, as a person types it
+                page.goto(f"{server.url}/deployments")
+                page.get_by_placeholder("admin:pass").fill(server.auth_string)
+                page.get_by_role("button", name="Login").click()
+                expect(page.get_by_placeholder("admin:pass")).to_have_count(0)
                 page.goto(f"{server.url}/deployments")
                 page.get_by_role("link", name="local-tiny").first.click()
                 expect(page).to_have_url(f"{server.url}/deployments/deployment/{deployment['id']}")
@@ -110,7 +92,8 @@ def test_custom_run_from_the_deployment_page(tmp_path):
                 expect(field).to_have_value("params.yaml")
                 field.fill("params.tiny.yaml")  # the one parameter changed
                 page.wait_for_load_state("networkidle")  # the form's own validation requests have answered
-                submit(page, server, deployment["id"], failures)
+                page.get_by_role("button", name="Submit", exact=True).click()
+                expect(page.get_by_text(SUCCESS, exact=False).first).to_be_visible()  # (the UI shows it twice)
             except BaseException as err:
                 shots.mkdir(exist_ok=True)
                 page.screenshot(path=str(shots / "failure.png"), full_page=True)
@@ -138,4 +121,3 @@ def test_custom_run_from_the_deployment_page(tmp_path):
     finally:
         if worker is not None:
             worker.stop()
-        server.stop()

@@ -100,6 +100,21 @@ def test_loss_decreases_on_tiny_overfit_set(workspace, method, monkeypatch):
     assert run.data.tags["method"] == method and run.data.tags["data_sha256"]
     if method == "cc":
         assert any(k.startswith("dm_choice_layer_") for k in run.data.metrics)
+    # the run view's last throughput and FLOPs are the metrics file's (not the closing summary's 0s)
+    assert run.data.metrics["tokens_per_s"] == pytest.approx(metrics["tokens_per_s"], abs=0.01)
+    assert run.data.metrics["train_tokens_per_s"] == pytest.approx(metrics["tokens_per_s"], abs=0.01)
+    assert run.data.metrics["total_flos"] == pytest.approx(metrics["total_flos"]) and metrics["total_flos"] > 0
+    from cc_core.modeling.base import load_model_dir
+
+    base, _ = load_model_dir(workspace / "models/base")
+    embedding = {id(p) for m in base.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    params = sum(p.numel() for p in base.parameters() if id(p) not in embedding)
+    trained = 6 * params * metrics["tokens_total"]  # forward + backward per trained token
+    if method == "sft":
+        assert metrics["total_flos"] == pytest.approx(trained)
+    else:  # plus the English prompt pass, a forward (2 per parameter and token)
+        english = (metrics["total_flos"] - trained) / (2 * params)
+        assert english == pytest.approx(round(english)) and 0 < english < metrics["tokens_total"]
 
 
 def _losses(root: Path, method: str) -> list[float]:

@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                  "cc_core.tracking")),
     ("stages", ("cc_core.data.prepare", "cc_core.train", "cc_core.activations", "cc_core.transform",
                 "cc_core.evaluate", "cc_core.report", "cc_core.registry")),
-    ("adapters", ("cc_core.serving", "cc_core.pyfunc_model", "cc_core.lm_eval_backend")),
+    ("adapters", ("cc_core.serving", "cc_core.pyfunc_model", "cc_core.lm_eval_backend", "cc_core.lm_eval_tasks",
+                  "cc_core.preflight")),
     ("cli", ("cc_core.cli",)),
 ]
 PRIVATE_CHECKED = ("cc_core", "bench", "flows")

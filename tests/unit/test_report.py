@@ -81,9 +81,19 @@ def test_report_tables_delta_and_plots(tmp_path, monkeypatch):
 
     plot = out_dir / "plots" / "XNLI.png"
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    saved = json.loads((metrics_dir / "report.json").read_text(encoding="utf-8"))
+    saved = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     assert saved["averages"] == {"sft": {"XNLI": 20.0}, "cc": {"XNLI": 90.0}}
-    assert saved["deltas"]["cc - sft"]["XNLI"] == delta
+    assert saved["deltas"]["cc - sft"]["XNLI"] == delta  # per language too: not a DVC metric
+    # the DVC metrics: a flat row per benchmark and the mean, the same keys in each
+    rows = {p.stem: json.loads(p.read_text()) for p in (metrics_dir / "report").glob("*.json")}
+    assert set(rows) == {"XNLI", "mean"}
+    assert rows["XNLI"] == {"sft": 20.0, "cc": 90.0, "cc-sft": round(delta["delta"], 2),
+                            "cc-sft_lo": round(delta["low"], 2), "cc-sft_up": round(delta["high"], 2), "items": 20}
+    assert rows["mean"]["cc-sft"] == pytest.approx(70.0) and rows["mean"]["cc"] == 90.0
+    assert all(not isinstance(v, (dict, list)) for row in rows.values() for v in row.values())
+    bars = json.loads((out_dir / "scores.json").read_text())
+    assert {(b["benchmark"], b["method"], b["score"]) for b in bars} == {("XNLI", "sft", 20.0), ("XNLI", "cc", 90.0)}
+    assert not summary.startswith("> **Smoke run.**")  # a real base model: no random-model note
 
 
 def test_paired_bootstrap():
@@ -131,9 +141,28 @@ def test_report_flags_incomplete_averages_and_sets_the_paper_beside_ours(tmp_pat
     assert "† cc XNLI: averaged over 1 of 3 languages (missing: ar, en)" in summary
     assert "| XNLI | cc | 50.00 | 1/10 | 50.00 | 53.06 |" in summary  # the paper's published score beside ours
     assert "Scoring protocol: lenient, standard" in summary
-    saved = json.loads((metrics_dir / "report.json").read_text())
+    saved = json.loads((out_dir / "summary.json").read_text())
     assert saved["incomplete"] == {"cc/XNLI": "averaged over 1 of 3 languages (missing: ar, en)"}
     # a damaged metrics file is named
     path.write_text('{"benchmark": "XNLI", "av')
     with pytest.raises(InputError, match=r"XNLI.json:1: malformed JSON"):
         report(_params("eval.benchmarks=[XNLI]"), metrics_dir, eval_root, out_dir)
+
+
+def test_report_of_a_random_tiny_model_says_so_on_its_first_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    metrics_dir, eval_root, out_dir = tmp_path / "metrics", tmp_path / "eval", tmp_path / "reports"
+    _method_files(metrics_dir, eval_root, "cc", [1.0, 0.0, 1.0])
+    _method_files(metrics_dir, eval_root, "sft", [0.0, 0.0, 1.0])
+    report(_params("model.base=tiny-random-llama", "eval.benchmarks=[XNLI]", "report.bootstrap_samples=50"),
+           metrics_dir, eval_root, out_dir)
+    first = (out_dir / "summary.md").read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("> **Smoke run.** `tiny-random-llama` is a 2-layer model with random weights")
+    assert "checks that every stage runs" in first
+
+
+def test_the_report_knows_the_random_models_by_the_name_modeling_gives_them():
+    from cc_core.modeling.base import TINY_PREFIX
+    from cc_core.report import RANDOM_MODEL_PREFIX
+
+    assert RANDOM_MODEL_PREFIX == TINY_PREFIX

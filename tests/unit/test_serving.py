@@ -237,15 +237,15 @@ def test_predict_stops_at_the_deadline_and_frees_the_model(served):
         time.sleep(0.2)
         return original(*args, **kwargs)
 
-    original = served.generator._forward
-    served.generator._forward = slow
+    original = served.generator.decoder.forward
+    served.generator.decoder.forward = slow
     try:
         started = time.monotonic()
         with pytest.raises(ServingError) as err:
             served.predict(None, ["Was ist 2+2?"] * 3, {"max_new_tokens": 40})
         elapsed = time.monotonic() - started
     finally:
-        del served.generator._forward
+        del served.generator.decoder.forward
         served.limits = Limits(max_prompts=8, max_prompt_chars=2000, request_timeout_s=30)
     assert str(err.value).startswith("the request ran past the deadline of 0.5 s (request_timeout_s) and was stopped")
     assert len(slow_steps) < 40 and elapsed < 5
