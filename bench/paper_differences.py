@@ -4,6 +4,7 @@
     python bench/paper_differences.py stop --model models/cc --transform transform --model-eos "<|endoftext|>"
     python bench/paper_differences.py solver --activations activations
     python bench/paper_differences.py truncation --cutoffs 1024,512,256
+    python bench/paper_differences.py loss --devices 8 --per-device 16
 
 - ``dtype``: the Decision Maker's choice for every prompt of the bundled benchmark fixture (six
   benchmarks, every language and item), transform mode, with the model in float32 and in bfloat16
@@ -20,6 +21,10 @@
   as CC training examples under ``train.truncation: keep_prompt`` and ``llama_factory``, counting the
   records each rule affects per cutoff; tokenizer: SmolLM2's with its own template (``--llama3`` adds
   Llama-3's special tokens and uses the ``llama3-lf`` template and the authors' anchors).
+- ``loss``: the weight each response token gets in a step's loss under ``train.loss_average:
+  global_tokens`` (1 / the step's tokens) and ``micro_batch`` (1 / (devices × its micro-batch's tokens)),
+  for the bundled SFT data encoded as CC examples (SmolLM2's tokenizer, cutoff 1024) in steps of
+  devices × per-device examples (the paper's 8 × 16, seed-0 order): how far apart the two weightings are.
 
 The last lines are ``name: value``.
 """
@@ -220,6 +225,36 @@ def run_truncation(args) -> dict[str, float]:
     return out
 
 
+def run_loss(args) -> dict[str, object]:
+    """Token weights only (no model): both rules sum to one per step, so only their spread differs."""
+    import random
+
+    from cc_core.data.records import load_bundled
+    from cc_core.modeling.base import smollm2_tokenizer
+    from cc_core.training.data import encode_records
+
+    features, _ = encode_records(load_bundled().records, smollm2_tokenizer(), 1024, "cc")
+    counts = [sum(label != -100 for label in f["labels"]) for f in features]
+    random.Random(0).shuffle(counts)
+    step = args.devices * args.per_device
+    ratios, example_ratios = [], []
+    for start in range(0, len(counts) - step + 1, step):  # whole steps only
+        chunk = counts[start:start + step]
+        total = sum(chunk)
+        for d in range(args.devices):
+            micro = chunk[d * args.per_device:(d + 1) * args.per_device]
+            ratio = total / (args.devices * sum(micro))  # w_micro / w_global, the same for each token of it
+            ratios += [ratio] * sum(micro)
+            example_ratios += [ratio] * len(micro)
+    out: dict[str, object] = {"examples": len(counts), "steps": len(counts) // step,
+                              "tokens_per_example_min": min(counts), "tokens_per_example_max": max(counts)}
+    out.update(token_weight_ratio_min=min(ratios), token_weight_ratio_max=max(ratios),
+               token_weight_mean_abs_rel_diff=sum(abs(r - 1) for r in ratios) / len(ratios),
+               examples_weighted_over_1_25=sum(r > 1.25 for r in example_ratios),
+               examples_weighted_under_0_8=sum(r < 0.8 for r in example_ratios))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -234,9 +269,13 @@ def main() -> None:
     p = sub.add_parser("truncation")
     p.add_argument("--cutoffs", default="1024,512,256")
     p.add_argument("--llama3", action="store_true", help="Llama-3's special tokens and the llama3-lf template")
+    p = sub.add_parser("loss")
+    p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--per-device", type=int, default=16)
     args = parser.parse_args()
     torch.manual_seed(0)
-    footer({"dtype": run_dtype, "stop": run_stop, "solver": run_solver, "truncation": run_truncation}[args.what](args))
+    footer({"dtype": run_dtype, "stop": run_stop, "solver": run_solver, "truncation": run_truncation,
+            "loss": run_loss}[args.what](args))
 
 
 if __name__ == "__main__":
