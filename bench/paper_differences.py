@@ -1,7 +1,7 @@
 """What each remaining difference from the authors' run changes (issue 22), measured on this project's data.
 
     python bench/paper_differences.py dtype --model models/cc --transform transform
-    python bench/paper_differences.py stop --model models/cc --transform transform --model-eos "<|endoftext|>"
+    python bench/paper_differences.py stop --model models/cc --transform transform --model-eos "<|endoftext|>" --limit 1
     python bench/paper_differences.py solver --activations activations
     python bench/paper_differences.py truncation --cutoffs 1024,512,256
     python bench/paper_differences.py loss --devices 8 --per-device 16
@@ -100,6 +100,7 @@ def run_dtype(args) -> dict[str, object]:
 
 def run_stop(args) -> dict[str, float]:
     from cc_core.config import parse_params
+    from cc_core.data.benchmarks import available_langs, get_spec
     from cc_core.evaluate import evaluate_languages
     from cc_core.generate import Generator
     from cc_core.modeling.loading import load_for_inference
@@ -109,28 +110,28 @@ def run_stop(args) -> dict[str, float]:
         token = loaded.tokenizer.convert_tokens_to_ids(args.model_eos)
         loaded.model.config.eos_token_id = token
         print(f"config eos_token_id set to {token} ({args.model_eos})", flush=True)
-    params = parse_params({}, overrides=["eval.protocol=standard", "eval.data_dir=bundled", "eval.limit=null"])
+    limit = "null" if args.limit is None else str(args.limit)
+    params = parse_params({}, overrides=["eval.protocol=standard", "eval.data_dir=bundled", f"eval.limit={limit}"])
     out: dict[str, float] = {}
-    texts = {}
-    for stop in ("end_of_turn", "model_eos"):
-        gen = Generator(loaded.model, loaded.tokenizer, loaded.cc, loaded.transform, "transform", stop=stop,
-                        max_new_tokens=40, batch_size=args.batch_size, max_prompt_len=None, cache="static")
-        for bench in ("XQuAD", "MKQA", "XLSum"):
-            from cc_core.data.benchmarks import available_langs, get_spec
-
+    gens = {stop: Generator(loaded.model, loaded.tokenizer, loaded.cc, loaded.transform, "transform", stop=stop,
+                            max_new_tokens=40, batch_size=args.batch_size, max_prompt_len=None, cache="static")
+            for stop in ("end_of_turn", "model_eos")}
+    for bench in ("XQuAD", "MKQA", "XLSum"):  # both rules per benchmark, so a cut-short run still pairs them
+        texts = {}
+        for stop, gen in gens.items():
             results = evaluate_languages(params, "cc", bench, available_langs(get_spec(bench), FIXTURE), gen)
             scores = [r.summary["score"] for r in results.values()]
             out[f"{bench}_{stop}"] = round(sum(scores) / len(scores), 2)
-            texts[(bench, stop)] = [row["output"] for r in results.values() for row in r.rows]
+            texts[stop] = [row["output"] for r in results.values() for row in r.rows]
             print(f"{bench} {stop}: {out[f'{bench}_{stop}']}", flush=True)
-    for bench in ("XQuAD", "MKQA", "XLSum"):
-        a, b = texts[(bench, "end_of_turn")], texts[(bench, "model_eos")]
+        a, b = texts["end_of_turn"], texts["model_eos"]
         out[f"{bench}_outputs_changed"] = sum(x.strip() != y.strip() for x, y in zip(a, b))
         out[f"{bench}_items"] = len(a)
         out[f"{bench}_delta"] = round(out[f"{bench}_model_eos"] - out[f"{bench}_end_of_turn"], 2)
-        examples = [(x, y) for x, y in zip(a, b) if x.strip() != y.strip()][:2]
-        for x, y in examples:
-            print(f"  {bench} end_of_turn: {x!r}\n  {bench} model_eos:   {y!r}")
+        print(f"{bench}: {out[f'{bench}_outputs_changed']} of {len(a)} outputs changed, "
+              f"delta {out[f'{bench}_delta']}", flush=True)
+        for x, y in [(x, y) for x, y in zip(a, b) if x.strip() != y.strip()][:2]:
+            print(f"  {bench} end_of_turn: {x!r}\n  {bench} model_eos:   {y!r}", flush=True)
     return out
 
 
@@ -265,6 +266,7 @@ def main() -> None:
         p.add_argument("--batch-size", type=int, default=8)
         if name == "stop":
             p.add_argument("--model-eos", default=None, help="a token to make the config's EOS first")
+            p.add_argument("--limit", type=int, default=None, help="items per language (default: all)")
     sub.add_parser("solver").add_argument("--activations", default="activations")
     p = sub.add_parser("truncation")
     p.add_argument("--cutoffs", default="1024,512,256")
