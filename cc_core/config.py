@@ -108,6 +108,14 @@ class TrainParams(_Section):
     # each device's micro-batch (the Trainer passes no num_items_in_batch, as the authors' LLaMA-Factory)
     loss_average: Literal["global_tokens", "micro_batch"] = "global_tokens"
 
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        # transformers reads max_steps <= 0 as "use the epochs" (0 still took a step): only -1 says that
+        if value == 0 or value < -1:
+            raise ValueError("must be a positive number of optimizer steps, or -1 to train for train.epochs")
+        return value
+
 
 class CollectParams(_Section):
     num_pairs: int = Field(1000, ge=1)

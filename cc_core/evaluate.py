@@ -26,6 +26,7 @@ from cc_core.lineage import combined_sha256, items_sha256, scorer_sha256
 from cc_core.generate import Generator
 from cc_core.loglik import score_choice_items
 from cc_core.metrics import ItemScore, check_protocol, score_item
+from cc_core.modeling.transform_matrix import check_fit_record
 from cc_core.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ def scoring_identity(spec: BenchmarkSpec, protocol: str, choice_scoring: str) ->
                          kind=spec.kind)
 
 
-def _score(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str) -> ItemScore:
+def score_output(spec: BenchmarkSpec, item: BenchmarkItem, output: str, protocol: str) -> ItemScore:
+    """One model output scored against the item's gold answer, as ``cctune eval`` / ``score`` do."""
     return score_item(spec.kind, protocol, output, item.gold, lang=item.lang, prompt=item.prompt,
                       labels=spec.labels, benchmark=spec.name)
 
@@ -114,7 +116,7 @@ def score(benchmark: str, data_dir: str | Path, lang: str, predictions: str | Pa
     scored = [(item, out) for item, out in zip(items, outputs) if out is not None]
     if not scored:
         raise InputError(f"{predictions}: no prediction for any of the {len(items)} items of {spec.name} {lang}")
-    summary = summarize(spec, lang, [_score(spec, i, o, protocol) for i, o in scored], [o for _, o in scored],
+    summary = summarize(spec, lang, [score_output(spec, i, o, protocol) for i, o in scored], [o for _, o in scored],
                         protocol)
     if partial:
         summary.update(partial=True, items_total=len(items))
@@ -155,6 +157,8 @@ def load_generator(params: Params, method: str, model_dir: str | Path | None, tr
     """The Generator ``eval`` uses for ``method`` (its model directory unless ``model_dir`` is given),
     set up from ``eval.*``; for cc, in ``eval.cc_mode`` with the Transform Matrix of ``transform``."""
     mode = params.eval.cc_mode if method == "cc" else "none"
+    if mode == "transform":
+        check_fit_record(transform)  # before the model loads: the matrix must be the one `cctune fit` wrote
     return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode, device=device,
                                dtype=EVAL_DTYPES[params.eval.dtype], decision_mode=params.eval.decision_mode,
                                max_new_tokens=params.eval.max_new_tokens, batch_size=params.eval.batch_size,
@@ -202,7 +206,7 @@ def run_items(generator, spec: BenchmarkSpec, items: list[BenchmarkItem],
     for lang in dict.fromkeys(i.lang for i in items):
         picked = [(item, gen) for item, gen in zip(items, generations) if item.lang == lang]
         outputs = [gen.text for _, gen in picked]
-        scores = [_score(spec, item, out, protocol) for (item, _), out in zip(picked, outputs)]
+        scores = [score_output(spec, item, out, protocol) for (item, _), out in zip(picked, outputs)]
         summary = summarize(spec, lang, scores, outputs, protocol)
         summary["prompts_truncated"] = sum(gen.prompt_truncated for _, gen in picked)
         summary["new_tokens"] = sum(gen.new_tokens for _, gen in picked)

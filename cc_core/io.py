@@ -167,6 +167,21 @@ def iter_jsonl(path: str | Path, skip_blank: bool = True) -> Iterator[tuple[int,
                 raise InputError(f"{path}:{number}: malformed JSON: {err.msg}") from None
 
 
+def read_safetensors(path: str | Path, rerun: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a truncated or damaged one is an InputError naming the
+    file and ``rerun`` (the stage that rewrites it), not safetensors' own error without the file's name."""
+    # why: safetensors' torch loader imports torch (seconds); cctune imports this module at start-up
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: a file that cannot be read as safetensors
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a readable safetensors file (truncated or damaged: {reason[:200]}); "
+                         f"re-run: {rerun}") from None
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:

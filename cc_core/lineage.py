@@ -14,19 +14,27 @@ A checkpoint's identity is the content hash of its ``*.safetensors`` files (name
 Decision Maker. The activations, the Transform Matrix, every metrics file and every registry
 version record it; a stage that reads an artifact made from another checkpoint refuses with
 an error naming both hashes and the stage to re-run, instead of silently mixing them.
+
+A base model directory carries a manifest of its weight files' sha256 (:data:`WEIGHTS_MANIFEST`,
+written once by ``cctune base-model``): :func:`weights_sha256` takes a file's hash from it while the
+file's size and mtime are as recorded and hashes the file again otherwise, so a resume compares the
+base weights by content without reading gigabytes at every start.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from cc_core.io import InputError, dir_sha256, file_sha256
+from cc_core.io import InputError, dir_sha256, file_sha256, read_json, write_json
 
+log = logging.getLogger(__name__)
 PATTERN = "*.safetensors"
+WEIGHTS_MANIFEST = "cc_weights_sha256.json"  # {"files": {name: {"sha256", "size", "mtime_ns"}}}
 _MEMO: dict[tuple, str] = {}
 _MEMO_LOCK = threading.Lock()
 
@@ -96,3 +104,55 @@ def scorer_sha256(source_files: Iterable[str | Path], **settings) -> str:
     files = {Path(f).name: file_sha256(f) for f in source_files}
     return combined_sha256({"files": json.dumps(files, sort_keys=True),
                             "settings": json.dumps(settings, sort_keys=True, default=str)})
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.glob(PATTERN) if p.is_file())
+
+
+def _record(path: Path) -> dict:
+    stat = path.stat()  # before hashing: a file changed while it is read gets another mtime, so it is hashed again
+    return {"sha256": file_sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def write_weights_manifest(model_dir: str | Path) -> dict[str, str]:
+    """Hash every top-level ``*.safetensors`` of ``model_dir`` once and record it with its size and mtime."""
+    model_dir = Path(model_dir)
+    files = {path.name: _record(path) for path in _weight_files(model_dir)}
+    write_json(model_dir / WEIGHTS_MANIFEST, {"files": files})
+    return {name: entry["sha256"] for name, entry in files.items()}
+
+
+def weight_records(model_dir: str | Path, known: dict | None = None) -> dict[str, dict]:
+    """``{file name: {"sha256", "size", "mtime_ns"}}`` of the top-level ``*.safetensors`` of ``model_dir``. A
+    file whose size and mtime are those recorded (in the manifest, or in ``known``: records saved by an
+    earlier call, e.g. beside a training's checkpoints) takes the recorded hash; any other file (changed
+    since, copied by ``dvc checkout``, or a directory without a manifest, written by an older
+    ``cctune base-model``) is hashed now."""
+    model_dir = Path(model_dir)
+    manifest = model_dir / WEIGHTS_MANIFEST
+    try:
+        recorded = read_json(manifest).get("files", {}) if manifest.is_file() else {}
+    except (InputError, AttributeError):
+        recorded = {}  # an unreadable manifest proves nothing: hash
+    if not recorded:
+        log.info("%s: no readable %s (written by an older cctune base-model?): hashing its weight files",
+                 model_dir, WEIGHTS_MANIFEST)
+    records = {}
+    for path in _weight_files(model_dir):
+        stat = path.stat()
+        candidates = [entry for entry in (recorded.get(path.name), (known or {}).get(path.name))
+                      if isinstance(entry, dict) and entry.get("sha256")]
+        same = [e for e in candidates if e.get("size") == stat.st_size and e.get("mtime_ns") == stat.st_mtime_ns]
+        if same:
+            records[path.name] = {"sha256": same[0]["sha256"], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        else:
+            if candidates:
+                log.info("%s changed since its hash was recorded (size or mtime): hashing it", path)
+            records[path.name] = _record(path)
+    return records
+
+
+def weights_sha256(model_dir: str | Path, known: dict | None = None) -> dict[str, str]:
+    """``{file name: sha256}`` of the weights of ``model_dir`` (:func:`weight_records`)."""
+    return {name: entry["sha256"] for name, entry in weight_records(model_dir, known).items()}

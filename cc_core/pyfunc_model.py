@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -46,9 +47,34 @@ class ModelFilesError(ValueError):
     """A registered version's files are missing or not the ones it was registered with."""
 
 
+def registered_version(config: dict) -> str | None:
+    """The version number of the model being loaded (it is assigned after the model config is written):
+    from the ``registered_model_meta`` file MLflow writes beside the model's files when it loads
+    ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, else from the registry by logged model id.
+    None when neither says (a logged model loaded by its own URI, a store out of reach)."""
+    meta = Path(__file__).with_name("registered_model_meta")  # this file runs from the model's own folder
+    if meta.is_file():
+        for line in meta.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model_version" and value.strip():
+                return value.strip().strip("'\"")
+    name, logged = config.get("registered_model"), config.get("logged_model_id")
+    if not name or not logged or not os.environ.get("MLFLOW_TRACKING_URI"):
+        return None  # no store named (mlflow.set_tracking_uri exports it): never open a default one here
+    try:
+        for version in mlflow.MlflowClient().search_model_versions(f"name='{name}'"):
+            if getattr(version, "model_id", None) == logged or str(version.source).endswith(str(logged)):
+                return str(version.version)
+    except Exception:  # noqa: BLE001 - only an error message is being written: the store may be the problem
+        return None
+    return None
+
+
 def describe(config: dict) -> str:
-    """How a load error names the version (its number is assigned after the model is logged)."""
-    return (f"registered model {config.get('registered_model', '?')} (run {config.get('run_id', '?')}, "
+    """How a load error names the version: registered model, version number, run, logged model id."""
+    version = registered_version(config)
+    return (f"registered model {config.get('registered_model', '?')}"
+            f"{f' version {version}' if version else ''} (run {config.get('run_id', '?')}, "
             f"logged model {config.get('logged_model_id', '?')}, registered {config.get('registered_at', '?')}, "
             f"weights {'by reference' if config.get('storage') == 'reference' else 'in the artifact store'})")
 

@@ -26,15 +26,12 @@ evaluation metrics file that does not name the checkpoint being registered
 (``cc_core.lineage``). Each version is tagged with git commit, dvc.lock / params / evaluation
 settings hashes, training run, checkpoint and transform hashes, per-benchmark averages.
 
-Alias policy: the new version gets ``challenger``; ``champion`` moves to it only when its
-``register.metric`` (mean over benchmarks, or one benchmark's average) is strictly greater
-than the current champion's (a tie keeps the champion; the value is stored exactly, as
-``repr(float)``, and compared in that representation), and only when both were evaluated the
-same way (same ``eval_settings_sha256``: benchmarks, languages, limit, generation settings; same
-``eval_data_sha256``: the content of the items scored; same ``scorer_sha256``: the scoring code and
-protocol) and completely (no failed languages): a score from another evaluation is not comparable,
-and the new version is tagged ``not_compared`` with both hashes. MLflow keeps no alias history, so every move is appended to the registered
-model's ``alias_history`` tag. Versions are never overwritten or deleted.
+Alias policy (cc_core/champion.py): the new version gets ``challenger``; ``champion`` moves to it
+only when its ``register.metric`` (mean over benchmarks, or one benchmark's average) strictly beats
+the current champion's, evaluated the same way (settings, data and scorer hashes) and completely;
+otherwise the champion stays (``not_compared`` when the scores cannot be compared). Concurrent
+registrations decide their aliases one at a time, in the order of their version numbers; every move
+is appended to the registered model's ``alias_history`` tag. Versions are never overwritten or deleted.
 """
 
 from __future__ import annotations
@@ -59,17 +56,18 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from safetensors import safe_open
 
+from cc_core.champion import metric_tags, pending_tags, settle, should_promote
 from cc_core.config import Params
 from cc_core.data.benchmarks import canonical_benchmark
 from cc_core.io import InputError, file_sha256, read_json, write_json
 from cc_core.lineage import LineageError, checkpoint_sha256, combined_sha256, require_same_checkpoint, short
 from cc_core.modeling.checkpoint import read_cc_metadata
-from cc_core.modeling.transform_matrix import TRANSFORM_FILE
+from cc_core.modeling.transform_matrix import TRANSFORM_FILE, check_fit_record
 from cc_core.redact import strip_userinfo
-from cc_core.tracking import RUN_FILE, Tracker, fluent_tracking_uri, git_commit, store_errors
+from cc_core.tracking import (RUN_FILE, Tracker, close_orphaned_training_runs, fluent_tracking_uri, git_commit,
+                              store_errors)
 
 log = logging.getLogger(__name__)
-CHAMPION, CHALLENGER = "champion", "challenger"
 PACKAGE_DIR = Path(__file__).resolve().parent
 PYFUNC_FILE = PACKAGE_DIR / "pyfunc_model.py"
 CONSTRAINTS_FILE = PACKAGE_DIR.parent / "constraints.txt"
@@ -180,7 +178,7 @@ def check_lineage(model_dir: Path, transform_file: Path, evaluated: dict[str, di
     """(checkpoint sha256, transform sha256) once the Transform Matrix and every metrics file are
     shown to come from this checkpoint; otherwise a LineageError naming both hashes and what to re-run."""
     checkpoint = checkpoint_sha256(model_dir)
-    transform = file_sha256(transform_file)
+    transform = check_fit_record(transform_file)  # the matrix fit wrote, not one altered since
     require_same_checkpoint(transform_file, transform_model_sha256(transform_file), checkpoint, model_dir,
                             rerun="cctune collect && cctune fit (dvc repro fit), then cctune register")
     for benchmark, data in evaluated.items():
@@ -298,17 +296,19 @@ def model_signature(max_new_tokens: int):
 
 # --- the stage ---------------------------------------------------------------------------------------
 
-def _history(client, name: str) -> list[dict]:
-    model = client.get_registered_model(name)
-    return json.loads(model.tags.get("alias_history", "[]"))
-
-
-def _record_alias(client, name: str, alias: str, version: str, previous: str | None, reason: str) -> None:
-    history = _history(client, name)
-    history.append({"alias": alias, "version": str(version), "previous": None if previous is None else str(previous),
-                    "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    client.set_registered_model_alias(name, alias, version)
-    client.set_registered_model_tag(name, "alias_history", json.dumps(history))
+def _ensure_registered_model(client, name: str) -> None:
+    """Create the registered model unless it exists (a concurrent registration may create it first)."""
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    try:
+        client.create_registered_model(name, description="CC-Tuning checkpoints (pyfunc, transform mode)")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def register(params: Params, model_dir: str | Path = "models/cc", transform_dir: str | Path = "transform",
@@ -337,6 +337,7 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
     tracker = Tracker(params.tracking, required_by=REQUIRED_BY)
     uri = tracker.uri
     client = tracker.client()
+    close_orphaned_training_runs(tracker, metrics_dir)  # a training run its lost store left RUNNING: FAILED now
     name = model_name(params)
     training_run = tracker.training_run_id(checkpoint)
     storage = "artifacts" if params.register.log_weights else "reference"
@@ -393,51 +394,30 @@ def register(params: Params, model_dir: str | Path = "models/cc", transform_dir:
                         signature=model_signature(params.eval.max_new_tokens),
                         pip_requirements=[*serving_requirements(), f"-c {pins}"],
                         tags={"checkpoint_sha256": checkpoint, "transform_sha256": transform_sha, "storage": storage})
-            try:
-                client.get_registered_model(name)
-            except MlflowException as err:
-                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-                client.create_registered_model(name, description="CC-Tuning checkpoints (pyfunc, transform mode)")
+            _ensure_registered_model(client, name)
             tags["logged_model_id"] = info.model_id
             # model_id: MLflow 3 servers resolve a "models:/m-..." source through the logged model's id
-            version = client.create_model_version(name, info.model_uri, run_id=info.run_id, tags=tags,
-                                                  model_id=info.model_id).version
-            _record_alias(client, name, CHALLENGER, version, _alias_version(client, name, CHALLENGER), "new version")
-            champion = _alias_version(client, name, CHAMPION)
-            promoted, reason = _should_promote(client, name, champion, value, params.register.metric,
-                                               settings_hash, failed, evidence)
-            if promoted:
-                _record_alias(client, name, CHAMPION, version, champion, reason)
-                champion = version
-            else:
-                if reason.startswith(NOT_COMPARABLE):
-                    client.set_model_version_tag(name, version, "not_compared", reason)
-                log.info("champion stays at version %s: %s", champion, reason)
+            # tagged pending in the same write: the aliases are decided in version order (cc_core.champion)
+            version = str(client.create_model_version(name, info.model_uri, run_id=info.run_id,
+                                                      tags={**tags, **pending_tags()}, model_id=info.model_id).version)
+
+            def decide(champion: str | None) -> tuple[bool, str]:
+                return should_promote(client, name, champion, value, params.register.metric, settings_hash, failed,
+                                      evidence)
+
+            def record(champion: str | None) -> None:  # inside the critical section: the last version writes last
+                write_json(metrics_dir / "register.json", {"model_name": name, "version": str(version),
+                                                           "metric": params.register.metric, "value": value,
+                                                           "champion": str(champion), "promoted": champion == version})
+
+            champion, promoted, _ = settle(client, name, version, decide, record)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("registered %s version %s (%s=%.4f, weights: %s); champion: version %s", name, version,
              params.register.metric, value, "in the artifact store" if storage == "artifacts" else "by reference",
              champion)
-    result = RegisterResult(name, str(version), params.register.metric, value, str(champion), promoted,
-                            f"models:/{name}/{version}", storage, checkpoint)
-    write_json(metrics_dir / "register.json", {"model_name": name, "version": result.version, "metric": result.metric,
-                                               "value": value, "champion": result.champion, "promoted": promoted})
-    return result
-
-
-def metric_tags(value: float) -> dict[str, str]:
-    """The version's score, stored exactly (``repr`` round-trips a float) so that it compares equal to itself."""
-    return {"metric_value": repr(float(value)), "metric_value_format": "repr"}
-
-
-def _compared(a: float, b: float) -> tuple[str, str]:
-    """Both values as text, with enough digits to tell them apart."""
-    short_a, short_b = f"{a:.4f}", f"{b:.4f}"
-    return (short_a, short_b) if short_a != short_b or a == b else (repr(a), repr(b))
-
-
-NOT_COMPARABLE = "not comparable with version"
+    return RegisterResult(name, str(version), params.register.metric, value, str(champion), promoted,
+                          f"models:/{name}/{version}", storage, checkpoint)
 
 
 def score_identity(evaluated: dict[str, dict]) -> dict[str, str]:
@@ -448,53 +428,3 @@ def score_identity(evaluated: dict[str, dict]) -> dict[str, str]:
     return {"eval_data_sha256": "none" if "none" in data.values() else combined_sha256(data),
             "eval_data_by_benchmark": json.dumps(data),
             "scorer_sha256": "none" if "none" in scorers.values() else combined_sha256(scorers)}
-
-
-def _incomparable(tags: dict, metric: str, settings_hash: str, evidence: dict[str, str]) -> str | None:
-    """Why the champion's score cannot be compared with this one (None: it can)."""
-    if tags.get("register_metric", metric) != metric:
-        return f"metric {tags.get('register_metric')} vs {metric}"
-    if tags.get("eval_settings_sha256", settings_hash) != settings_hash:
-        return "other eval settings"
-    for key, what in (("eval_data_sha256", "evaluation data"), ("scorer_sha256", "scoring code or protocol")):
-        theirs, ours = tags.get(key, "none"), evidence[key]
-        if theirs == "none" or ours == "none" or theirs != ours:
-            return f"{what} differs: {key} {short(theirs)} (champion) vs {short(ours)} (this version)"
-    return None
-
-
-def _should_promote(client, name: str, champion: str | None, value: float, metric: str, settings_hash: str,
-                    failed: dict, evidence: dict[str, str]) -> tuple[bool, str]:
-    """(move champion?, why) under the alias policy in the module docstring."""
-    if failed:
-        return False, f"incomplete evaluation (failed languages: {failed})"
-    if champion is None:
-        return True, "first version"
-    tags = client.get_model_version(name, champion).tags
-    why = _incomparable(tags, metric, settings_hash, evidence)
-    if why:
-        return False, (f"{NOT_COMPARABLE} {champion}: {why}; the champion stays (re-evaluate it on the same data "
-                       "and register it again, or move the alias by hand: docs/user-guide.md)")
-    stored = tags.get("metric_value")
-    if stored is None:
-        champion_value = -math.inf
-    else:
-        champion_value = float(stored)
-        if tags.get("metric_value_format") != "repr":
-            # written by an older version as f"{v:.6f}": compare the new value in that same representation
-            value = float(f"{value:.6f}")
-    new, old = _compared(value, champion_value)
-    if value > champion_value:
-        return True, f"{new} > {old}"
-    if value == champion_value:
-        return False, f"{new} ties {old} (version {champion}): a tie keeps the champion"
-    return False, f"{new} does not beat {old}"
-
-
-def _alias_version(client, name: str, alias: str) -> str | None:
-    try:
-        return client.get_model_version_by_alias(name, alias).version
-    except MlflowException as err:
-        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            raise
-        return None

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -31,90 +30,14 @@ from urllib.request import urlopen
 from cc_core.config import TrackingParams
 from cc_core.io import write_json
 from cc_core.redact import redact, strip_userinfo
+# The store's failure modes live in tracking_store; named here too, where stages and tests have always found them.
+from cc_core.tracking_store import (LOCK_WAIT_S, TrackingUnavailableError, failure_reason,  # noqa: F401
+                                    is_store_failure, sqlite_busy, sqlite_path, sqlite_read_only, store_errors,
+                                    unavailable_error)
 
 log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
-LOCK_WAIT_S = 3.0  # how long a SQLite store locked by another writer is waited for
 QUIET_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-
-
-class TrackingUnavailableError(RuntimeError):
-    """The MLflow store cannot be reached or written (the message names it)."""
-
-    user_error = True  # cctune prints it as one line (cc_core.cli.is_user_error)
-
-
-def sqlite_path(uri: str) -> str | None:
-    """The file of a ``sqlite:///relative.db`` / ``sqlite:////abs.db`` URI (None: not SQLite, or in memory)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return path or None
-
-
-def sqlite_busy(uri: str, wait: float = LOCK_WAIT_S) -> str | None:
-    """Why a SQLite store cannot take a write now (e.g. ``database is locked`` after ``wait`` s), or None.
-
-    MLflow itself waits about 12 s (SQLite's 5 s busy timeout, then engine retries) and then
-    raises a raw ``OperationalError``; this probe takes a write lock and releases it at once."""
-    path = sqlite_path(uri)
-    if path is None or not Path(path).is_file():
-        return None  # nothing to lock yet: MLflow creates the file
-    try:
-        con = sqlite3.connect(path, timeout=wait, isolation_level=None)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            con.execute("ROLLBACK")
-        finally:
-            con.close()
-    except sqlite3.Error as err:
-        reason = str(err)
-        return f"{reason} (another process holds it; waited {wait:g} s)" if "locked" in reason else reason
-    return None
-
-
-def _reason(err: BaseException) -> str:
-    text = redact(str(err)).strip().splitlines()[0] if str(err).strip() else ""
-    text = text.removeprefix("(sqlite3.OperationalError) ")
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
-
-
-def unavailable_error(uri: str, reason: str, policy: str = "fail",
-                      required_by: str | None = None) -> TrackingUnavailableError:
-    why = f"{required_by} needs it" if required_by else f"tracking.on_unavailable={policy}"
-    return TrackingUnavailableError(f"MLflow tracking store {strip_userinfo(uri)} is unavailable: {reason} ({why})")
-
-
-@contextlib.contextmanager
-def store_errors(uri: str, policy: str = "fail", required_by: str | None = None) -> Iterator[None]:
-    """Turn a failure of the tracking store (locked SQLite file, server gone, ...) inside the body
-    into a one-line :class:`TrackingUnavailableError` naming the store."""
-    try:
-        yield
-    except TrackingUnavailableError:
-        raise
-    except Exception as err:  # noqa: BLE001 - which exception a store raises depends on the store
-        if not _is_store_failure(err):
-            raise
-        raise unavailable_error(uri, _reason(err), policy, required_by) from err
-
-
-def _is_store_failure(err: BaseException) -> bool:
-    """Errors of the store itself (database locked or unreachable, connection refused), as opposed
-    to a request the store refused on its merits (an unknown model name, a bad value)."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        module = type(err).__module__
-        if module.startswith(("sqlalchemy", "sqlite3", "requests", "urllib3")) or isinstance(err, (sqlite3.Error,
-                                                                                                   ConnectionError)):
-            return True
-        text = str(err)
-        if any(marker in text for marker in ("database is locked", "OperationalError", "unable to open database",
-                                              "Max retries exceeded", "Connection refused")):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
 
 
 def tracking_uri(params: TrackingParams) -> str:
@@ -179,6 +102,8 @@ class NullRun:
     """Stands in for a run when tracking is disabled or skipped: every call is a no-op."""
 
     run_id: str | None = None
+    stopped_at_step: int | None = None  # never started: nothing stopped
+    stopped_reason: str | None = None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         pass
@@ -211,6 +136,9 @@ class Run:
     client: Any
     tolerant: bool = False
     broken: bool = False
+    last_step: int = 0  # of the latest log_metrics call
+    stopped_at_step: int | None = None  # the first step whose metrics did not reach the store
+    stopped_reason: str | None = None
 
     def _call(self, what: str, fn, *args, **kwargs) -> None:
         if self.broken:
@@ -221,14 +149,17 @@ class Run:
             if not self.tolerant:
                 raise
             self.broken = True
-            log.warning("MLflow %s failed (%s: %s): tracking was skipped for the rest of run %s "
-                        "(tracking.on_unavailable=skip)", what, type(err).__name__, redact(str(err))[:200], self.run_id)
+            # the run stays RUNNING in the store: the training metrics say so, and the next start closes it
+            self.stopped_at_step, self.stopped_reason = self.last_step, f"MLflow {what} failed ({failure_reason(err)})"
+            log.warning("MLflow %s failed (%s): tracking was skipped for the rest of run %s from step %d "
+                        "(tracking.on_unavailable=skip)", what, failure_reason(err), self.run_id, self.last_step)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         # why: mlflow takes seconds to import; cctune imports this module at start-up
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        self.last_step = max(self.last_step, step or 0)
         clean = [Metric(_metric_key(k), float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         if clean:
             self._call("log_metrics", self.client.log_batch, self.run_id, metrics=clean)
@@ -311,9 +242,9 @@ class Tracker:
         if not _server_up(self.uri):
             self._unavailable("the server is unreachable (no answer on /health)")
             return None
-        busy = sqlite_busy(self.uri)
-        if busy:
-            self._unavailable(busy)
+        blocked = sqlite_read_only(self.uri) or sqlite_busy(self.uri)
+        if blocked:
+            self._unavailable(blocked)
             return None
         if self.params.on_unavailable == "skip" and urlparse(self.uri).scheme in ("http", "https"):
             # MLflow retries a failed request for minutes by default; a run that goes on untracked
@@ -328,7 +259,7 @@ class Tracker:
         try:
             return mlflow.MlflowClient(self.uri)
         except Exception as err:  # noqa: BLE001 - any failure to open the store, by policy
-            self._unavailable(_reason(err))
+            self._unavailable(failure_reason(err))
             return None
 
     @staticmethod
@@ -340,7 +271,7 @@ class Tracker:
         try:
             return client.get_run(run_id)
         except MlflowException as err:
-            if _is_store_failure(err):
+            if is_store_failure(err):
                 raise
             return None
 
@@ -357,7 +288,7 @@ class Tracker:
                                       f"tags.checkpoint_sha256 = '{checkpoint}' and tags.stage = 'train'",
                                       order_by=["attributes.start_time DESC"], max_results=1)
         except Exception as err:  # noqa: BLE001 - an unusable store, by policy (tracking.on_unavailable)
-            self._unavailable(_reason(err))
+            self._unavailable(failure_reason(err))
             return None
         return runs[0].info.run_id if runs else None
 
@@ -385,6 +316,18 @@ class Tracker:
                 log.info("MLflow run %s of the abandoned checkpoints marked KILLED", run_id)
             except Exception as err:  # noqa: BLE001 - tracking must not stop the work (on_unavailable=skip)
                 log.warning("could not mark MLflow run %s KILLED: %s", run_id, err)
+
+    def close_orphaned(self, run_id: str | None, reason: str) -> bool:
+        """Close as FAILED, with ``reason`` in its ``failure_reason`` tag, a run its process could no longer
+        close (the store went away mid-run); a run that is not RUNNING is left alone. True if closed."""
+        client = self.client() if run_id else None
+        found = self.find_run(client, run_id) if client is not None else None
+        if found is None or found.info.status != "RUNNING":
+            return False
+        client.set_tag(run_id, "failure_reason", redact(reason)[:5000])
+        client.set_terminated(run_id, status="FAILED")
+        log.warning("MLflow run %s was left RUNNING when %s: closed as FAILED", run_id, reason)
+        return True
 
     def find_or_create_run(self, name: str, tags: dict[str, str]) -> str | None:
         """The id of the newest run carrying all of ``tags`` in the experiment, or of a new (finished) run
@@ -421,7 +364,7 @@ class Tracker:
         except TrackingUnavailableError:
             raise
         except Exception as err:  # noqa: BLE001 - the store failed before the run began: policy decides
-            self._unavailable(_reason(err))
+            self._unavailable(failure_reason(err))
             yield NullRun()
             return
         run = Run(run_id, client, tolerant=self.params.on_unavailable == "skip")
@@ -457,3 +400,26 @@ def read_run_id(directory: str | Path) -> str | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text()).get("run_id")
+
+
+def close_orphaned_training_runs(tracker: Tracker, metrics_dir: str | Path) -> list[str]:
+    """The training runs whose tracking stopped mid-way (``tracking_stopped_at_step`` in
+    ``metrics/train_<method>.json``; the store went away, so the run was never closed) closed as FAILED
+    with the reason, once the store is back: at the next training start or ``register``. Best effort: a
+    store still away leaves them for next time. Returns the ids closed."""
+    closed = []
+    for path in sorted(Path(metrics_dir).glob("train_*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("tracking_stopped_at_step") is None or not record.get("run_id"):
+            continue
+        reason = (f"tracking stopped at step {record['tracking_stopped_at_step']} of {record.get('steps')} "
+                  f"({record.get('tracking_stopped_reason')}); training went on untracked ({path})")
+        try:
+            if tracker.close_orphaned(record["run_id"], reason):
+                closed.append(record["run_id"])
+        except Exception as err:  # noqa: BLE001 - a store still unusable: try again next time
+            log.warning("could not close MLflow run %s yet: %s", record["run_id"], failure_reason(err))
+    return closed

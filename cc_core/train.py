@@ -37,9 +37,10 @@ from cc_core.modeling.architectures import ArchPaths
 from cc_core.modeling.cc_model import CCTuningModel
 from cc_core.modeling.loading import check_tokenizer_matches, load_model_dir
 from cc_core.prompts import anchor_rule, pad_token_id
-from cc_core.tracking import NullRun, Tracker, git_commit, read_run_id, tracking_uri, write_run_file
-from cc_core.training.checkpoints import (FINGERPRINT, CheckpointWriteError, disk_errors, make_fingerprint,
-                                          resume_point, step_of)
+from cc_core.tracking import (NullRun, Tracker, close_orphaned_training_runs, git_commit, read_run_id,
+                              tracking_uri, write_run_file)
+from cc_core.training.checkpoints import (BASE_WEIGHTS, FINGERPRINT, CheckpointWriteError, base_weights,
+                                          disk_errors, make_fingerprint, resume_point, step_of)
 from cc_core.training.data import EncodeStats, FeatureDataset, encode_records, make_collator
 from cc_core.training.distributed import barrier, init_distributed_for_deepspeed, rank, resolve_deepspeed, \
     totals_over_ranks
@@ -67,6 +68,8 @@ class TrainResult:
     tokens_total: int = 0  # trained over the whole training, resumed parts included
     resumed_from_step: int | None = None
     total_flos: float = 0.0  # the Trainer's count (CCTrainer.floating_point_ops), resumed parts included
+    tracking_stopped_at_step: int | None = None  # the store went away: the run holds the steps before it only
+    tracking_stopped_reason: str | None = None
 
 
 @dataclass
@@ -96,6 +99,8 @@ def train(params: Params, method: str, base_dir: str | Path = "models/base", dat
     out = Path(out_dir or f"models/{method}")
     setup = _setup(params, method, Path(base_dir), Path(data_dir) / "train.jsonl", out, resume,
                    Path(checkpoint_dir) if checkpoint_dir else out.parent / f".{out.name}-checkpoints")
+    if rank() == 0:  # a run whose store went away in an earlier training is closed FAILED, with the reason
+        close_orphaned_training_runs(setup.tracker, Path(metrics_dir))
     with _tracked_run(params, setup) as run:
         trainer, output = _run_trainer(params, setup, run)
         result = _save(params, setup, trainer, output, run, Path(metrics_dir))
@@ -140,7 +145,8 @@ def _setup(params: Params, method: str, base_dir: Path, data_file: Path, out: Pa
     if not records:
         raise InputError(f"{data_file}: empty training set")
 
-    fingerprint = make_fingerprint(params, method, data_file, base_dir)
+    weights = base_weights(base_dir, work_dir)  # hashed only where no record vouches for a file (size, mtime)
+    fingerprint = make_fingerprint(params, method, data_file, base_dir, weights)
     resume_from = resume_point(work_dir, fingerprint) if resume else None
     tracker = Tracker(params.tracking)
     if is_main:
@@ -174,6 +180,7 @@ def _setup(params: Params, method: str, base_dir: Path, data_file: Path, out: Pa
     if is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         write_json(work_dir / FINGERPRINT, fingerprint)
+        write_json(work_dir / BASE_WEIGHTS, weights)  # the next start trusts these while size and mtime hold
     return _Setup(method, out, work_dir, model, tokenizer, features, stats, args, fingerprint, resume_from, tracker)
 
 
@@ -194,8 +201,13 @@ def _encode(params: Params, method: str, records, tokenizer, data_file: Path):
         log.warning("%d examples (%d English prompts) lost their anchor to train.truncation=%s: the authors' -1, "
                     "their batch's last column", stats.anchor_lost, stats.english_anchor_lost, tp.truncation)
     if not features:
-        raise InputError(f"{data_file}: all {stats.records} examples were truncated away by "
-                         f"train.cutoff_len={tp.cutoff_len}; raise it")
+        # name the key(s) that dropped them: a row budget below every example is not a cutoff problem
+        causes = [f"train.pack_max_tokens={budget} dropped {stats.dropped_over_budget} (longer than a packed row)"
+                  ] if stats.dropped_over_budget else []
+        if stats.dropped_truncated:
+            causes.append(f"train.cutoff_len={tp.cutoff_len} dropped {stats.dropped_truncated} (no response token left)")
+        keys = " and ".join(c.split("=", 1)[0] for c in causes)
+        raise InputError(f"{data_file}: no example left to train on: {'; '.join(causes)}; raise {keys}")
     return features, stats
 
 
@@ -215,7 +227,8 @@ def _run_trainer(params: Params, setup: _Setup, run):
     callback.attach(trainer)
     if setup.resume_from:
         trainer.restore_counters(setup.resume_from)
-    with disk_errors(lambda: trainer.saving_to or setup.work_dir):
+    # trainer.saving_to: the checkpoint being written, if any; a full disk removes that incomplete folder
+    with disk_errors(lambda: trainer.saving_to or setup.work_dir, partial=lambda: trainer.saving_to):
         output = trainer.train(resume_from_checkpoint=str(setup.resume_from) if setup.resume_from else None)
     return trainer, output
 
@@ -229,7 +242,7 @@ def _save(params: Params, setup: _Setup, trainer, output, run, metrics_dir: Path
     if is_main and partial.exists():
         shutil.rmtree(partial)
     barrier()
-    with disk_errors(lambda: partial):
+    with disk_errors(lambda: partial, partial=lambda: partial):
         trainer.save_model(str(partial))  # every rank: ZeRO-3 gathers the full weights collectively
     barrier()
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -252,8 +265,14 @@ def _save(params: Params, setup: _Setup, trainer, output, run, metrics_dir: Path
         result.checkpoint_sha256 = dir_sha256(partial, "*.safetensors")
         replace_path(partial, out)
         shutil.rmtree(setup.work_dir, ignore_errors=True)  # finished: a rerun must not resume from these
-        write_train_metrics(result, history, metrics_dir, method)
         _log_result(params, result, run, out)
+        # after the last MLflow call: the metrics say whether the run holds every step
+        result.tracking_stopped_at_step, result.tracking_stopped_reason = run.stopped_at_step, run.stopped_reason
+        if run.stopped_at_step is not None:
+            log.warning("tracking stopped at step %d of %d (%s): MLflow run %s holds the steps before it only; it is "
+                        "closed as FAILED at the next start or register", run.stopped_at_step, result.steps,
+                        run.stopped_reason, run.run_id)
+        write_train_metrics(result, history, metrics_dir, method)
     return result
 
 
@@ -279,6 +298,10 @@ def write_train_metrics(result: TrainResult, history: list[dict], metrics_dir: P
                "tokens_this_run": result.tokens_this_run, "tokens_total": result.tokens_total,
                "total_flos": result.total_flos,
                "resumed_from_step": result.resumed_from_step, "checkpoint_sha256": result.checkpoint_sha256,
+               # MLflow's record of this training: which run, and whether it is complete (a store that went
+               # away mid-run leaves it RUNNING with the steps before tracking_stopped_at_step only)
+               "run_id": result.run_id, "tracking_stopped_at_step": result.tracking_stopped_at_step,
+               "tracking_stopped_reason": result.tracking_stopped_reason,
                "examples": result.encode.get("kept", 0), "dropped_truncated": result.encode.get("dropped_truncated", 0),
                "layer_choice_counts": result.layer_choice_counts}
     write_json(metrics_dir / f"train_{method}.json", metrics)

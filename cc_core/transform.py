@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from cc_core.config import FitParams
-from cc_core.io import InputError, atomic_dir, read_json, write_json
+from cc_core.io import InputError, atomic_dir, read_json, read_safetensors, write_json
 from cc_core.lineage import checkpoint_sha256
 from cc_core.modeling.transform_matrix import TRANSFORM_FILE, TransformMatrix, TransformShapeError, load_transform
 from cc_core.tracking import Tracker
@@ -82,12 +81,10 @@ def iter_shards(activations_dir: str | Path, index: dict) -> Iterator[Shard]:
         path = activations_dir / entry["file"]
         if not path.is_file():
             raise InputError(f"{path}: shard listed in index.json is missing")
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            keys = set(handle.keys())
-            if not {"nonen", "en"} <= keys:
-                raise InputError(f"{path}: a shard needs tensors 'nonen' and 'en', found {sorted(keys)}")
-            nonen, english = handle.get_tensor("nonen"), handle.get_tensor("en")
+        tensors, meta = read_safetensors(path, "cctune collect (dvc repro collect)")
+        if not {"nonen", "en"} <= set(tensors):
+            raise InputError(f"{path}: a shard needs tensors 'nonen' and 'en', found {sorted(tensors)}")
+        nonen, english = tensors["nonen"], tensors["en"]
         if meta.get("model_sha256") != index.get("model_sha256"):
             raise InputError(f"{path}: shard comes from a different model than index.json (hash mismatch)")
         ids, langs = entry.get("ids", []), entry.get("langs", [])
@@ -342,8 +339,8 @@ def fit(params: FitParams, activations_dir: str | Path = "activations", out_dir:
     transform, report = fit_transform(params, activations_dir)
     summary = report["summary"]
     with atomic_dir(out_dir) as tmp:
-        transform.save(tmp / TRANSFORM_FILE)
-        write_json(tmp / "transform.json", transform.meta)
+        # writes transform.json too, with the file's own hash: eval and register refuse a matrix that is not it
+        summary["transform_sha256"] = transform.save(tmp / TRANSFORM_FILE)
     write_json(Path(metrics_dir) / "transform.json", summary)
     write_json(Path(metrics_dir) / "transform_per_layer.json", report["per_layer"])
     held = summary["heldout"] if summary["pairs_heldout"] else summary["fit"]

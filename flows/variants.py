@@ -24,7 +24,7 @@ import yaml
 from cc_core.config import load_params
 from cc_core.redact import redact
 from flows import dvc_sync
-from flows.stage_graph import RECORDED_PARAMS
+from flows.stage_graph import RECORDED_PARAMS, load_stages
 
 @contextlib.contextmanager
 def exclusive(workspace: Path) -> Iterator[None]:
@@ -97,7 +97,7 @@ def variant_workspace(project: Path, params_file: str, overrides: list[str], nam
         yield root
         env = {"GIT_AUTHOR_NAME": "cc-tuning", "GIT_AUTHOR_EMAIL": "cc-tuning@localhost",
                "GIT_COMMITTER_NAME": "cc-tuning", "GIT_COMMITTER_EMAIL": "cc-tuning@localhost"}
-        saved = dvc_sync.run_dvc(root, "exp", "save", "--force", "-n", name, env=env)
+        saved = dvc_sync.run_dvc(root, "exp", "save", "--force", "-n", name, *_stages_with_outputs(root), env=env)
         if saved.returncode:
             raise dvc_sync.DvcError(f"dvc exp save -n {name} failed: {dvc_sync.error_text(saved)}")
     finally:
@@ -106,3 +106,10 @@ def variant_workspace(project: Path, params_file: str, overrides: list[str], nam
         subprocess.run(["git", "worktree", "prune"], cwd=project, capture_output=True)
 
 
+def _stages_with_outputs(root: Path) -> list[str]:
+    """The stages ``dvc exp save`` records: all of them (no target) when every output exists, else
+    those whose outputs do (a run of some stages, whose predecessors are neither cached nor run,
+    is still saved: DVC's commit of every stage stops at the first missing output)."""
+    stages = load_stages(root)
+    complete = [stage.name for stage in stages if all((root / out).exists() for out in stage.outs)]
+    return [] if len(complete) == len(stages) else complete

@@ -88,3 +88,31 @@ def shared_benchmarks() -> Path:
     if not SHARED_BENCHMARKS.is_dir():
         pytest.skip(f"real benchmark samples not found at {SHARED_BENCHMARKS} (../shared/benchmarks)")
     return SHARED_BENCHMARKS
+
+
+@pytest.fixture
+def read_only():
+    """``read_only(path)``: make a file really read-only for this test (mode 0444; as root, who ignores
+    modes, also the immutable flag via ``chattr +i``), restored afterwards. Skips where neither holds."""
+    import shutil
+    import stat
+    import subprocess
+
+    made: list[Path] = []
+
+    def make(path: Path) -> Path:
+        path = Path(path)
+        path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        made.append(path)
+        if os.geteuid() == 0:
+            if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)],
+                                                             capture_output=True).returncode != 0:
+                pytest.skip("running as root without chattr +i: no way to make a file read-only here")
+        assert not os.access(path, os.W_OK), f"{path} is still writable"
+        return path
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(0o644)

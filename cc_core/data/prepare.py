@@ -4,6 +4,14 @@
 
 ``pairs.jsonl`` is a seeded held-out set of parallel pairs for the Transform Matrix,
 disjoint from ``train.jsonl`` and spread evenly over languages.
+
+Content, not ids, decides what a record is (``records.normalise_text``: NFKC, no zero-width or other
+format characters, whitespace collapsed, case folded): records whose instruction and answer normalise
+alike are one example (the first in source order is kept; ``stats.json`` counts the rest as
+``duplicates_dropped``), and a held-out pair never shares its normalised instruction with a training
+record (``data.pairs_from: heldout``). A field that is empty once normalised (a lone U+200B) is a bad
+record: an error naming file:line under ``data.on_bad_record: error``, dropped and counted
+(``empty_after_normalisation``) under ``skip``.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cc_core.config import DataParams
-from cc_core.data.records import Record, load_source
+from cc_core.data.records import Record, content_key, load_source, normalise_text
 from cc_core.io import InputError, atomic_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -30,12 +38,32 @@ class PrepareResult:
     languages: dict[str, int]
 
 
+def dedupe(records: list[Record]) -> tuple[list[Record], list[str]]:
+    """(records without content duplicates, "id duplicates id" for each one dropped); the first
+    occurrence in source order is kept."""
+    first: dict[tuple[str, str], str] = {}
+    kept, dropped = [], []
+    for record in records:
+        key = content_key(record)
+        if key in first:
+            dropped.append(f"{record.id} duplicates {first[key]}")
+            continue
+        first[key] = record.id
+        kept.append(record)
+    return kept, dropped
+
+
 def split_records(records: list[Record], num_pairs: int, seed: int) -> tuple[list[Record], list[Record]]:
-    """Seeded split into (train, pairs); pairs are drawn round-robin over languages."""
+    """Seeded split into (train, pairs); pairs are drawn round-robin over languages, only among records
+    whose normalised instruction no other record has (a pair's activations are its instruction's: a
+    training record with the same instruction would make the pair a training example)."""
     rng = random.Random(seed)
+    seen = Counter(normalise_text(r.instruction) for r in records)
+    shared = [r for r in records if seen[normalise_text(r.instruction)] > 1]
     by_lang: dict[str, list[Record]] = defaultdict(list)
     for record in sorted(records, key=lambda r: r.id):
-        by_lang[record.lang].append(record)
+        if seen[normalise_text(record.instruction)] == 1:
+            by_lang[record.lang].append(record)
     for bucket in by_lang.values():
         rng.shuffle(bucket)
     pairs: list[Record] = []
@@ -46,8 +74,11 @@ def split_records(records: list[Record], num_pairs: int, seed: int) -> tuple[lis
         if bucket:
             pairs.append(bucket.pop())
         cursor += 1
-    train = [record for lang in langs for record in by_lang[lang]]
+    train = [record for lang in langs for record in by_lang[lang]] + sorted(shared, key=lambda r: r.id)
     rng.shuffle(train)
+    if len(pairs) < num_pairs and shared:
+        log.warning("only %d of data.num_pairs=%d held-out pairs: %d records share their instruction with "
+                    "another record and stay in training", len(pairs), num_pairs, len(shared))
     return train, pairs
 
 
@@ -72,15 +103,19 @@ def prepare(params: DataParams, out_dir: str | Path = "data/prepared") -> Prepar
                     report.skipped, "; ".join(report.problems[:3]))
     if not report.records:
         raise InputError(f"{params.source}: no usable records (languages filter: {params.languages or 'all'})")
+    records, duplicates = dedupe(report.records)
+    if duplicates:
+        log.warning("dropped %d records whose instruction and answer repeat an earlier record's (first: %s)",
+                    len(duplicates), "; ".join(duplicates[:3]))
     if params.pairs_from == "train":
-        train, pairs = sample_pairs_from_train(report.records, params.num_pairs, params.seed)
+        train, pairs = sample_pairs_from_train(records, params.num_pairs, params.seed)
     else:
-        train, pairs = split_records(report.records, params.num_pairs, params.seed)
+        train, pairs = split_records(records, params.num_pairs, params.seed)
     if params.max_train_records:
         train = train[: params.max_train_records]
     if not train:
         raise InputError(
-            f"{params.source}: all {len(report.records)} records went to pairs.jsonl; "
+            f"{params.source}: all {len(records)} records went to pairs.jsonl; "
             f"lower data.num_pairs (now {params.num_pairs})"
         )
     langs = Counter(r.lang for r in train)
@@ -89,7 +124,10 @@ def prepare(params: DataParams, out_dir: str | Path = "data/prepared") -> Prepar
         "train": len(train),
         "pairs": len(pairs),
         "skipped_bad_records": report.skipped,
+        "empty_after_normalisation": report.empty_after_normalisation,
         "skip_reasons": report.problems,
+        "duplicates_dropped": len(duplicates),
+        "duplicates": duplicates[:20],
         "train_per_language": dict(sorted(langs.items())),
         "pairs_per_language": dict(sorted(Counter(r.lang for r in pairs).items())),
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +54,26 @@ class LoadReport:
     records: list[Record] = field(default_factory=list)
     skipped: int = 0
     problems: list[str] = field(default_factory=list)  # first few skip reasons, for the log
+    empty_after_normalisation: int = 0  # of ``skipped``: a field of only whitespace / invisible characters
+
+
+class EmptyFieldError(InputError):
+    """A record field holds nothing once normalised (whitespace, a zero-width space, a BOM...)."""
+
+
+def normalise_text(text: str) -> str:
+    """The content of ``text`` for comparison: NFKC, without format characters (zero-width spaces and
+    joiners, BOM, soft hyphen, direction marks: Unicode category Cf), whitespace collapsed, case folded.
+    Two records whose instruction and answer normalise alike are duplicates; a field that normalises
+    to "" is empty."""
+    folded = unicodedata.normalize("NFKC", text)
+    visible = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    return " ".join(visible.split()).casefold()
+
+
+def content_key(record: Record) -> tuple[str, str]:
+    """What makes two records the same training example, whatever their ids (``prepare`` dedupes on it)."""
+    return normalise_text(record.instruction), normalise_text(record.output)
 
 
 def validate_record(raw: Any, where: str) -> Record:
@@ -68,7 +89,10 @@ def validate_record(raw: Any, where: str) -> Record:
         if not isinstance(value, str):
             raise InputError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
         if not value.strip():
-            raise InputError(f"{where}: field {key!r} is empty")
+            raise EmptyFieldError(f"{where}: field {key!r} is empty")
+        if not normalise_text(value):  # str.strip() keeps U+200B and friends: "\u200b" is not an answer
+            raise EmptyFieldError(f"{where}: field {key!r} is empty once normalised (only invisible characters: "
+                                  f"{', '.join(sorted({f'U+{ord(ch):04X}' for ch in value if not ch.isspace()}))})")
     lang = raw["lang"].strip().lower()
     if lang not in LANGUAGES and lang != UNDETERMINED:
         raise InputError(f"{where}: unknown language code {raw['lang']!r}; valid: {' '.join(NON_ENGLISH)}")
@@ -90,6 +114,7 @@ def collect_records(items: Iterable[tuple[str, Any]], on_bad_record: str = "erro
             if on_bad_record == "error":
                 raise
             report.skipped += 1
+            report.empty_after_normalisation += isinstance(err, EmptyFieldError)
             if len(report.problems) < 20:
                 report.problems.append(str(err))
             continue

@@ -6,7 +6,7 @@ with the package. A doc holds the prompt exactly as ``cctune eval`` sees it (the
 lm-eval with ``--apply_chat_template``) and, for XNLI / XStoryCloze / MMMLU, the options as
 ``cctune eval --choice-scoring loglik`` scores them (``"(2) <option text>"`` after the prompt), so
 acc / acc_norm equal its ``score`` / ``acc_norm``. XQuAD / MKQA / XLSum generate and are scored by
-``cc_core.evaluate.score_item`` under ``eval.protocol`` (or ``--metadata '{"protocol": ...}'``).
+``cc_core.evaluate.score_output`` under ``eval.protocol`` (or ``--metadata '{"protocol": ...}'``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import torch
 
 from cc_core.hub import require_hub
 from cc_core.io import atomic_dir, dir_sha256, file_sha256
+from cc_core.lineage import write_weights_manifest
 from cc_core.modeling.loading import ModelSourceError
 from cc_core.prompts import set_chat_template
 
@@ -210,6 +211,7 @@ def build_base_model(params: ModelSource, out_dir: str | Path = "models/base") -
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "cc_base.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        write_weights_manifest(tmp)  # once: a resume then compares the weights by content without re-reading them
     config = model.config
     result = BaseModelResult(
         Path(out_dir), config.model_type, config.num_hidden_layers, config.hidden_size,

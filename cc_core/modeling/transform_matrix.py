@@ -6,7 +6,10 @@
 
 One d×d matrix shared by all layers (the method), or one per layer ``[L, d, d]``; an optional bias;
 optional per-language matrices (a language without one falls back to the shared matrix). Stored as
-safetensors (float32) with the fit's options and the checkpoint hash in its metadata.
+safetensors (float32) with the fit's options and the checkpoint hash in its metadata. ``save`` also
+writes its record beside it (``transform.json`` for ``transform.safetensors``): the same metadata plus
+the sha256 of the file written (``transform_sha256``), which ``check_fit_record`` compares before
+``eval`` or ``register`` use a matrix, so one whose values changed after the fit is refused.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cc_core.io import InputError
+from cc_core.io import InputError, file_sha256, read_json, read_safetensors, write_json
+from cc_core.lineage import LineageError, short
 
 TRANSFORM_FILE = "transform.safetensors"
+REFIT = "cctune fit (dvc repro fit)"
 
 
 class TransformShapeError(ValueError):
@@ -71,7 +75,9 @@ class TransformMatrix:
             rows.append(y)
         return torch.cat(rows) if len(rows) > 1 else rows[0]
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path) -> str:
+        """Write the matrix and its record (``fit_record_path``); returns the file's sha256."""
+        path = Path(path)
         tensors = {"matrix": self.matrix.float().contiguous()}
         if self.bias is not None:
             tensors["bias"] = self.bias.float().contiguous()
@@ -80,6 +86,14 @@ class TransformMatrix:
             if bias is not None:
                 tensors[f"bias.{lang}"] = bias.float().contiguous()
         save_file(tensors, str(path), metadata={"cc_transform": json.dumps(self.meta)})
+        digest = file_sha256(path)
+        write_json(fit_record_path(path), {**self.meta, "transform_sha256": digest})
+        return digest
+
+
+def fit_record_path(path: str | Path) -> Path:
+    """The record written beside a matrix file: ``transform.safetensors`` → ``transform.json``."""
+    return Path(path).with_suffix(".json")
 
 
 def load_transform(path: str | Path, hidden_size: int | None = None, num_layers: int | None = None) -> TransformMatrix:
@@ -89,9 +103,8 @@ def load_transform(path: str | Path, hidden_size: int | None = None, num_layers:
         path = path / TRANSFORM_FILE
     if not path.is_file():
         raise InputError(f"{path}: no Transform Matrix here (run `cctune fit` first)")
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        meta = json.loads((handle.metadata() or {}).get("cc_transform", "{}"))
+    tensors, metadata = read_safetensors(path, REFIT)
+    meta = json.loads(metadata.get("cc_transform", "{}"))
     if "matrix" not in tensors:
         raise InputError(f"{path}: not a Transform Matrix file (no 'matrix' tensor)")
     matrix = tensors["matrix"]
@@ -100,3 +113,24 @@ def load_transform(path: str | Path, hidden_size: int | None = None, num_layers:
     transform = TransformMatrix(matrix, tensors.get("bias"), per_language, meta)
     transform.check_model(path, hidden_size, num_layers)
     return transform
+
+
+def check_fit_record(path: str | Path) -> str:
+    """The sha256 of the Transform Matrix file ``path``, once shown to be the file ``cctune fit`` wrote (the
+    ``transform_sha256`` of ``transform.json`` beside it). A matrix whose values changed after the fit
+    (its header intact) would otherwise be used, and its new hash recorded, as if fitted."""
+    path = Path(path)
+    path = path / TRANSFORM_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise InputError(f"{path}: no Transform Matrix here (run `cctune fit` first)")
+    record = fit_record_path(path)
+    data = read_json(record) if record.is_file() else {}
+    recorded = data.get("transform_sha256") if isinstance(data, dict) else None
+    if not recorded:
+        raise LineageError(f"{path}: {record} records no sha256 of the matrix `cctune fit` wrote (written by an "
+                           f"older version, or not by fit), so it cannot be checked; re-run: {REFIT}")
+    actual = file_sha256(path)
+    if actual != recorded:
+        raise LineageError(f"{path}: sha256 is {actual} but `cctune fit` wrote {recorded} ({record}): the matrix "
+                           f"changed after it was fitted ({short(actual)} vs {short(recorded)}); re-run: {REFIT}")
+    return actual

@@ -4,10 +4,12 @@ when a checkpoint counts, which ones are kept, and what a failed write reports.
     fingerprint = make_fingerprint(params, "cc", data_file, base_dir)
     resume_from = resume_point(work_dir, fingerprint)       # newest complete match, or None
     rotate_checkpoints(work_dir, keep=2)
-    with disk_errors(lambda: work_dir): ...                 # a full disk → CheckpointWriteError
+    with disk_errors(lambda: work_dir, partial=lambda: folder): ...   # a full disk → CheckpointWriteError
 
 - Fingerprint (``cc_fingerprint.json``): train params, arch map, data hash, the base model's small
-  files by content and its weight files by name and size. ``--resume`` continues only from a match.
+  files and its weight files by content (the weights through the manifest ``cctune base-model`` wrote,
+  or the hashes the previous start saved in ``cc_base_weights.json``; a file whose size or mtime matches
+  neither is hashed again: ``lineage.weight_records``). ``--resume`` continues only from a match.
 - Completion marker (``cc_checkpoint_complete.json``): written into ``checkpoint-N/`` after every
   rank saved everything; a checkpoint without it was cut short and is skipped (and removed) on resume.
 - Rotation: the newest ``train.save_total_limit`` complete checkpoints are kept; the only complete
@@ -28,6 +30,7 @@ from typing import Any
 
 from cc_core.config import Params
 from cc_core.io import file_sha256, read_json, write_json
+from cc_core.lineage import WEIGHTS_MANIFEST, weight_records
 
 log = logging.getLogger(__name__)
 FINGERPRINT = "cc_fingerprint.json"
@@ -35,23 +38,43 @@ COUNTERS = "cc_counters-rank{rank}.json"  # per-rank token / layer-choice counte
 # Written into checkpoint-N/ after every rank has saved everything: a checkpoint without it was cut
 # short (a kill or a full disk during the save) and is never resumed from.
 COMPLETE = "cc_checkpoint_complete.json"
-_DISK_FULL_SIGNS = ("No space left", "inline_container", "file write failed", "Disk quota exceeded")
+# The base weights' sha256 with the size and mtime they were hashed at: a resume after `dvc checkout` copied
+# the base model (new mtimes, so the base model's own manifest no longer vouches) hashes it once, not each start.
+BASE_WEIGHTS = "cc_base_weights.json"
+_DISK_FULL_SIGNS = ("No space left", "inline_container", "file write failed", "Disk quota exceeded", "os error 28",
+                    "os error 122")
 
 
 class CheckpointWriteError(OSError):
     """Saving a checkpoint or the final model failed (typically a full disk); names the path."""
 
 
-def make_fingerprint(params: Params, method: str, data_file: Path, base_dir: Path) -> dict[str, Any]:
+def base_weights(base_dir: Path, work_dir: Path | None = None) -> dict[str, dict]:
+    """The base weights' records (``lineage.weight_records``): hashes from the base model's manifest, or from
+    ``work_dir/cc_base_weights.json`` (saved by the previous start), for files whose size and mtime match."""
+    saved = work_dir / BASE_WEIGHTS if work_dir is not None else None
+    try:
+        known = read_json(saved) if saved is not None and saved.is_file() else {}
+    except ValueError:  # an unreadable record proves nothing: hash
+        known = {}
+    return weight_records(base_dir, known if isinstance(known, dict) else {})
+
+
+def make_fingerprint(params: Params, method: str, data_file: Path, base_dir: Path,
+                     weights: dict[str, dict] | None = None) -> dict[str, Any]:
     """What a resumable checkpoint must match: params that shape training, the data, the base model
-    (its small files by content, its weight files by name and size: hashing many GB on every
-    start would cost more than the resume saves)."""
+    (its small files and its weights by content: ``weights``, default ``base_weights(base_dir)``, takes each
+    hash from the manifest written by ``cctune base-model`` while the file's size and mtime are unchanged,
+    so no start re-reads many GB, yet same-size edited weights are seen). The manifest itself is not
+    compared: it records mtimes, which a copy or ``dvc checkout`` changes without changing the weights."""
     small = {p.name: file_sha256(p) for p in sorted(base_dir.iterdir())
-             if p.is_file() and p.suffix != ".safetensors" and p.stat().st_size < 64 << 20}
-    weights = {p.name: p.stat().st_size for p in sorted(base_dir.glob("*.safetensors"))}
+             if p.is_file() and p.suffix != ".safetensors" and p.name != WEIGHTS_MANIFEST
+             and p.stat().st_size < 64 << 20}
+    weights = base_weights(base_dir) if weights is None else weights
     return {"method": method, "train_params": params.section_hash("train"), "arch_map": str(params.model.arch_map),
             "anchor": params.model.anchor,
-            "data_sha256": file_sha256(data_file), "base_files_sha256": small, "base_weight_sizes": weights}
+            "data_sha256": file_sha256(data_file), "base_files_sha256": small,
+            "base_weights_sha256": {name: entry["sha256"] for name, entry in weights.items()}}
 
 
 def step_of(checkpoint: Path | None) -> int | None:
@@ -130,15 +153,40 @@ def read_counters(checkpoint: Path, rank: int) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-@contextlib.contextmanager
-def disk_errors(where):
-    """A failed write (full disk: ENOSPC, or torch's ``[enforce fail at inline_container.cc]``) becomes one
-    line naming the folder being written (``where()``); the incomplete checkpoint is skipped by the next resume."""
-    try:
-        yield
-    except (OSError, RuntimeError) as err:
+def is_disk_full(err: BaseException) -> bool:
+    """A write that failed for want of space, whichever library raised it: ENOSPC/EDQUOT, torch's
+    ``[enforce fail at inline_container.cc]``, or the tokenizers library's plain ``Exception: No space left
+    on device (os error 28)`` (Rust's io::Error, no errno attribute); causes and contexts are followed."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
         text = str(err)
         if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(s in text for s in _DISK_FULL_SIGNS):
-            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-            raise CheckpointWriteError(f"{where()}: writing failed (disk full?): {first[:200]}") from None
-        raise
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def remove_partial(folder: Path | None) -> bool:
+    """Remove a folder whose write was cut short (a checkpoint without its completion marker, or the final
+    model's ``.partial`` directory): it holds no usable state, and on a full disk its space is needed."""
+    if folder is None or not folder.is_dir() or (folder / COMPLETE).is_file():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
+
+
+@contextlib.contextmanager
+def disk_errors(where, partial=None):
+    """A failed write (full disk) becomes one line naming the folder being written (``where()``), whatever
+    library raised it; the incomplete folder (``partial()``, e.g. the checkpoint being saved) is removed."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, tokenizers a plain Exception
+        if not is_disk_full(err):
+            raise
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        removed = remove_partial(partial() if partial else None)
+        raise CheckpointWriteError(f"{where()}: writing failed (disk full?): {first[:200]}"
+                                   + ("; the incomplete folder was removed" if removed else "")) from None

@@ -4,7 +4,8 @@ PostgreSQL, the auth string, CSRF protection), the `local-tiny` deployment from 
 cheap: only the `prepare` stage), a process worker. The UI asks for the auth string first; the
 deployment's Parameters tab lists the flow's parameters one by one with their descriptions; Run →
 Custom run with one parameter changed in the form starts a run (one click on Submit), which completes
-with the changed value (checked through the API).
+with the changed value (checked through the API): another params file, so a DVC experiment named after
+the flow run, the workspace untouched.
 
     apt-get install -y chromium          # as root; scripts/setup.sh does it when missing
     pytest -m integration tests/integration/test_prefect_ui.py -s
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -51,9 +53,9 @@ def test_custom_run_from_the_deployment_page(services, tmp_path):
     try:
         client = services.client_env()
         check([BIN / "prefect", "work-pool", "create", "local", "--type", "process", "--overwrite"], project, **client)
-        # the deployment as prefect.yaml defines it, with cheap defaults: one stage, nothing committed
+        # the deployment as prefect.yaml defines it, with a cheap default: one stage
         check([BIN / "prefect", "--no-prompt", "deploy", "--name", "local-tiny",
-               "--params", json.dumps({"stages": ["prepare"], "dvc_commit": False})], project, **client)
+               "--params", json.dumps({"stages": ["prepare"]})], project, **client)
         worker = Worker(server, project, "local", "ui-worker", **client)
         deployment = server.post("/deployments/filter", {"deployments": {"name": {"any_": ["local-tiny"]}}})[0]
 
@@ -78,7 +80,7 @@ def test_custom_run_from_the_deployment_page(services, tmp_path):
                 page.get_by_text("Parameters", exact=True).first.click()
                 expect(page.get_by_text("16 parameters", exact=True)).to_be_visible()
                 for name in ("params_file", "overrides", "methods", "stages", "launcher", "num_gpus", "num_nodes",
-                             "eval_backend", "eval_langs_per_job", "job_retries", "dvc_remote", "dvc_commit"):
+                             "eval_backend", "eval_langs_per_job", "job_retries", "dvc_remote", "experiment_name"):
                     expect(page.get_by_text(name, exact=True).first).to_be_visible()
 
                 # Run → Custom run: a form field per parameter, each with its description
@@ -90,7 +92,7 @@ def test_custom_run_from_the_deployment_page(services, tmp_path):
                 label = page.locator(".schema-form-property__label", has_text=re.compile(r"^params_file\b"))
                 field = page.locator("div.schema-form-property").filter(has=label).locator("textarea, input").first
                 expect(field).to_have_value("params.yaml")
-                field.fill("params.tiny.yaml")  # the one parameter changed
+                field.fill("params.tiny.yaml")  # the one parameter changed: a variant, i.e. a DVC experiment
                 page.wait_for_load_state("networkidle")  # the form's own validation requests have answered
                 page.get_by_role("button", name="Submit", exact=True).click()
                 expect(page.get_by_text(SUCCESS, exact=False).first).to_be_visible()  # (the UI shows it twice)
@@ -116,7 +118,10 @@ def test_custom_run_from_the_deployment_page(services, tmp_path):
         assert run_["state"]["type"] == "COMPLETED", (run_["state"], worker.log.read_text()[-4000:])
         assert run_["parameters"]["params_file"] == "params.tiny.yaml"
         assert run_["parameters"]["stages"] == ["prepare"]  # the deployment's own value, kept
-        assert (project / "data/prepared/train.jsonl").is_file()
+        # another params file runs as a DVC experiment named after the flow run; the workspace is untouched
+        assert not (project / "data/prepared/train.jsonl").exists()
+        shown = subprocess.run([BIN / "dvc", "exp", "show", "--json"], cwd=project, capture_output=True, text=True)
+        assert shown.returncode == 0 and f'"{run_["name"]}"' in shown.stdout, shown.stdout[-2000:] + shown.stderr
         print(f"\nPrefect UI custom run: {time.perf_counter() - started:.0f} s")
     finally:
         if worker is not None:

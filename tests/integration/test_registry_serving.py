@@ -73,8 +73,8 @@ def _build(root: Path, seed: int) -> str:
     checkpoint = checkpoint_sha256(root / "models/cc")
     (root / "transform").mkdir()
     meta = {"model_sha256": checkpoint, "num_layers": 2, "hidden_size": 64}
+    # save() writes transform/transform.json too (the record `cctune fit` leaves: the file's sha256)
     TransformMatrix(torch.randn(64, 64, generator=gen) * 0.3, None, {}, meta).save(root / "transform/transform.safetensors")
-    write_json(root / "transform/transform.json", meta)
     write_json(root / "metrics/eval/cc/XNLI.json",
                {"benchmark": "XNLI", "average": 50.0, "checkpoint_sha256": checkpoint,
                 "transform_sha256": file_sha256(root / "transform/transform.safetensors")})
@@ -167,7 +167,8 @@ def test_tampered_by_reference_version_is_refused(registry, fresh_process):
     version = mlflow.MlflowClient(registry.uri).get_model_version("cc-test", "2")
     error = fresh_process["v2"]
     weights = registry.root / "models/cc/model.safetensors"
-    assert error.startswith("ModelFilesError: registered model cc-test (run "), error
+    # issue 21, point 7: the error names the version (before: "registered model cc-test (run ...")
+    assert error.startswith("ModelFilesError: registered model cc-test version 2 (run "), error
     assert f"logged model {version.tags['logged_model_id']}," in error and "weights by reference" in error
     assert version.tags["logged_model_id"] in version.source  # the id names this version's logged model
     # the first changed file in name order (every weight file of the retrain differs)

@@ -75,7 +75,7 @@ def test_loss_decreases_on_tiny_overfit_set(workspace, method, monkeypatch):
     metrics = json.loads((workspace / f"metrics/train_{method}.json").read_text())
     assert metrics["steps"] == 12 and metrics["tokens_per_s"] > 0
     out = workspace / f"models/{method}"
-    assert (out / "model.safetensors").is_file() and (out / "mlflow_run.json").is_file()
+    assert (out / "model.safetensors").is_file() and not (out / "mlflow_run.json").exists()  # no run pointer
     # no pickle in a model directory (HF's training_args.bin included): safetensors and JSON only
     pickles = [p.name for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle")]
     assert pickles == [], pickles
@@ -104,7 +104,7 @@ def test_loss_decreases_on_tiny_overfit_set(workspace, method, monkeypatch):
     assert run.data.metrics["tokens_per_s"] == pytest.approx(metrics["tokens_per_s"], abs=0.01)
     assert run.data.metrics["train_tokens_per_s"] == pytest.approx(metrics["tokens_per_s"], abs=0.01)
     assert run.data.metrics["total_flos"] == pytest.approx(metrics["total_flos"]) and metrics["total_flos"] > 0
-    from cc_core.modeling.base import load_model_dir
+    from cc_core.modeling.loading import load_model_dir
 
     base, _ = load_model_dir(workspace / "models/base")
     embedding = {id(p) for m in base.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
@@ -221,7 +221,7 @@ def test_resume_after_kill_reaches_same_final_loss(workspace):
     # one MLflow run holds the whole training, steps before and after the kill
     import mlflow
 
-    run_id = json.loads((workspace / "models/cc-resume/mlflow_run.json").read_text())["run_id"]
+    run_id = final["run_id"]  # the model directory holds no run pointer; the metrics name the run
     assert run_id == killed_run
     client = mlflow.MlflowClient(f"sqlite:///{workspace}/mlflow.db")
     steps = {m.step for m in client.get_metric_history(run_id, "loss")}
@@ -243,7 +243,7 @@ def test_bad_inputs_fail_clearly_and_leave_no_output(workspace, tmp_path):
     assert proc.returncode == 2 and "ds.json:1: DeepSpeed config is not valid JSON" in proc.stderr
     # every example truncated away
     proc = _cli(workspace, "train", "--method", "sft", "--out", "models/bad", **{"train.cutoff_len": 8})
-    assert proc.returncode == 2 and "truncated away by train.cutoff_len=8" in proc.stderr
+    assert proc.returncode == 2 and "no example left to train on: train.cutoff_len=8 dropped 16" in proc.stderr
     # MLflow down: fail fast when asked to
     proc = _cli(workspace, "train", "--method", "sft", "--out", "models/bad",
                 **{"tracking.uri": "http://127.0.0.1:9", "tracking.on_unavailable": "fail"})
@@ -331,14 +331,15 @@ def test_full_disk_during_a_checkpoint_save_is_one_error_and_resume_skips_it(wor
         _train_api(workspace, "sft", "models/sft-disk", **{"train.max_steps": 6})
     work = workspace / "models/.sft-disk-checkpoints"
     assert str(caught.value).startswith(f"{work / 'checkpoint-4'}: writing failed (disk full?)")
+    assert str(caught.value).endswith("; the incomplete folder was removed")  # issue 21: its space is needed
     assert (work / "checkpoint-2" / COMPLETE).is_file()
-    assert not (work / "checkpoint-4" / COMPLETE).exists()
+    assert not (work / "checkpoint-4").exists()
     monkeypatch.setattr(torch, "save", real_save)  # space freed
     params = parse_params({}, overrides=_overrides(workspace, **{"train.max_steps": 6}))
     with caplog.at_level("INFO"):
         result = train_module.train(params, "sft", workspace / "models/base", workspace / "data/prepared",
                                     workspace / "models/sft-disk", workspace / "metrics", resume=True)
-    assert f"skipping incomplete checkpoint {work / 'checkpoint-4'}" in caplog.text
+    assert f"resuming from {work / 'checkpoint-2'}" in caplog.text
     assert result.steps == 6 and result.resumed_from_step == 2
 
 
@@ -385,3 +386,189 @@ def test_kill_during_a_checkpoint_save_then_resume_and_fresh_start(workspace):
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "other params/data: starting fresh" in fresh.stderr
     assert client.get_run(abandoned).info.status == "KILLED"
+
+
+# --- issue 21 ---------------------------------------------------------------------------------------------
+
+def _scale_float_tensors(weights: Path, factor: float) -> None:
+    """Every float tensor times ``factor``, written back in place: the same size, other weights."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(weights), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata()
+    size = weights.stat().st_size
+    save_file({k: v * factor if v.is_floating_point() else v for k, v in tensors.items()}, str(weights),
+              metadata=metadata)
+    assert weights.stat().st_size == size
+
+
+def test_resume_after_the_base_weights_changed_starts_fresh(workspace):
+    """Point 1. Killed after checkpoint-4 is complete, the base model's weights scaled by 0.5 (same size):
+    before, the rerun resumed from step 4 on other weights (rc 0); now the fingerprint (weights by content,
+    through the manifest base-model wrote) differs and training starts fresh."""
+    import shutil
+
+    _params_file(workspace)
+    shutil.copytree(workspace / "models/base", workspace / "models/base-p1")  # copy2: the manifest stays valid
+    settings = {"train.max_steps": 30, "train.save_steps": 2, "train.per_device_batch_size": 2}
+    cmd = [sys.executable, "-m", "cc_core.cli", "train", "--method", "cc", "--base", "models/base-p1", "--out",
+           "models/cc-p1", "--metrics-dir", "metrics-p1", "--resume"]
+    for item in _overrides(workspace, **settings):
+        cmd += ["--set", item]
+    log_file = (workspace / "p1-killed.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=workspace, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=log_file)
+    marker = workspace / "models/.cc-p1-checkpoints/checkpoint-4/cc_checkpoint_complete.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    log_file.close()
+    assert marker.exists(), f"ended before checkpoint-4: {(workspace / 'p1-killed.log').read_text()[-2000:]}"
+    _scale_float_tensors(workspace / "models/base-p1/model.safetensors", 0.5)
+    rerun = _cli(workspace, "train", "--method", "cc", "--base", "models/base-p1", "--out", "models/cc-p1",
+                 "--metrics-dir", "metrics-p1", "--resume", **settings)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "were made with other params/data: starting fresh" in rerun.stderr
+    assert "model.safetensors changed since its hash was recorded" in rerun.stderr
+    metrics = json.loads((workspace / "metrics-p1/train_cc.json").read_text())
+    assert metrics["resumed_from_step"] is None and metrics["steps"] == 30
+
+
+def test_a_full_disk_in_the_tokenizers_library_is_one_line_and_leaves_no_partial_checkpoint(workspace, monkeypatch,
+                                                                                            capsys):
+    """Point 5. The tokenizers library reports a full disk as a plain ``Exception`` ("No space left on device
+    (os error 28)"); before, it escaped as a traceback and the incomplete checkpoint-4 (15 MB) stayed."""
+    from transformers import AutoTokenizer
+
+    from cc_core.cli import main
+    from cc_core.training.checkpoints import COMPLETE
+
+    tokenizer_class = type(AutoTokenizer.from_pretrained(workspace / "models/base"))
+    real_save = tokenizer_class.save_pretrained
+
+    def full_disk(self, save_directory, *args, **kwargs):
+        if "checkpoint-4" in str(save_directory):
+            raise Exception("No space left on device (os error 28)")  # noqa: TRY002 - the library's own type
+        return real_save(self, save_directory, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_class, "save_pretrained", full_disk)
+    _params_file(workspace)
+    monkeypatch.chdir(workspace)
+    args = ["train", "--method", "sft", "--out", "models/sft-p5", "--metrics-dir", "metrics-p5"]
+    for item in _overrides(workspace, **{"train.max_steps": 6, "train.per_device_batch_size": 2}):
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    work = Path("models/.sft-p5-checkpoints")
+    assert err[-1] == (f"cctune train: error: {work / 'checkpoint-4'}: writing failed (disk full?): No space left on "
+                       "device (os error 28); the incomplete folder was removed")
+    assert not any("Traceback" in line for line in err)
+    assert not (work / "checkpoint-4").exists() and (work / "checkpoint-2" / COMPLETE).is_file()
+    assert not Path("models/sft-p5").exists()
+
+
+def test_training_against_a_read_only_store_warns_once_and_goes_on(workspace, tmp_path, read_only):
+    """Point 8. Before: training went on but logged MLflow tracebacks whose stated reason was
+    "(raised as a result of Query-invoked autoflush…)"."""
+    import mlflow
+
+    _params_file(workspace)
+    db = tmp_path / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()  # an existing store
+    read_only(db)
+    out = _cli(workspace, "train", "--method", "sft", "--out", "models/sft-p8", "--metrics-dir", "metrics-p8",
+               **{"train.max_steps": 2, "tracking.uri": f"sqlite:///{db}"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "autoflush" not in out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "mlflow" in line.lower() and "WARNING" in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f"MLflow tracking store sqlite:///{db} is unavailable: the store is read-only (no write access to {db}); "
+        "tracking was skipped for this run (tracking.on_unavailable=skip)"), out.stderr[-3000:]
+    assert json.loads((workspace / "metrics-p8/train_sft.json").read_text())["steps"] == 2
+
+
+def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` in a session of its own (it runs its web workers as children: a SIGKILL of the
+    group takes them all, as a crashed host would), logging to a file."""
+    log = (root / f"mlflow-server-{port}.log").open("a")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                             str(port), "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination",
+                             str(root / "server-artifacts"), "--workers", "1"],
+                            cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")})
+    import urllib.request
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+        assert proc.poll() is None, (root / f"mlflow-server-{port}.log").read_text()[-3000:]
+    raise TimeoutError("mlflow server not healthy")
+
+
+def test_a_tracking_server_killed_mid_training_is_recorded_and_its_run_closed_later(workspace, tmp_path, monkeypatch):
+    """Point 9. The MLflow server is SIGKILLed before step 5's metrics are logged: training finishes and writes
+    the model (as before), metrics/train_sft.json says tracking stopped at step 5 (before: no mention, and
+    the run stayed RUNNING with 4 of 30 loss points), and the next start closes that run FAILED with the reason."""
+    import socket
+
+    import mlflow
+
+    from cc_core.training import trainer as trainer_lib
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a dead server is given up on in seconds
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    real_on_log = trainer_lib.TrackingCallback.on_log
+
+    def kill_server_at_step_5(self, args, state, control, logs=None, **kwargs):
+        if state.global_step == 5 and server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, mid-training
+            server.wait()
+        return real_on_log(self, args, state, control, logs=logs, **kwargs)
+
+    monkeypatch.setattr(trainer_lib.TrackingCallback, "on_log", kill_server_at_step_5)
+    metrics_dir = tmp_path / "metrics"
+    try:
+        result = _train_api(workspace, "sft", "models/sft-p9", **{"train.max_steps": 30, "tracking.uri": uri,
+                                                                   "train.per_device_batch_size": 2})
+        metrics_file = metrics_dir / "train_sft.json"
+        (metrics_dir).mkdir()
+        (workspace / "metrics/train_sft.json").replace(metrics_file)  # this test's record, kept apart
+        record = json.loads(metrics_file.read_text())
+        assert result.steps == 30 and (workspace / "models/sft-p9/model.safetensors").is_file()
+        assert record["tracking_stopped_at_step"] == 5 and record["run_id"] == result.run_id
+        assert record["tracking_stopped_reason"].startswith("MLflow log_metrics failed (")
+        monkeypatch.setattr(trainer_lib.TrackingCallback, "on_log", real_on_log)
+        server = _mlflow_server(tmp_path, port)  # back up, same store
+        client = mlflow.MlflowClient(uri)
+        orphan = client.get_run(result.run_id)
+        assert orphan.info.status == "RUNNING"
+        assert [m.step for m in client.get_metric_history(result.run_id, "loss")] == [1, 2, 3, 4]
+        # the next start (in the same project) closes it, with the reason
+        from cc_core.train import train
+
+        params = parse_params({}, overrides=_overrides(workspace, **{"train.max_steps": 1, "tracking.uri": uri}))
+        train(params, "sft", workspace / "models/base", workspace / "data/prepared", workspace / "models/sft-p9b",
+              metrics_dir)
+        closed = client.get_run(result.run_id)
+        assert closed.info.status == "FAILED"
+        assert closed.data.tags["failure_reason"].startswith("tracking stopped at step 5 of 30 (MLflow log_metrics "
+                                                             "failed")
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)

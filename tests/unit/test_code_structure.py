@@ -21,11 +21,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("prompts", ("cc_core.prompts",)),
     ("modeling", ("cc_core.modeling",)),
     ("engines", ("cc_core.training", "cc_core.generation", "cc_core.generate", "cc_core.loglik",
-                 "cc_core.tracking")),
+                 "cc_core.tracking", "cc_core.tracking_store")),
     ("stages", ("cc_core.data.prepare", "cc_core.train", "cc_core.activations", "cc_core.transform",
-                "cc_core.evaluate", "cc_core.report", "cc_core.registry")),
+                "cc_core.evaluate", "cc_core.report", "cc_core.registry", "cc_core.champion")),
     ("adapters", ("cc_core.serving", "cc_core.pyfunc_model", "cc_core.lm_eval_backend", "cc_core.lm_eval_tasks",
-                  "cc_core.preflight")),
+                  "cc_core.preflight", "cc_core.registry_artifacts")),
     ("cli", ("cc_core.cli",)),
 ]
 PRIVATE_CHECKED = ("cc_core", "bench", "flows")

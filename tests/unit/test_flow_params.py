@@ -7,6 +7,7 @@ the same parameters; the DVC helpers' scoping and error messages.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from prefect.utilities.callables import parameter_schema_from_entrypoint
 
 from flows import dvc_sync, pipeline
+from flows.stage_graph import load_stages
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINTS = {"cc-tuning-pipeline": "flows/pipeline.py:cc_tuning_pipeline",
@@ -204,3 +206,26 @@ def test_a_failed_pull_leaves_the_workspace_as_it_was(tmp_path):
     assert message.startswith("stage eval_cc@XNLI: dvc pull from remote 'broken' (http://127.0.0.1:9/dvc) failed")
     assert "ERROR: failed to pull data" in message and "cannot connect to 127.0.0.1:9" in message
     assert not (repo / "models").exists()  # not even the empty folder DVC made for the checkout
+
+
+def test_a_variant_of_some_stages_is_saved_with_the_stages_that_have_outputs(tmp_path):
+    """`dvc exp save` commits every stage and stops at the first missing output: a variant run of
+    the prepare stage alone (nothing else cached or run) names the stages whose outputs exist."""
+    from flows.variants import _stages_with_outputs
+
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    names = [s.name for s in load_stages(tmp_path)]
+    prepare = next(s for s in load_stages(tmp_path) if s.name == "prepare")
+    for out in prepare.outs:
+        (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / out).write_text("{}")
+    assert _stages_with_outputs(tmp_path) == ["prepare"]
+    for stage in load_stages(tmp_path):
+        for out in stage.outs:
+            (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)
+            if not (tmp_path / out).exists():
+                (tmp_path / out).write_text("{}")
+    assert _stages_with_outputs(tmp_path) == [] and len(names) > 1  # all: no target, DVC's default

@@ -71,3 +71,44 @@ def test_require_same_checkpoint_messages():
     with pytest.raises(LineageError, match=r"^metrics/eval/cc/XNLI.json: made from checkpoint aaaaaaaaaaaa… "
                                            r"but models/cc is now bbbbbbbbbbbb…; re-run: cctune eval"):
         require_same_checkpoint("metrics/eval/cc/XNLI.json", "a" * 64, "b" * 64, "models/cc", "cctune eval")
+
+
+# --- issue 21, point 6: a matrix altered after the fit is refused ----------------------------------------
+
+def _alter_values(path) -> None:
+    """Scale every value by 0.5 and rewrite the file with the same header (same size, same metadata),
+    leaving the record beside it as the fit wrote it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) * 0.5 for key in handle.keys()}
+        metadata = handle.metadata()
+    size = path.stat().st_size
+    save_file(tensors, str(path), metadata=metadata)
+    assert path.stat().st_size == size
+
+
+def test_a_direct_eval_refuses_a_matrix_altered_after_fit_naming_both_hashes(tmp_path, tiny_factory, capsys,
+                                                                             monkeypatch):
+    """Before: `cctune eval --method cc` used the altered matrix (rc 0) and recorded its hash."""
+    from cc_core.cli import main
+    from cc_core.io import file_sha256
+
+    sha = _checkpoint(tmp_path / "cc", tiny_factory, seed=0)
+    (tmp_path / "transform").mkdir()
+    matrix = tmp_path / "transform" / "transform.safetensors"
+    _matrix(matrix, sha)
+    fitted = file_sha256(matrix)
+    assert json.loads((tmp_path / "transform" / "transform.json").read_text())["transform_sha256"] == fitted
+    _alter_values(matrix)
+    altered = file_sha256(matrix)
+    (tmp_path / "params.yaml").write_text("tracking:\n  enabled: false\neval:\n  max_new_tokens: 2\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(["eval", "--method", "cc", "--benchmark", "xnli", "--langs", "zh", "--limit", "1", "--model", "cc",
+                 "--transform", "transform"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert err.startswith("cctune eval: error: transform/transform.safetensors: sha256 is ")
+    assert f"sha256 is {altered} but `cctune fit` wrote {fitted}" in err and "re-run: cctune fit" in err
+    assert not (tmp_path / "metrics").exists()  # nothing recorded the altered matrix's hash

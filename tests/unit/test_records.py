@@ -708,7 +708,7 @@ def test_prepare_overwrites_previous_output(source, tmp_path):
 
 
 def make_records(counts: dict[str, int]) -> list[Record]:
-    return [Record(f"{lang}-{i:03d}", lang, f"q{i}", f"a{i}", f"en{i}")
+    return [Record(f"{lang}-{i:03d}", lang, f"{lang} q{i}", f"a{i}", f"en{i}")
             for lang, n in counts.items() for i in range(n)]
 
 
@@ -780,3 +780,63 @@ def test_the_authors_training_file_needs_no_language(tmp_path):
     out = tmp_path / "prepared"
     result = prepare(DataParams(source=str(path), num_pairs=1, seed=666, pairs_from="train"), out)
     assert result.train == 2 and result.languages == {"und": 2}
+
+
+# --- issue 21, point 3: data that leaks ---------------------------------------------------------------
+
+def _copies_of_the_first_40_bundled(tmp_path: Path) -> Path:
+    """The issue's reproduction: the first 40 bundled records, then the same 40 again under new ids."""
+    records = load_bundled().records[:40]
+    rows = [r.to_dict() for r in records] + [{**r.to_dict(), "id": f"{r.id}-copy"} for r in records]
+    rows[41]["output"] = "  " + rows[41]["output"].upper() + "\u200b"  # normalises alike: still a duplicate
+    source = tmp_path / "copies.jsonl"
+    source.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return source
+
+
+def test_prepare_drops_content_duplicates_and_pairs_never_overlap_training(tmp_path):
+    """Before: exit 0 with 6 of the 24 held-out pairs also in train.jsonl and 7 duplicates in training."""
+    from cc_core.data.records import content_key, normalise_text
+
+    out = tmp_path / "prepared"
+    result = prepare(DataParams(source=str(_copies_of_the_first_40_bundled(tmp_path)), num_pairs=24, seed=42), out)
+    train, pairs = read_records(out / "train.jsonl"), read_records(out / "pairs.jsonl")
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert stats["duplicates_dropped"] == 40 and len(stats["duplicates"]) == 20
+    assert stats["duplicates"][0].endswith("-copy duplicates " + stats["duplicates"][0].split("-copy")[0])
+    assert len(train) + len(pairs) == 40 == result.train + result.pairs and len(pairs) == 24
+    keys = [content_key(r) for r in train + pairs]
+    assert len(set(keys)) == len(keys)  # no example twice
+    assert not {normalise_text(r.instruction) for r in pairs} & {normalise_text(r.instruction) for r in train}
+    assert not any(r.id.endswith("-copy") for r in train + pairs)  # the first occurrence is the one kept
+
+
+def test_a_held_out_pair_never_shares_its_instruction_with_training(tmp_path):
+    """Same instruction, another answer: not a duplicate (both train), but never a held-out pair."""
+    records = load_bundled().records[:12]
+    rows = [r.to_dict() for r in records] + [{**records[0].to_dict(), "id": "alt", "output": "Another answer."}]
+    source = tmp_path / "alt.jsonl"
+    source.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    for seed in range(6):
+        out = tmp_path / f"p{seed}"
+        prepare(DataParams(source=str(source), num_pairs=6, seed=seed), out)
+        pair_ids = set(read_ids(out / "pairs.jsonl"))
+        assert not pair_ids & {records[0].id, "alt"} and len(pair_ids) == 6
+        assert {records[0].id, "alt"} <= set(read_ids(out / "train.jsonl"))
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", " \u200b\ufeff ", "\u2060\u200d"])
+def test_an_answer_empty_once_normalised_is_an_error_or_dropped_and_counted(tmp_path, invisible):
+    """Before: an answer made only of a zero-width space was trained on."""
+    rows = [r.to_dict() for r in load_bundled().records[:6]]
+    rows[3]["output"] = invisible
+    source = tmp_path / "zw.jsonl"
+    source.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(InputError, match=rf"zw\.jsonl:4: field 'output' is empty"):
+        prepare(DataParams(source=str(source), num_pairs=1), tmp_path / "strict")  # data.on_bad_record: error
+    out = tmp_path / "lenient"
+    result = prepare(DataParams(source=str(source), num_pairs=1, on_bad_record="skip"), out)
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert result.skipped == 1 and stats["empty_after_normalisation"] == 1 and stats["skipped_bad_records"] == 1
+    assert rows[3]["id"] not in read_ids(out / "train.jsonl") + read_ids(out / "pairs.jsonl")
+    assert result.train + result.pairs == 5

@@ -19,13 +19,13 @@ import pytest
 from cc_core.config import ConfigError, parse_params
 from cc_core.io import InputError, file_sha256, write_json
 from cc_core.lineage import LineageError, checkpoint_sha256
+from cc_core.champion import metric_tags
+from cc_core.champion import should_promote as _should_promote
 from cc_core.registry import (
     CONSTRAINTS_FILE,
     RegistryError,
-    _should_promote,
     eval_metrics,
     eval_settings_hash,
-    metric_tags,
     model_signature,
     read_constraints,
     register,
@@ -162,8 +162,8 @@ def _fake_project(root: Path, average: float = 50.0) -> dict[str, Path]:
     checkpoint = checkpoint_sha256(model)
     transform = root / "transform"
     transform.mkdir()
+    # save() writes transform.json beside it (the record `cctune fit` leaves: the file's sha256)
     TransformMatrix(torch.eye(2), None, {}, {"model_sha256": checkpoint}).save(transform / "transform.safetensors")
-    write_json(transform / "transform.json", {"model_sha256": checkpoint})
     metrics = root / "metrics"
     write_json(metrics / "eval" / "cc" / "XNLI.json",
                {"average": average, "checkpoint_sha256": checkpoint,
@@ -227,6 +227,27 @@ def test_register_refuses_metrics_from_another_transform(tmp_path):
     _metrics_file(paths).write_text(json.dumps({**data, "transform_sha256": "b" * 64}))
     with pytest.raises(LineageError, match=r"XNLI\.json: evaluated with Transform Matrix bbbbbbbbbbbb.*re-run: cctune eval"):
         _register(tmp_path, paths)
+
+
+def test_register_refuses_a_matrix_altered_after_fit_naming_both_hashes(tmp_path):
+    """Issue 21, point 6. Before: registered (with a "Failed to log model config as params" warning) a version
+    whose matrix was not the one fit wrote, and whose run params contradicted it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    paths = _fake_project(tmp_path)
+    matrix = paths["transform"] / "transform.safetensors"
+    fitted = file_sha256(matrix)
+    with safe_open(str(matrix), framework="pt") as handle:  # values scaled, header and metadata intact
+        tensors, metadata = {k: handle.get_tensor(k) * 0.5 for k in handle.keys()}, handle.metadata()
+    save_file(tensors, str(matrix), metadata=metadata)
+    altered = file_sha256(matrix)
+    data = json.loads(_metrics_file(paths).read_text())  # the metrics even name the altered matrix
+    _metrics_file(paths).write_text(json.dumps({**data, "transform_sha256": altered}))
+    with pytest.raises(LineageError) as err:
+        _register(tmp_path, paths)
+    assert f"sha256 is {altered} but `cctune fit` wrote {fitted}" in str(err.value)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before touching the registry
 
 
 # --- register's errors: one line naming the file --------------------------------------------------------
@@ -303,6 +324,41 @@ def test_cli_register_with_a_locked_store_is_one_line_exit_2(tmp_path):
     assert elapsed < 60  # the wait on the lock is a few seconds (the rest is Python start-up)
 
 
+def test_cli_register_with_a_read_only_store_is_one_line_exit_2(tmp_path, read_only):
+    """Issue 21, point 8. Before: exit 2 with the misleading "(raised as a result of Query-invoked autoflush…)"
+    after about 100 lines of traceback."""
+    import mlflow
+
+    paths = _fake_project(tmp_path)
+    mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # create the store
+    read_only(tmp_path / "mlflow.db")
+    out = _cli_register(tmp_path, paths)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "autoflush" not in out.stderr
+    lines = _error_lines(out.stderr)
+    assert lines == [f"cctune register: error: MLflow tracking store sqlite:///{tmp_path}/mlflow.db is unavailable: "
+                     f"the store is read-only (no write access to {tmp_path}/mlflow.db) (cctune register needs it)"]
+
+
+def test_register_closes_a_training_run_its_lost_store_left_running(tmp_path):
+    """Issue 21, point 9: a training whose tracking server died mid-run left its run RUNNING and said so in
+    metrics/train_cc.json; register (the store reachable again) closes it FAILED with the reason."""
+    import mlflow
+
+    paths = _fake_project(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    orphan = client.create_run(client.create_experiment("cc-tuning", artifact_location=str(tmp_path / "a"))).info.run_id
+    write_json(paths["metrics"] / "train_cc.json", {"method": "cc", "steps": 30, "run_id": orphan,
+                                                   "tracking_stopped_at_step": 5,
+                                                   "tracking_stopped_reason": "MLflow log_metrics failed (...)"})
+    write_json(paths["metrics"] / "train_cc_loss.json", [{"step": 1, "loss": 2.0}])  # a plot: not a record
+    _register(tmp_path, paths)
+    run = client.get_run(orphan)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == ("tracking stopped at step 5 of 30 (MLflow log_metrics failed (...)); "
+                                               f"training went on untracked ({paths['metrics'] / 'train_cc.json'})")
+
+
 # --- what the served model declares ---------------------------------------------------------------------
 
 def test_serving_requirements_are_pinned_as_in_constraints():
@@ -351,6 +407,57 @@ def test_a_version_registered_with_the_defaults_keeps_its_own_weights(tmp_path):
                                                "transform": str(local / "artifacts" / "transform")})
     assert result.storage == config["storage"] == "artifacts" and "model_dir" not in config
     assert file_sha256(model_dir / "model.safetensors") == registered != file_sha256(weights)
+
+
+def _mlflow_plugins(tmp_path: Path) -> Path:
+    """A folder to put on PYTHONPATH that declares the package's MLflow entry points (pyproject.toml) as an
+    installed distribution does: the shared environment may have been installed before they existed."""
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    points = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["entry-points"]
+    dist = tmp_path / "plugins" / "cc_tuning_entry_points-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cc-tuning-entry-points\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text("[mlflow.artifact_repository]\n" + "".join(
+        f"{name} = {target}\n" for name, target in points["mlflow.artifact_repository"].items()))
+    return dist.parent
+
+
+def test_a_version_whose_artifacts_are_gone_is_one_line_naming_version_and_path(tmp_path):
+    """Issue 21, point 7. Before: `mlflow.pyfunc.load_model("models:/NAME@champion")` with the version's artifact
+    directory deleted said `No such artifact: ''`, and ModelFilesError did not name the version."""
+    import os
+    import shutil
+    from urllib.parse import unquote, urlparse
+
+    import mlflow
+
+    paths = _fake_project(tmp_path)
+    result = _register(tmp_path, paths)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    logged = client.get_model_version("cc-test", result.version).tags["logged_model_id"]
+    location = Path(unquote(urlparse(client.get_logged_model(logged).artifact_location).path))
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{_mlflow_plugins(tmp_path)}"}
+    load = "import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]); mlflow.pyfunc.load_model(sys.argv[2])"
+
+    def last_line() -> str:
+        out = subprocess.run([sys.executable, "-c", load, uri, "models:/cc-test@champion"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0
+        return out.stderr.strip().splitlines()[-1]
+
+    shutil.rmtree(location / "artifacts" / "model")  # the version's weights gone, its MLmodel still there
+    line = last_line()
+    assert "ModelFilesError: registered model cc-test version 1 (run " in line
+    assert f"{location}/artifacts/model/" in line and "missing (registered with sha256 " in line
+    shutil.rmtree(location)  # the version's whole artifact directory
+    line = last_line()
+    assert line == (f"cc_core.registry_artifacts.ArtifactsMissingError: registered model cc-test version 1 "
+                    f"(models:/cc-test@champion): its files are missing from the artifact store: {location} does not "
+                    "exist; restore them from a backup or register the checkpoint again")
 
 
 # --- loading verifies every file ----------------------------------------------------------------------------

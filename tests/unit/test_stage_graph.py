@@ -25,6 +25,8 @@ PACKAGE = "cc_core"
 NOT_DEPS = {
     "cc_core/tracking.py": "records runs and metrics in MLflow; never changes a stage's outputs "
                            "(register excepted: registering in MLflow is its output)",
+    "cc_core/tracking_store.py": "says why an MLflow store cannot be used (locked, read-only, unreachable); never "
+                                 "changes a stage's outputs",
     "cc_core/hub.py": "only answers whether the Hugging Face hub is reachable (offline: an error)",
     "cc_core/redact.py": "strips credentials from what is logged or printed; never changes a stage's outputs",
 }

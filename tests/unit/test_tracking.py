@@ -253,3 +253,39 @@ def test_fluent_block_with_credentials_prints_no_run_url(tmp_path, monkeypatch):
     assert QUIET_URL not in os.environ
     Tracker(TrackingParams(uri=f"http://admin:{SECRET}@127.0.0.1:9", on_unavailable="skip")).check()
     assert os.environ[QUIET_URL] == "true"
+
+
+# --- issue 21, point 8: a store that cannot be written ------------------------------------------------------
+
+def test_a_read_only_store_with_skip_goes_on_untracked_with_one_warning(store, read_only, caplog, capfd):
+    """Before: MLflow logged tracebacks whose stated reason was "(raised as a result of Query-invoked
+    autoflush...)"; now one warning naming the store as read-only, and no MLflow error log at all."""
+    read_only(store / "mlflow.db")
+    with caplog.at_level(logging.INFO):
+        with Tracker(_params(store, on_unavailable="skip")).run("train-cc", params={"a": 1}) as run:
+            run.log_metrics({"loss": 1.0}, step=1)
+    assert isinstance(run, NullRun)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"MLflow tracking store sqlite:///{store}/mlflow.db is unavailable: the store is read-only "
+                        f"(no write access to {store}/mlflow.db); tracking was skipped for this run "
+                        "(tracking.on_unavailable=skip)"]
+    assert "Traceback" not in capfd.readouterr().err
+    with pytest.raises(TrackingUnavailableError, match=r"mlflow\.db is unavailable: the store is read-only"):
+        Tracker(_params(store, on_unavailable="fail")).check()
+
+
+def test_a_store_made_read_only_mid_run_is_named_as_such_not_as_autoflush():
+    """The reason given for a failure inside a run: the cause, not SQLAlchemy's note about the flush."""
+    from cc_core.tracking_store import failure_reason as _reason
+
+    try:
+        try:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        except sqlite3.OperationalError as cause:
+            raise RuntimeError("(raised as a result of Query-invoked autoflush; consider using a session.no_autoflush "
+                               "block if this flush is occurring prematurely)\n(sqlite3.OperationalError) attempt "
+                               "to write a readonly database") from cause
+    except RuntimeError as err:
+        assert _reason(err) == "the store is read-only (attempt to write a readonly database)"
+    assert _reason(RuntimeError("(raised as a result of Query-invoked autoflush)\n(sqlite3.OperationalError) "
+                                "disk I/O error")) == "RuntimeError: disk I/O error"

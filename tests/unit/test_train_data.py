@@ -169,3 +169,118 @@ def test_reopened_run_keeps_logged_params_and_adds_new_ones(tmp_path, caplog):
     logged = mlflow.MlflowClient(params.uri).get_run(run.run_id).data.params
     assert logged == {"train.seed": "0", "eval.limit": "2", "new.key": "1"}
     assert any("keeping the logged values of eval.limit" in r.message for r in caplog.records)
+
+
+# --- issue 21, point 4: impossible training lengths are errors naming the key -------------------------
+
+@pytest.mark.parametrize("steps", [0, -7, -2])
+def test_max_steps_zero_or_below_minus_one_is_an_error_naming_the_key(steps):
+    """Before: 0 trained one step and -7 trained every epoch, both exiting 0."""
+    from cc_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.max_steps: .*positive number of optimizer steps, or -1 .*"
+                                          rf"\(got {steps}\)"):
+        parse_params({}, overrides=[f"train.max_steps={steps}"])
+    assert parse_params({}, overrides=["train.max_steps=-1"]).train.max_steps == -1  # the epochs decide
+    assert parse_params({}, overrides=["train.max_steps=3"]).train.max_steps == 3
+
+
+def test_examples_dropped_by_pack_max_tokens_name_that_key(smol_tokenizer):
+    """Before: "all 32 examples were truncated away by train.cutoff_len=256; raise it"."""
+    from cc_core.train import _encode
+
+    records = [_record(i) for i in range(4)]
+    params = parse_params({}, overrides=["train.pack_max_tokens=8", "train.cutoff_len=256"])
+    with pytest.raises(InputError) as err:
+        _encode(params, "cc", records, smol_tokenizer, "data/prepared/train.jsonl")
+    message = str(err.value)
+    assert message.startswith("data/prepared/train.jsonl: no example left to train on: train.pack_max_tokens=8 "
+                              "dropped 4")
+    assert message.endswith("raise train.pack_max_tokens") and "cutoff_len" not in message
+    short = parse_params({}, overrides=["train.packing=false", "train.cutoff_len=8"])
+    with pytest.raises(InputError, match=r"train\.cutoff_len=8 dropped 4 .*; raise train\.cutoff_len$"):
+        _encode(short, "cc", records, smol_tokenizer, "data/prepared/train.jsonl")
+
+
+# --- issue 21, point 1: the base weights are compared by content on resume ---------------------------
+
+def _base_with_manifest(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    from cc_core.lineage import write_weights_manifest
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    save_file({"w": torch.arange(16.0)}, str(base / "model.safetensors"))
+    write_weights_manifest(base)
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    return base, data
+
+
+def test_fingerprint_sees_same_size_weights_changed_after_the_manifest(tmp_path):
+    """Before: weights compared by name and size, so weights scaled by 0.5 resumed on other weights."""
+    from safetensors.torch import load_file, save_file
+
+    base, data = _base_with_manifest(tmp_path)
+    params = parse_params({})
+    first = make_fingerprint(params, "cc", data, base)
+    weights = base / "model.safetensors"
+    size = weights.stat().st_size
+    save_file({k: v * 0.5 for k, v in load_file(str(weights)).items()}, str(weights))
+    assert weights.stat().st_size == size
+    assert make_fingerprint(params, "cc", data, base) != first
+
+
+def test_fingerprint_reads_hashes_from_the_manifest_while_files_are_unchanged(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import cc_core.lineage as lineage
+
+    base, data = _base_with_manifest(tmp_path)
+    params = parse_params({})
+    first = make_fingerprint(params, "cc", data, base)
+    hashed = []
+    real = lineage.file_sha256
+    monkeypatch.setattr(lineage, "file_sha256", lambda path, *a: hashed.append(str(path)) or real(path, *a))
+    assert make_fingerprint(params, "cc", data, base) == first and hashed == []  # no weight file was read
+    # a copy with new mtimes (dvc checkout, cp): re-hashed, and the same content gives the same fingerprint
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy, copy_function=shutil.copy)
+    os.utime(copy / "model.safetensors", ns=(1, 1))
+    assert make_fingerprint(params, "cc", data, copy) == first and hashed == [str(copy / "model.safetensors")]
+    # a base directory from an older cctune base-model, without a manifest: hashed, same content, same fingerprint
+    (copy / "cc_weights_sha256.json").unlink()
+    hashed.clear()
+    assert make_fingerprint(params, "cc", data, copy) == first and hashed == [str(copy / "model.safetensors")]
+
+
+def test_a_copied_base_model_is_hashed_once_then_trusted_from_the_checkpoint_folder(tmp_path, monkeypatch):
+    """`dvc checkout` copies the base model (new mtimes): the first start hashes it and records the hashes
+    beside the checkpoints; the next start (a resume) trusts them while size and mtime hold."""
+    import os
+    import shutil
+
+    import cc_core.lineage as lineage
+    from cc_core.io import write_json
+    from cc_core.training.checkpoints import BASE_WEIGHTS, base_weights
+
+    base, data = _base_with_manifest(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy, copy_function=shutil.copy)
+    os.utime(copy / "model.safetensors", ns=(5, 5))
+    work = tmp_path / ".cc-checkpoints"
+    work.mkdir()
+    hashed = []
+    real = lineage.file_sha256
+    monkeypatch.setattr(lineage, "file_sha256", lambda path, *a: hashed.append(str(path)) or real(path, *a))
+    first = base_weights(copy, work)
+    assert hashed == [str(copy / "model.safetensors")]
+    write_json(work / BASE_WEIGHTS, first)  # as train's set-up does beside the fingerprint
+    assert base_weights(copy, work) == first and len(hashed) == 1  # trusted: not read again
+    os.utime(copy / "model.safetensors", ns=(6, 6))  # touched again: hashed again
+    assert base_weights(copy, work)["model.safetensors"]["sha256"] == first["model.safetensors"]["sha256"]
+    assert len(hashed) == 2

@@ -94,6 +94,23 @@ def test_full_disk_is_one_line_naming_the_folder(tmp_path, error):
             raise ValueError("unrelated")
 
 
+def test_the_tokenizers_librarys_full_disk_is_one_line_and_the_partial_checkpoint_goes(tmp_path):
+    """Issue 21, point 5: tokenizers raises a plain Exception (no errno); before, it escaped as a traceback
+    and the incomplete checkpoint folder stayed."""
+    folder = _checkpoint(tmp_path / "w", 4, complete=False)
+    done = _checkpoint(tmp_path / "w", 2, complete=True)
+    with pytest.raises(CheckpointWriteError) as caught:
+        with disk_errors(lambda: folder, partial=lambda: folder):
+            raise Exception("No space left on device (os error 28)")  # noqa: TRY002 - what tokenizers raises
+    assert str(caught.value) == (f"{folder}: writing failed (disk full?): No space left on device (os error 28); "
+                                 "the incomplete folder was removed")
+    assert not folder.exists() and done.is_dir()
+    with pytest.raises(CheckpointWriteError) as caught:  # a complete checkpoint is never removed
+        with disk_errors(lambda: done, partial=lambda: done):
+            raise Exception("No space left on device (os error 28)")  # noqa: TRY002
+    assert "removed" not in str(caught.value) and (done / COMPLETE).is_file()
+
+
 def test_leftovers_of_a_killed_writer_are_cleaned_at_the_next_start(tmp_path):
     target = tmp_path / "activations"
     # a real kill: a child process starts an atomic output and is SIGKILLed inside it

@@ -617,3 +617,57 @@ def test_bad_input_keeps_an_existing_transform(tmp_path):
     with pytest.raises(InputError):
         fit(FitParams(), bad, **fit_dirs(tmp_path))
     assert (tmp_path / "transform" / "transform.safetensors").read_bytes() == before
+
+
+# --- issue 21, point 6: damaged tensors are one line naming the file ----------------------------------
+
+def _truncate(path: Path, keep: float = 0.6) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_a_truncated_matrix_is_one_error_naming_the_file(tmp_path):
+    """Before: safetensors' own SafetensorError ("incomplete metadata, file not fully covered"), no file name."""
+    b, a = random_problem(n=30, seed=24)
+    fit(EXACT, write_acts(tmp_path / "acts", b, a), **fit_dirs(tmp_path))
+    path = tmp_path / "transform" / "transform.safetensors"
+    _truncate(path)
+    with pytest.raises(InputError) as caught:
+        load_transform(tmp_path / "transform")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a readable safetensors file (truncated or damaged: ")
+    assert message.endswith("re-run: cctune fit (dvc repro fit)") and "\n" not in message
+
+
+def test_a_truncated_activation_shard_is_one_cli_line_naming_it(tmp_path, capsys, monkeypatch):
+    from cc_core.cli import main
+
+    acts, _, _ = _good(tmp_path)
+    _truncate(acts / "shard-00001.safetensors")
+    (tmp_path / "params.yaml").write_text("tracking:\n  enabled: false\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--activations", "acts", "--model", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("cctune fit: error: acts/shard-00001.safetensors: not a readable safetensors file")
+    assert err.endswith("re-run: cctune collect (dvc repro collect)")
+    assert_nothing_written(tmp_path)
+
+
+def test_fit_records_the_sha256_of_the_matrix_it_wrote(tmp_path):
+    from cc_core.io import file_sha256
+    from cc_core.lineage import LineageError
+    from cc_core.modeling.transform_matrix import check_fit_record
+
+    b, a = random_problem(n=30, seed=25)
+    fit(EXACT, write_acts(tmp_path / "acts", b, a), **fit_dirs(tmp_path))
+    path = tmp_path / "transform" / "transform.safetensors"
+    digest = file_sha256(path)
+    assert json.loads((tmp_path / "metrics" / "transform.json").read_text())["transform_sha256"] == digest
+    assert json.loads((tmp_path / "transform" / "transform.json").read_text())["transform_sha256"] == digest
+    assert check_fit_record(tmp_path / "transform") == digest == check_fit_record(path)
+    record = json.loads((tmp_path / "transform" / "transform.json").read_text())
+    del record["transform_sha256"]  # a record written by an older cctune fit
+    (tmp_path / "transform" / "transform.json").write_text(json.dumps(record))
+    with pytest.raises(LineageError, match=r"records no sha256 of the matrix `cctune fit` wrote.*re-run: cctune fit"):
+        check_fit_record(path)
