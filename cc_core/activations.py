@@ -30,7 +30,7 @@ from cc_core.lineage import checkpoint_sha256
 from cc_core.modeling.architectures import arch_paths
 from cc_core.modeling.hooks import capture_ffn
 from cc_core.modeling.loading import load_inference_model
-from cc_core.prompts import encode_prompt, pad_sequences, pad_token_id
+from cc_core.prompts import AnchorRule, anchor_rule, encode_prompt, pad_sequences, pad_token_id
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
@@ -50,9 +50,11 @@ class CollectResult:
 
 @torch.no_grad()
 def anchor_activations(model, tokenizer, prompts: list[str], batch_size: int, max_len: int | None = None,
-                       paths=None) -> torch.Tensor:
-    """``[n, L, d]`` FFN outputs at each prompt's anchor; batches sorted by length to cut padding."""
-    encoded = [encode_prompt(tokenizer, p, max_len).input_ids for p in prompts]
+                       paths=None, add_special_tokens: bool = False, rule: AnchorRule | None = None) -> torch.Tensor:
+    """``[n, L, d]`` FFN outputs at each prompt's anchor; batches sorted by length to cut padding.
+    ``add_special_tokens``, ``rule``: as ``encode_prompt`` (the authors: a second BOS, their anchors)."""
+    prompts_encoded = [encode_prompt(tokenizer, p, max_len, add_special_tokens, rule) for p in prompts]
+    encoded = [e.input_ids for e in prompts_encoded]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[torch.Tensor | None] = [None] * len(encoded)
     pad = pad_token_id(tokenizer)
@@ -60,7 +62,7 @@ def anchor_activations(model, tokenizer, prompts: list[str], batch_size: int, ma
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         ids, mask = pad_sequences([encoded[i] for i in chunk], pad, "right")
-        anchor = torch.tensor([len(encoded[i]) - 1 for i in chunk])
+        anchor = torch.tensor([prompts_encoded[i].anchor for i in chunk])
         acts = capture_ffn(model, ids.to(device), mask.to(device), anchor.to(device), paths=paths).float().cpu()
         for row, index in enumerate(chunk):
             out[index] = acts[row]
@@ -69,13 +71,16 @@ def anchor_activations(model, tokenizer, prompts: list[str], batch_size: int, ma
 
 def collect(params: CollectParams, model_dir: str | Path = "models/cc",
             pairs_file: str | Path = "data/prepared/pairs.jsonl", out_dir: str | Path = "activations",
-            max_prompt_len: int = 1024) -> CollectResult:
+            max_prompt_len: int = 1024, anchor: str = "last_prompt_token") -> CollectResult:
+    """The first ``collect.num_pairs`` pairs of ``pairs_file`` (in its order: the draw order of a sampled
+    file, so ``fit.holdout_split: last`` holds out the last draws). ``anchor``: ``model.anchor``."""
     pairs_file = Path(pairs_file)
     records = read_records(pairs_file)[: params.num_pairs]
     if not records:
         raise InputError(f"{pairs_file}: no parallel pairs to collect (empty file; raise data.num_pairs)")
     model, tokenizer, cc = load_inference_model(model_dir)
     paths = cc.paths if cc is not None else arch_paths(model)
+    rule = anchor_rule(tokenizer, anchor)
     model_hash = checkpoint_sha256(model_dir)  # the activations' lineage: fit and eval check it
     started = time.perf_counter()
     shards: list[dict] = []
@@ -83,9 +88,9 @@ def collect(params: CollectParams, model_dir: str | Path = "models/cc",
         for shard_no, start in enumerate(range(0, len(records), params.shard_size)):
             chunk = records[start:start + params.shard_size]
             nonen = anchor_activations(model, tokenizer, [r.instruction for r in chunk], params.batch_size,
-                                       max_prompt_len, paths)
+                                       max_prompt_len, paths, params.add_special_tokens, rule)
             english = anchor_activations(model, tokenizer, [r.instruction_en for r in chunk], params.batch_size,
-                                         max_prompt_len, paths)
+                                         max_prompt_len, paths, params.add_special_tokens, rule)
             for name, tensor in (("non-English", nonen), ("English", english)):
                 bad = ~torch.isfinite(tensor).all(dim=(1, 2))
                 if bad.any():

@@ -100,7 +100,7 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
 def _collect(args, params):
     from cc_core.activations import collect  # why: a stage loads only its own modules (dvc.yaml deps)
 
-    return collect(params.collect, args.model, args.pairs, args.out, params.collect.max_prompt_len)
+    return collect(params.collect, args.model, args.pairs, args.out, params.collect.max_prompt_len, params.model.anchor)
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:

@@ -42,6 +42,9 @@ class ModelParams(_Section):
     chat_template: str | None = None
     trust_remote_code: bool = False
     arch_map: ArchMap | None = None
+    # The connection's anchor: the last prompt token (any template) | authors (their tag_locate.py per template:
+    # Llama-3 the last prompt token, Mistral the token before [/INST], Qwen2 the "assistant" token)
+    anchor: Literal["last_prompt_token", "authors"] = "last_prompt_token"
 
 
 class DataParams(_Section):
@@ -119,6 +122,12 @@ class TrainParams(_Section):
     peft: Literal["none", "lora"] = "none"  # lora: train LoRA adapters (+ the Decision Maker) on a frozen base
     lora: LoraParams = Field(default_factory=LoraParams)
     decision_maker_lr: float | None = Field(None, gt=0)  # the Decision Maker's own learning rate (None: learning_rate)
+    # keep_prompt: the prompt whole, the response cut | llama_factory: LLaMA-Factory's infer_seqlen (prompt cut
+    # from the right, the English prompt gets cutoff - len(x + y) tokens)
+    truncation: Literal["keep_prompt", "llama_factory"] = "keep_prompt"
+    # global_tokens: the loss is the mean over every label token of the step on all devices | micro_batch: over
+    # each device's micro-batch (the Trainer passes no num_items_in_batch, as the authors' LLaMA-Factory)
+    loss_average: Literal["global_tokens", "micro_batch"] = "global_tokens"
 
     @field_validator("max_steps")
     @classmethod
@@ -134,6 +143,7 @@ class CollectParams(_Section):
     batch_size: int = Field(16, ge=1)
     shard_size: int = Field(512, ge=1)
     max_prompt_len: int = Field(1024, ge=16)
+    add_special_tokens: bool = False  # also the tokenizer's own specials (the authors: a second BOS)
 
 
 class FitParams(_Section):
@@ -143,6 +153,8 @@ class FitParams(_Section):
     per_language: bool = False
     holdout_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = 0
+    holdout_split: Literal["random", "last"] = "random"  # last: the last pairs of pairs.jsonl (draw order) held out
+    solver: Literal["cholesky", "lstsq"] = "cholesky"  # lstsq: SVD on the stacked rows (the reference)
 
 
 class EvalParams(_Section):
@@ -170,6 +182,11 @@ class EvalParams(_Section):
     # How generated text is compared with the gold (cc_core.metrics): lenient (option words, look-alike letters,
     # one spelling per number) | standard (the reference scripts: SQuAD/MLQA, MKQA, rouge-score with XL-Sum's tokenisation)
     protocol: Literal["lenient", "standard"] = "lenient"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 on a GPU, float32 on a CPU
+    # end_of_turn: stop at the model's EOS and the template's end of turn, text stripped | model_eos: stop only
+    # at model.config.eos_token_id, special tokens skipped, nothing stripped (the authors)
+    stop: Literal["end_of_turn", "model_eos"] = "end_of_turn"
+    add_special_tokens: bool = False  # also the tokenizer's own specials (the authors: a second BOS)
 
     @field_validator("benchmarks")
     @classmethod

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cc_core.config import Params
 from cc_core.data.benchmarks import BenchmarkItem, BenchmarkSpec, available_langs, check_lang, get_spec, load_benchmark
 from cc_core.io import InputError, atomic_dir, iter_jsonl, write_json, write_jsonl
@@ -29,6 +31,7 @@ from cc_core.tracking import Tracker
 
 log = logging.getLogger(__name__)
 METHOD_DIRS = {"base": "models/base", "sft": "models/sft", "cc": "models/cc"}  # the CLI's defaults
+EVAL_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}  # auto: bf16 on a GPU, else fp32
 PACKAGE = Path(__file__).resolve().parent
 # The code that turns outputs into scores, per way of scoring (the dispatch, the task kind's scorer and
 # what they share; loglik: option log-likelihoods): its content hash goes into every metrics file
@@ -157,10 +160,23 @@ def load_generator(params: Params, method: str, model_dir: str | Path | None, tr
     if mode == "transform":
         check_fit_record(transform)  # before the model loads: the matrix must be the one `cctune fit` wrote
     return Generator.from_dirs(model_dir or METHOD_DIRS[method], transform=transform, mode=mode, device=device,
-                               decision_mode=params.eval.decision_mode, max_new_tokens=params.eval.max_new_tokens,
-                               batch_size=params.eval.batch_size, max_prompt_len=params.eval.max_prompt_len,
-                               on_long_prompt=params.eval.on_long_prompt, seed=params.eval.seed,
-                               cache=params.eval.cache, compile=params.eval.compile)
+                               dtype=EVAL_DTYPES[params.eval.dtype], decision_mode=params.eval.decision_mode,
+                               max_new_tokens=params.eval.max_new_tokens, batch_size=params.eval.batch_size,
+                               max_prompt_len=params.eval.max_prompt_len, on_long_prompt=params.eval.on_long_prompt,
+                               seed=params.eval.seed, cache=params.eval.cache, compile=params.eval.compile,
+                               stop=params.eval.stop, add_special_tokens=params.eval.add_special_tokens,
+                               anchor=params.model.anchor)
+
+
+def inference_settings(params: Params, mode: str) -> dict[str, Any]:
+    """What produced the outputs besides the model: recorded in every metrics file, named by the report
+    (one seeded Gumbel draw per prompt, or the mean over several seeds; the dtype; the stopping rule)."""
+    ep = params.eval
+    settings: dict[str, Any] = {"dtype": ep.dtype, "stop": ep.stop, "add_special_tokens": ep.add_special_tokens}
+    if mode != "none":
+        seeds = list(range(ep.seed, ep.seed + ep.seeds)) if ep.decision_mode == "gumbel" else []
+        settings.update(decision_mode=ep.decision_mode, gumbel_seeds=seeds, anchor=params.model.anchor)
+    return settings
 
 
 # flows/ calls it by its old private name until the flows rewrite merges; drop this alias then.
@@ -308,6 +324,7 @@ def write_results(params: Params, method: str, benchmark: str, results: dict[str
     protocols = {v.get("protocol", "lenient") for v in per_lang.values()}
     report = {"benchmark": spec.name, "method": method, "metric": spec.metric, "mode": mode,
               "protocol": protocols.pop() if len(protocols) == 1 else "mixed",
+              "inference": inference_settings(params, mode),
               **_lineage(spec.name, per_lang),
               "average": average, "unparsed": sum(v["unparsed"] for v in per_lang.values()),
               "items": sum(v["n"] for v in per_lang.values()), "seconds": round(seconds, 2),

@@ -27,11 +27,12 @@ import torch
 
 from cc_core.generation.batching import (AUTO_BATCH_CPU, AUTO_PROBE_ROWS, batch_from_memory, free_accelerator_memory,
                                          plan_batches, probe_memory)
-from cc_core.generation.decoding import Decoder, eos_ids, new_token_count
+from cc_core.generation.decoding import STOPS, Decoder, eos_ids, model_eos_ids, new_token_count
 from cc_core.generation.prefill import parallel_prefill, select_layer, transform_prefill
 from cc_core.modeling.loading import load_for_inference
 from cc_core.modeling.transform_matrix import TransformShapeError
-from cc_core.prompts import anchor_positions, encode_prompt, pad_sequences, pad_token_id
+from cc_core.prompts import (AnchorRule, EncodedPrompt, anchor_positions, anchor_rule, encode_prompt, pad_sequences,
+                             pad_token_id, special_prefix)
 
 log = logging.getLogger(__name__)
 MODES = ("none", "transform", "parallel")
@@ -65,7 +66,8 @@ class Generator:
                  max_new_tokens: int = 40, batch_size: int | str = 8, max_prompt_len: int | None = 1024,
                  reuse_cache: bool = True, seed: int = 0, on_long_prompt: str = "truncate",
                  cache: str = "dynamic", compile: bool = False, compile_mode: str | None = None,
-                 compile_backend: str = "inductor") -> None:
+                 compile_backend: str = "inductor", stop: str = "end_of_turn", add_special_tokens: bool = False,
+                 anchor: str = "last_prompt_token") -> None:
         """``max_prompt_len`` None: the model's context (minus ``max_new_tokens``). ``on_long_prompt``:
         ``truncate`` (cut the user text from the left, counted) | ``error`` (the paper never truncates).
         ``seed``: the Gumbel noise of ``decision_mode="gumbel"`` (the reference samples at inference);
@@ -73,7 +75,11 @@ class Generator:
         ``batch_size``: prompts per batch, or ``"auto"`` (``auto_batch_size``). ``cache``: ``static`` |
         ``dynamic`` (transformers' default, grown by concatenation). ``compile``: torch.compile the
         decoding step (static cache only); ``compile_mode`` None: ``reduce-overhead`` on CUDA, else
-        ``default``; ``compile_backend``: ``inductor``, or e.g. ``aot_eager`` (no code generation)."""
+        ``default``; ``compile_backend``: ``inductor``, or e.g. ``aot_eager`` (no code generation).
+        ``stop``: ``end_of_turn`` (the model's EOS, the tokenizer's and the template's end of turn; the text
+        stripped) | ``model_eos`` (only ``model.config.eos_token_id``, the text as decoded: the authors'
+        loop). ``add_special_tokens``: the tokenizer's own specials before each prompt (the authors: a
+        second BOS). ``anchor``: ``last_prompt_token`` | ``authors`` (``cc_core.prompts.anchor_rule``)."""
         if mode not in MODES:
             raise ValueError(f"unknown generation mode {mode!r}; valid: {', '.join(MODES)}")
         self.decoder = Decoder(model, cache, compile, compile_mode, compile_backend)  # checks cache and compile
@@ -86,6 +92,8 @@ class Generator:
             raise ValueError("mode 'transform' needs a Transform Matrix (run `cctune fit`)")
         if on_long_prompt not in ("truncate", "error"):
             raise ValueError(f"on_long_prompt={on_long_prompt!r}; valid: truncate, error")
+        if stop not in STOPS:
+            raise ValueError(f"stop={stop!r}; valid: {', '.join(STOPS)}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.cc = cc
@@ -104,7 +112,12 @@ class Generator:
         self.seed = seed
         self.reuse_cache = reuse_cache
         self.pad_id = pad_token_id(tokenizer)
-        self.eos_ids = eos_ids(model, tokenizer)
+        self.stop = stop
+        self.eos_ids = eos_ids(model, tokenizer) if stop == "end_of_turn" else model_eos_ids(model)
+        self.add_special_tokens = add_special_tokens
+        self.prompt_prefix = special_prefix(tokenizer) if add_special_tokens else []
+        # the plain model has no anchor: an anchor rule the template does not support must not stop it
+        self.rule = anchor_rule(tokenizer, anchor) if mode != "none" else AnchorRule()
         self.lineage: dict[str, str] = {}  # checkpoint (and Transform Matrix) hashes, set by from_dirs
         if transform is not None and cc is not None and transform.hidden_size != cc.decision_maker.proj.in_features:
             raise TransformShapeError(f"Transform Matrix is for d={transform.hidden_size}, the model has "
@@ -152,7 +165,7 @@ class Generator:
             return []
         langs = langs or [None] * len(prompts)
         english_prompts = english_prompts or [None] * len(prompts)
-        encoded = [encode_prompt(self.tokenizer, p, self.max_prompt_len) for p in prompts]
+        encoded = [self.encode_prompt(p) for p in prompts]
         lengths = [len(e.input_ids) for e in encoded]
         size = self.batch_size_setting
         if size == "auto":
@@ -203,7 +216,7 @@ class Generator:
         if self.on_long_prompt != "error" or self.max_prompt_len is None:
             return
         for key, prompt in zip(ids, prompts):
-            length = len(encode_prompt(self.tokenizer, prompt).input_ids)
+            length = len(self.encode_prompt(prompt, truncate=False).input_ids)
             if length > self.max_prompt_len:
                 raise PromptTooLongError(
                     f"{key}: the prompt has {length} tokens, over the limit of {self.max_prompt_len} (the model's "
@@ -211,11 +224,17 @@ class Generator:
                     "forbids cutting it")
 
     # --- the steps of one batch -------------------------------------------------------------------
+    def encode_prompt(self, prompt: str, truncate: bool = True) -> EncodedPrompt:
+        """One prompt's ids and anchor as this generator feeds them (``max_prompt_len`` unless not ``truncate``)."""
+        return encode_prompt(self.tokenizer, prompt, self.max_prompt_len if truncate else None,
+                             self.add_special_tokens, self.rule)
+
     def encode(self, prompts: list[str], encoded: list | None = None):
         """Left-padded (ids, mask, anchor, truncated flags) of ``prompts`` on the model's device."""
-        encoded = encoded or [encode_prompt(self.tokenizer, p, self.max_prompt_len) for p in prompts]
+        encoded = encoded or [self.encode_prompt(p) for p in prompts]
         ids, mask = pad_sequences([e.input_ids for e in encoded], self.pad_id, "left")
-        anchor = anchor_positions([len(e.input_ids) for e in encoded], ids.shape[1], "left")
+        anchor = anchor_positions([len(e.input_ids) for e in encoded], ids.shape[1], "left",
+                                  [e.anchor for e in encoded])
         return ids.to(self.device), mask.to(self.device), anchor.to(self.device), [e.truncated for e in encoded]
 
     @torch.no_grad()
@@ -272,4 +291,7 @@ class Generator:
         return new_token_count(row, self.eos_ids)
 
     def text(self, row: list[int]) -> str:
-        return self.tokenizer.decode(row[: self.new_tokens(row)], skip_special_tokens=True).strip()
+        """The generated text: special tokens skipped; stripped, except under ``stop="model_eos"`` (the authors
+        kept the decoded string as it was)."""
+        text = self.tokenizer.decode(row[: self.new_tokens(row)], skip_special_tokens=True)
+        return text if self.stop == "model_eos" else text.strip()

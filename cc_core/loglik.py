@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cc_core.generation.decoding import position_ids
-from cc_core.prompts import anchor_positions, encode_prompt, pad_sequences, render_prompt
+from cc_core.prompts import anchor_positions, pad_sequences, render_prompt
 from cc_core.scoring.choice import parse_options
 
 log = logging.getLogger(__name__)
@@ -131,9 +131,11 @@ class LoglikScorer:
     @torch.no_grad()
     def score_ids(self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
                   langs: Sequence[str | None] | None = None,
-                  english_prompts: Sequence[str | None] | None = None, connect: bool = True) -> list[Scored]:
+                  english_prompts: Sequence[str | None] | None = None, connect: bool = True,
+                  anchors: Sequence[int] | None = None) -> list[Scored]:
         """One :class:`Scored` per context, in input order. Contexts are batched by length
-        (``batch_size`` per forward); every batch is independent, so results do not depend on it."""
+        (``batch_size`` per forward); every batch is independent, so results do not depend on it.
+        ``anchors``: each context's anchor index (default: its last token)."""
         if len(contexts) != len(continuations):
             raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuation lists")
         for index, (context, options) in enumerate(zip(contexts, continuations)):
@@ -143,20 +145,22 @@ class LoglikScorer:
                 raise ValueError(f"context {index}: every context needs at least one non-empty continuation")
         langs = list(langs) if langs is not None else [None] * len(contexts)
         english = list(english_prompts) if english_prompts is not None else [None] * len(contexts)
+        anchors = list(anchors) if anchors is not None else [len(c) - 1 for c in contexts]
         order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
         results: list[Scored | None] = [None] * len(contexts)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             scored = self._batch([contexts[i] for i in chunk], [continuations[i] for i in chunk],
-                                 [langs[i] for i in chunk], [english[i] for i in chunk], connect)
+                                 [langs[i] for i in chunk], [english[i] for i in chunk], connect,
+                                 [anchors[i] for i in chunk])
             for index, result in zip(chunk, scored):
                 results[index] = result
         return results  # type: ignore[return-value]
 
-    def _batch(self, contexts, continuations, langs, english, connect) -> list[Scored]:
+    def _batch(self, contexts, continuations, langs, english, connect, anchors) -> list[Scored]:
         gen = self.gen
         ids, mask = pad_sequences([list(c) for c in contexts], gen.pad_id, "left")
-        anchor = anchor_positions([len(c) for c in contexts], ids.shape[1], "left")
+        anchor = anchor_positions([len(c) for c in contexts], ids.shape[1], "left", anchors)
         ids, mask, anchor = ids.to(gen.device), mask.to(gen.device), anchor.to(gen.device)
         logits, cache, choice = prefill_ids(gen, ids, mask, anchor, langs, english, connect)
         rows = [p for p, options in enumerate(continuations) for _ in options]
@@ -241,20 +245,23 @@ def score_choice_items(generator, spec, items, batch_size: int | None = None) ->
     """Score every option of every item (one forward per batch of items, options included)."""
     if spec.kind != "choice":
         raise ValueError(f"{spec.name} is not an option-choice benchmark: loglik scoring needs options")
-    prompt_ids, option_ids, truncated, labelled = [], [], [], []
+    prompt_ids, option_ids, truncated, labelled, anchors = [], [], [], [], []
+    prefix = len(getattr(generator, "prompt_prefix", []))  # the tokenizer's own specials (eval.add_special_tokens)
     for item in items:
         labels, continuations = option_continuations(spec, item)
-        encoded = encode_prompt(generator.tokenizer, item.prompt, generator.max_prompt_len)
+        encoded = generator.encode_prompt(item.prompt)
+        templated = encoded.input_ids[prefix:]  # what the template rendered
         # The prompt text the ids came from; a cut prompt is decoded (the split checks the round trip).
-        text = (generator.tokenizer.decode(encoded.input_ids, skip_special_tokens=False) if encoded.truncated
+        text = (generator.tokenizer.decode(templated, skip_special_tokens=False) if encoded.truncated
                 else render_prompt(generator.tokenizer, item.prompt))
-        ids = [split_continuation(generator.tokenizer, text, c, encoded.input_ids)[1] for c in continuations]
+        ids = [split_continuation(generator.tokenizer, text, c, templated)[1] for c in continuations]
         prompt_ids.append(encoded.input_ids)
+        anchors.append(encoded.anchor)
         option_ids.append(ids)
         truncated.append(encoded.truncated)
         labelled.append((labels, continuations))
     scored = LoglikScorer(generator, batch_size).score_ids(prompt_ids, option_ids, [i.lang for i in items],
-                                                           [i.prompt_en for i in items])
+                                                           [i.prompt_en for i in items], anchors=anchors)
     results = []
     for (labels, continuations), result, cut in zip(labelled, scored, truncated):
         acc, norm, per_byte = choose(labels, continuations, result.logliks)

@@ -5,8 +5,15 @@ the first response token. It is computed by tokenizing the prompt rendered with 
 tokenizer's own chat template (with the generation prompt), never from hard-coded token
 ids, so any chat model works:
 
-    ids = encode_prompt(tokenizer, "Was ist die Hauptstadt von Kenia?").input_ids
-    anchor = len(ids) - 1          # before padding
+    encoded = encode_prompt(tokenizer, "Was ist die Hauptstadt von Kenia?")
+    encoded.anchor == len(encoded.input_ids) - 1          # before padding
+
+``model.anchor: authors`` places it as the authors' ``tag_locate.py`` did, per template
+(``anchor_rule(tokenizer, "authors")``): Llama-3 one past the 2nd ``<|end_header_id|>`` (the
+last prompt token), Mistral one before the first ``[/INST]``, Qwen2 one past the 3rd
+``<|im_start|>`` (the ``assistant`` token). ``add_special_tokens=True`` tokenizes the rendered
+prompt as their ``tokenizer(prompt)`` call did: the tokenizer's own BOS goes before the
+template's (two BOS tokens for Llama-3 and Mistral).
 """
 
 from __future__ import annotations
@@ -115,25 +122,98 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def special_prefix(tokenizer) -> list[int]:
+    """The tokens ``tokenizer(text)`` puts before a text by itself (``add_special_tokens=True``): Llama-3's
+    and Mistral's BOS, nothing for Qwen2 or SmolLM2. The authors tokenized their rendered prompts so,
+    on top of the template's own BOS. A tokenizer that also appends tokens is refused (the anchor
+    is the prompt's end)."""
+    probe = "a"
+    plain = _ids(tokenizer, probe)
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    if len(full) < len(plain) or full[len(full) - len(plain):] != plain:
+        raise ValueError("add_special_tokens: this tokenizer appends special tokens after the text; only "
+                         "tokenizers that prepend them (a BOS) are supported")
+    return full[: len(full) - len(plain)]
+
+
+ANCHORS = ("last_prompt_token", "authors")
+# The authors' anchors (LLaMA_Factory/train_utils/tag_locate.py): (marker token, its occurrence, offset). Their
+# code selects by template name and hard-codes the ids (128007, 4, 151644); the marker tokens name them here.
+AUTHORS_MARKERS = (("<|end_header_id|>", 2, 1),  # llama3: one past the 2nd end-of-header, the last prompt token
+                   ("[/INST]", 1, -1),  # mistral: one before the first [/INST]
+                   ("<|im_start|>", 3, 1))  # qwen2: one past the 3rd <|im_start|>, the "assistant" token
+
+
+@dataclass(frozen=True)
+class AnchorRule:
+    """Where the anchor sits in a tokenized sequence: the last prompt token (no marker), or the token
+    ``offset`` away from the ``occurrence``-th ``marker`` token (the authors' rules)."""
+
+    marker: int | None = None
+    occurrence: int = 1
+    offset: int = 0
+    name: str = "last_prompt_token"
+
+    def locate(self, ids: list[int], prompt_len: int | None = None) -> int:
+        """The anchor's index in ``ids`` (a prompt, or prompt + response with ``prompt_len``); -1 where the
+        marker does not occur often enough (their "no match": the last column of the batch)."""
+        if self.marker is None:
+            return (len(ids) if prompt_len is None else prompt_len) - 1
+        seen = [i for i, token in enumerate(ids) if token == self.marker]
+        if len(seen) < self.occurrence:
+            return -1
+        index = seen[self.occurrence - 1] + self.offset
+        return index if 0 <= index < len(ids) else -1
+
+
+def anchor_rule(tokenizer, anchor: str = "last_prompt_token") -> AnchorRule:
+    """``model.anchor``: ``last_prompt_token`` (any template) | ``authors``: their rule for the template the
+    tokenizer renders (the first of Llama-3's, Mistral's, Qwen2's marker tokens found in its generation prompt)."""
+    if anchor == "last_prompt_token":
+        return AnchorRule()
+    if anchor != "authors":
+        raise ValueError(f"model.anchor={anchor!r}; valid: {', '.join(ANCHORS)}")
+    probe = _ids(tokenizer, render_prompt(tokenizer, "x"))
+    for token, occurrence, offset in AUTHORS_MARKERS:
+        marker = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(marker, int) and marker in probe and marker != getattr(tokenizer, "unk_token_id", None):
+            return AnchorRule(marker, occurrence, offset, f"authors:{token}")
+    raise ValueError("model.anchor=authors: the chat template has none of the authors' marker tokens "
+                     f"({', '.join(t for t, _, _ in AUTHORS_MARKERS)}: Llama-3, Mistral, Qwen2); "
+                     "use model.anchor=last_prompt_token")
+
+
 @dataclass(frozen=True)
 class EncodedPrompt:
     input_ids: list[int]
     truncated: bool  # the user text was cut from the left to fit max_len
+    anchor: int = -1  # the anchor's index; -1: the last token (resolved here)
 
-    @property
-    def anchor(self) -> int:
-        return len(self.input_ids) - 1
+    def __post_init__(self) -> None:
+        if self.anchor < 0:
+            object.__setattr__(self, "anchor", len(self.input_ids) - 1)
 
 
-def encode_prompt(tokenizer, instruction: str, max_len: int | None = None) -> EncodedPrompt:
+def encode_prompt(tokenizer, instruction: str, max_len: int | None = None, add_special_tokens: bool = False,
+                  rule: AnchorRule | None = None) -> EncodedPrompt:
     """Tokenize chat(instruction); if it is longer than ``max_len``, cut the user text from the left.
 
     The chat template is always kept, and so is the user text's first line when it is short
     (at most a quarter of the room): that is where benchmark prompts put their instruction
     ("Please summarise the following in one sentence.", "Please answer ... based on the
     given context."). The cut then falls on the start of the passage, so the question and
-    options at the end survive too.
+    options at the end survive too. ``add_special_tokens``: the tokenizer's own specials go in
+    front (``special_prefix``), as the authors' ``tokenizer(prompt)``. ``rule``: where the anchor
+    is (default: the last token; a rule's "no match" is the last token too, the last column of the
+    authors' one-prompt batches).
     """
+    prefix = special_prefix(tokenizer) if add_special_tokens else []
+    encoded = _encode_prompt(tokenizer, instruction, None if max_len is None else max_len - len(prefix))
+    ids = prefix + encoded.input_ids
+    return EncodedPrompt(ids, encoded.truncated, (rule or AnchorRule()).locate(ids))
+
+
+def _encode_prompt(tokenizer, instruction: str, max_len: int | None) -> EncodedPrompt:
     ids = _ids(tokenizer, render_prompt(tokenizer, instruction))
     if max_len is None or len(ids) <= max_len:
         return EncodedPrompt(ids, False)
@@ -163,18 +243,25 @@ def encode_prompt(tokenizer, instruction: str, max_len: int | None = None) -> En
 class EncodedExample:
     input_ids: list[int]
     labels: list[int]  # -100 on prompt tokens
-    anchor: int  # index of the last prompt token
+    anchor: int  # index of the anchor (the last prompt token by default); -1: no anchor found
     response_truncated: bool
+    prompt_truncated: bool = False  # the prompt was cut from the right (train.truncation: llama_factory)
 
 
-def encode_example(tokenizer, instruction: str, response: str, cutoff_len: int) -> EncodedExample | None:
+def encode_pair(tokenizer, instruction: str, response: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of one training example: chat(instruction) with the generation
+    prompt, and what the template appends for the response (its end-of-turn marker included)."""
+    prompt_text = render_prompt(tokenizer, instruction)
+    return _ids(tokenizer, prompt_text), _ids(tokenizer, render_response(tokenizer, instruction, response, prompt_text))
+
+
+def encode_example(tokenizer, instruction: str, response: str, cutoff_len: int,
+                   rule: AnchorRule | None = None) -> EncodedExample | None:
     """chat(instruction) + response, labels masked on the prompt; None if no response token fits.
 
     Truncation keeps the whole prompt (so the anchor stays inside) and cuts the response.
     """
-    prompt_text = render_prompt(tokenizer, instruction)
-    prompt_ids = _ids(tokenizer, prompt_text)
-    response_ids = _ids(tokenizer, render_response(tokenizer, instruction, response, prompt_text))
+    prompt_ids, response_ids = encode_pair(tokenizer, instruction, response)
     room = cutoff_len - len(prompt_ids)
     if room <= 0 or not response_ids:
         return None
@@ -182,7 +269,7 @@ def encode_example(tokenizer, instruction: str, response: str, cutoff_len: int) 
     return EncodedExample(
         input_ids=prompt_ids + kept,
         labels=[-100] * len(prompt_ids) + kept,
-        anchor=len(prompt_ids) - 1,
+        anchor=(rule or AnchorRule()).locate(prompt_ids + kept, len(prompt_ids)),
         response_truncated=len(kept) < len(response_ids),
     )
 
@@ -206,13 +293,16 @@ def pad_sequences(
     return out, mask
 
 
-def anchor_positions(prompt_lengths: list[int] | torch.Tensor, width: int, side: str) -> torch.Tensor:
-    """Anchor column per example after padding to ``width`` (right: len-1; left: width-1)."""
+def anchor_positions(prompt_lengths: list[int] | torch.Tensor, width: int, side: str,
+                     anchors: list[int] | None = None) -> torch.Tensor:
+    """Anchor column per example after padding to ``width`` (right: len-1; left: width-1). ``anchors``:
+    each prompt's own anchor index (default: its last token)."""
     lengths = torch.as_tensor(prompt_lengths, dtype=torch.long)
+    index = lengths - 1 if anchors is None else torch.as_tensor(anchors, dtype=torch.long)
     if side == "right":
-        return lengths - 1
+        return index
     if side == "left":
-        return torch.full_like(lengths, width - 1)
+        return width - lengths + index
     raise ValueError(f"padding side must be 'left' or 'right', not {side!r}")
 
 

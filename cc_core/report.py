@@ -152,6 +152,32 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def decision_text(settings: dict) -> str:
+    """How the CC model's Decision Maker chose at inference, as the report states it."""
+    mode, seeds = settings.get("decision_mode"), settings.get("gumbel_seeds") or []
+    if mode != "gumbel":
+        return f"{mode} (deterministic)"
+    if len(seeds) == 1:
+        return f"one seeded Gumbel draw per prompt (seed {seeds[0]}), as the authors' one draw (theirs unseeded)"
+    return f"the mean over {len(seeds)} seeded Gumbel draws per prompt (seeds {', '.join(map(str, seeds))})"
+
+
+def inference_lines(scores, methods, benchmarks) -> list[str]:
+    """Markdown lines naming the inference settings of the metrics files (older files have none)."""
+    lines = []
+    for method in methods:
+        kinds = {json.dumps(scores[method][b]["inference"], sort_keys=True) for b in benchmarks
+                 if "inference" in scores[method].get(b, {})}
+        for kind in sorted(kinds):
+            settings = json.loads(kind)
+            text = (f"Inference ({method}): dtype {settings['dtype']}, stop at {settings['stop']}, "
+                    f"tokenizer specials {'added' if settings['add_special_tokens'] else 'not added'}")
+            if "decision_mode" in settings:
+                text += f"; anchor {settings['anchor']}; Decision Maker: {decision_text(settings)}"
+            lines += [text + ".", ""]
+    return lines
+
+
 def _markdown(scores, deltas, benchmarks, methods, confidence, paper: bool = False, note: str | None = None) -> str:
     lines = [note, ""] if note else []
     lines += ["# CC-Tuning evaluation summary", "",
@@ -161,6 +187,7 @@ def _markdown(scores, deltas, benchmarks, methods, confidence, paper: bool = Fal
     lines += [f"Scoring protocol: {', '.join(protocols)} (lenient = robust option and number parsing, for "
               "CC-vs-SFT deltas; standard = the reference scripts, comparable with published numbers).", ""]
     # how the option benchmarks chose their answer: parsed from generated text, or by log-likelihood
+    lines += inference_lines(scores, methods, benchmarks)
     scoring = sorted({scores[m][b].get("choice_scoring", "generate") for m in methods for b in benchmarks
                       if b in scores[m] and BENCHMARKS[b].kind == "choice"})
     if scoring:

@@ -42,7 +42,7 @@ from cc_core.modeling.adapters import BaseRef
 from cc_core.modeling.architectures import ArchPaths
 from cc_core.modeling.cc_model import CCTuningModel
 from cc_core.modeling.loading import check_tokenizer_matches, load_model_dir
-from cc_core.prompts import pad_token_id
+from cc_core.prompts import anchor_rule, pad_token_id
 from cc_core.tracking import (NullRun, Tracker, close_orphaned_training_runs, git_commit, read_run_id,
                               tracking_uri, write_run_file)
 from cc_core.training.adapters import base_dtype, check_adapter_options, quantize, with_adapters
@@ -202,14 +202,18 @@ def _encode(params: Params, method: str, records, tokenizer, data_file: Path):
     """Training features of ``records``; examples that cannot fit are dropped with a warning (or refused)."""
     tp = params.train
     budget = tp.pack_max_tokens  # None: rows of at most twice each batch's longest example
+    rule = anchor_rule(tokenizer, params.model.anchor) if method == "cc" else None  # SFT has no anchor
     features, stats = encode_records(records, tokenizer, tp.cutoff_len, method, tp.on_truncated, str(data_file),
-                                     budget if tp.packing else None)
+                                     budget if tp.packing else None, tp.truncation, rule)
     if stats.dropped_over_budget:
         log.warning("dropped %d of %d examples longer than train.pack_max_tokens=%s", stats.dropped_over_budget,
                     stats.records, budget)
     if stats.dropped_truncated:
         log.warning("dropped %d of %d examples whose response did not fit train.cutoff_len=%d",
                     stats.dropped_truncated, stats.records, tp.cutoff_len)
+    if stats.anchor_lost or stats.english_anchor_lost:
+        log.warning("%d examples (%d English prompts) lost their anchor to train.truncation=%s: the authors' -1, "
+                    "their batch's last column", stats.anchor_lost, stats.english_anchor_lost, tp.truncation)
     if not features:
         # name the key(s) that dropped them: a row budget below every example is not a cutoff problem
         causes = [f"train.pack_max_tokens={budget} dropped {stats.dropped_over_budget} (longer than a packed row)"
@@ -233,6 +237,7 @@ def _run_trainer(params: Params, setup: _Setup, run):
         data_collator=make_collator(tp, pad_token_id(setup.tokenizer)), processing_class=setup.tokenizer,
         callbacks=[callback], nonfinite_patience=tp.nonfinite_patience, save_total_limit=tp.save_total_limit,
         adapter_base=setup.adapter_base, decision_maker_lr=tp.decision_maker_lr,
+        loss_average=tp.loss_average,
     )
     callback.attach(trainer)
     if setup.resume_from:

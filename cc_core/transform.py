@@ -4,10 +4,13 @@
 
 Faithful default: one d×d matrix shared by all layers, plain least squares over all
 (pair, layer) rows. Streaming: the shards are read one at a time and only the normal
-equations BᵀB and BᵀA (float64, O(d²)) are kept, so memory does not grow with N. Options:
-ridge λ, one matrix per layer, a bias term, one matrix per language. A seeded held-out split
-of pairs reports MSE, R² and cosine(B M, A) per layer, next to the identity map (no
-transform), so a user sees at a glance whether the matrix helps.
+equations BᵀB and BᵀA (float64, O(d²)) are kept, so memory does not grow with N; they are
+solved by Cholesky (the pseudo-inverse when singular). ``fit.solver: lstsq`` is the authors'
+``TransformMatrix/get_matrix.py``: ``numpy.linalg.lstsq`` (float64 SVD) on the stacked rows,
+O(N·L·d) memory. Options: ridge λ, one matrix per layer, a bias term, one matrix per language.
+A held-out split of pairs (seeded random, or ``fit.holdout_split: last``: the last pairs of the
+collection, the draws after the fitted ones) reports MSE, R² and cosine(B M, A) per layer, next
+to the identity map (no transform), so a user sees at a glance whether the matrix helps.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cc_core.config import FitParams
@@ -33,7 +37,9 @@ log = logging.getLogger(__name__)
 # The matrix itself lives in cc_core.modeling.transform_matrix; its loader and error are named here too
 # because callers of the fit stage (cctune, tests) reach them through this module.
 __all__ = ["FitResult", "TransformMatrix", "TransformShapeError", "fit", "fit_transform", "load_transform",
-           "read_index", "iter_shards", "split_ids", "NormalEquations"]
+           "read_index", "iter_shards", "split_ids", "NormalEquations", "StackedRows", "SOLVERS"]
+SOLVERS = ("cholesky", "lstsq")
+HOLDOUT_SPLITS = ("random", "last")
 
 
 # --- reading activations ---------------------------------------------------------------------------
@@ -138,6 +144,36 @@ class NormalEquations:
         return (w[:d], w[d] if self.bias else None, solver)
 
 
+class StackedRows:
+    """The authors' solve (``TransformMatrix/get_matrix.py``): every row kept, then ``numpy.linalg.lstsq``
+    (LAPACK gelsd: SVD, float64, ``rcond`` = machine precision × max(rows, d)), the minimum-norm
+    solution when the rows do not determine M. Memory O(rows × d). Same interface as NormalEquations;
+    ``ridge`` appends √λ·I rows (the bias unpenalised)."""
+
+    def __init__(self, d: int, bias: bool) -> None:
+        self.d, self.bias = d, bias
+        self.xs: list[torch.Tensor] = []
+        self.ys: list[torch.Tensor] = []
+        self.rows = 0
+
+    def add(self, b: torch.Tensor, a: torch.Tensor) -> None:
+        x = b.double()
+        if self.bias:
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+        self.xs.append(x)
+        self.ys.append(a.double())
+        self.rows += x.shape[0]
+
+    def solve(self, ridge: float = 0.0, rcond: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        x, y = torch.cat(self.xs).numpy(), torch.cat(self.ys).numpy()
+        if ridge:
+            penalty = np.zeros((self.d, x.shape[1]))
+            penalty[:, : self.d] = np.sqrt(ridge) * np.eye(self.d)
+            x, y = np.concatenate([x, penalty]), np.concatenate([y, np.zeros((self.d, self.d))])
+        w = torch.from_numpy(np.linalg.lstsq(x, y, rcond=rcond)[0])
+        return (w[: self.d], w[self.d] if self.bias else None, "lstsq")
+
+
 # --- fit quality ---------------------------------------------------------------------------------------
 
 class _Quality:
@@ -190,11 +226,18 @@ class FitResult:
     seconds: float
 
 
-def split_ids(ids: list[str], holdout_fraction: float, seed: int) -> set[str]:
-    """Seeded held-out subset of pair ids (at least one pair is kept for fitting)."""
+def split_ids(ids: list[str], holdout_fraction: float, seed: int, how: str = "random") -> set[str]:
+    """Held-out pair ids (at least one pair is kept for fitting): a seeded random subset, or (``how="last"``)
+    the last ones of ``ids`` in their order, the pairs drawn after the fitted ones (pairs.jsonl of
+    ``data.pairs_from: train`` is in draw order: with 1100 pairs and 1/11 held out, the first 1000
+    draws are fitted, exactly the authors' 1000-pair sample, and the next 100 held out)."""
+    if how not in HOLDOUT_SPLITS:
+        raise ValueError(f"fit.holdout_split={how!r}; valid: {', '.join(HOLDOUT_SPLITS)}")
+    count = min(int(round(len(ids) * holdout_fraction)), max(len(ids) - 1, 0))
+    if how == "last":
+        return set(ids[len(ids) - count:]) if count else set()
     ordered = sorted(ids)
     random.Random(seed).shuffle(ordered)
-    count = min(int(round(len(ordered) * holdout_fraction)), max(len(ordered) - 1, 0))
     return set(ordered[:count])
 
 
@@ -206,12 +249,15 @@ def fit_transform(params: FitParams, activations_dir: str | Path) -> tuple[Trans
     all_ids = [i for shard in index["shards"] for i in shard["ids"]]
     if len(set(all_ids)) != len(all_ids):
         raise InputError(f"{Path(activations_dir) / 'index.json'}: duplicate pair ids")
-    heldout = split_ids(all_ids, params.holdout_fraction, params.seed)
+    heldout = split_ids(all_ids, params.holdout_fraction, params.seed, params.holdout_split)
+    if params.solver not in SOLVERS:
+        raise ValueError(f"fit.solver={params.solver!r}; valid: {', '.join(SOLVERS)}")
+    system = StackedRows if params.solver == "lstsq" else NormalEquations
 
     def key(layer: int | None, lang: str | None):
         return (layer if params.per_layer else None, lang)
 
-    systems: dict[tuple, NormalEquations] = defaultdict(lambda: NormalEquations(d, params.bias))
+    systems: dict[tuple, NormalEquations | StackedRows] = defaultdict(lambda: system(d, params.bias))
     for shard in iter_shards(activations_dir, index):
         fit_rows = [i for i, pid in enumerate(shard.ids) if pid not in heldout]
         if not fit_rows:
@@ -250,7 +296,7 @@ def fit_transform(params: FitParams, activations_dir: str | Path) -> tuple[Trans
     transform = TransformMatrix(matrix, bias, per_language, {
         "model_sha256": index["model_sha256"], "num_layers": num_layers, "hidden_size": d,
         "ridge": params.ridge, "per_layer": params.per_layer, "bias": params.bias,
-        "per_language": params.per_language, "pairs_fit": len(all_ids) - len(heldout)})
+        "per_language": params.per_language, "pairs_fit": len(all_ids) - len(heldout), "solver": params.solver})
 
     quality = {split: {m: _Quality(num_layers, d) for m in ("transform", "identity")} for split in ("fit", "heldout")}
     for shard in iter_shards(activations_dir, index):
@@ -264,7 +310,7 @@ def fit_transform(params: FitParams, activations_dir: str | Path) -> tuple[Trans
             quality[split]["identity"].add(b, a)
     metrics = {
         "options": {k: transform.meta[k] for k in ("ridge", "per_layer", "bias", "per_language")},
-        "solver": "pinv" if "pinv" in solvers else "cholesky",
+        "solver": "pinv" if "pinv" in solvers else params.solver, "holdout_split": params.holdout_split,
         "pairs_fit": len(all_ids) - len(heldout), "pairs_heldout": len(heldout),
         "rows_fit": (len(all_ids) - len(heldout)) * num_layers,
         "seconds": round(time.perf_counter() - started, 3),

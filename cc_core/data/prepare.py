@@ -83,11 +83,15 @@ def split_records(records: list[Record], num_pairs: int, seed: int) -> tuple[lis
 
 
 def sample_pairs_from_train(records: list[Record], num_pairs: int, seed: int) -> tuple[list[Record], list[Record]]:
-    """The reference's Transform pairs: a seeded sample *of the training set* (they stay in it)."""
+    """The reference's Transform pairs: a seeded sample *of the training set* (they stay in it), drawn as
+    their ``TransformMatrix/get_vectors.py`` draws: ``random.seed(666); random.sample(range(n), k)`` over
+    the file in its order, pairs in draw order. For n over ~4,100 ``random.sample`` draws one index at a
+    time, so the first k of a longer sample are exactly the k-sample: the first 1000 of 1100 are their
+    1000 (their code took the first 10)."""
     rng = random.Random(seed)
-    ordered = sorted(records, key=lambda r: r.id)
-    pairs = rng.sample(ordered, min(num_pairs, len(ordered)))
-    train = list(ordered)
+    ordered = list(records)  # file order: their indices are positions in the file
+    pairs = [ordered[i] for i in rng.sample(range(len(ordered)), min(num_pairs, len(ordered)))]
+    train = sorted(ordered, key=lambda r: r.id)
     rng.shuffle(train)
     return train, pairs
 

@@ -54,6 +54,19 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+STOPS = ("end_of_turn", "model_eos")
+
+
+def model_eos_ids(model) -> list[int]:
+    """The model config's ``eos_token_id`` alone: where the authors' decoding loop stopped
+    (``Inference/inference_matrix.py``; ``<|end_of_text|>`` for the Llama-3.1 base model, not the
+    ``<|eot_id|>`` their template's training teaches it to emit)."""
+    configured = getattr(model.config.get_text_config(), "eos_token_id", None)
+    if configured is None:
+        raise ValueError("eval.stop=model_eos: the model's config has no eos_token_id")
+    return sorted({configured} if isinstance(configured, int) else set(configured))
+
+
 def new_token_count(tokens: list[int], stop_ids: list[int]) -> int:
     """Tokens generated up to and including the first stop token (all of them without one)."""
     for index, token in enumerate(tokens):

@@ -6,7 +6,9 @@
   pass 1's cache (every earlier position is identical in both passes, attention being causal).
   A static cache re-runs the anchor over its own slot (``crop(-1)`` moves its write position back
   one column); a cache that cannot roll back (a sliding-window layer past its window) makes the
-  whole prompt be recomputed with the connection, with a warning.
+  whole prompt be recomputed with the connection, with a warning. An anchor before the last
+  column (``model.anchor: authors`` on Mistral or Qwen2) makes the columns from the batch's first
+  anchor on be recomputed.
 - ``parallel`` (oracle): the activations come from the real parallel English prompt; prompts
   without one get a zero vector (the plain model).
 
@@ -62,19 +64,21 @@ def transform_prefill(decoder: Decoder, cc: CCTuningModel, transform: TransformM
         acts, embeds = cap.vectors(), cap.embeds()
     vectors, choice = select(transform.apply(acts.float(), list(langs)), embeds)
     past = 0
+    # columns from the first anchor on are recomputed: 1 (the last) with anchors at the last prompt token
+    redo = ids.shape[1] - int(anchor.min())
     if not reuse_cache:
         pass  # the connected pass recomputes the whole prompt (into the empty static cache, if any)
     elif static and not static_croppable(cache):
         decoder.warn_crop("a sliding-window layer is past its window")
         cache.reset()  # recompute the whole prompt into the same buffers
     elif static:
-        cache.crop(-1)  # the write position goes back one column: the anchor's slot is overwritten
-        past = ids.shape[1] - 1
+        cache.crop(-redo)  # the write position goes back: the anchor's slot (and any after it) is overwritten
+        past = ids.shape[1] - redo
     else:
         try:
             cache = first.cache
-            cache.crop(-1)  # drop the anchor column (transformers 5: negative = tokens to remove)
-            past = ids.shape[1] - 1
+            cache.crop(-redo)  # drop the anchor column (transformers 5: negative = tokens to remove)
+            past = ids.shape[1] - redo
         except (RuntimeError, ValueError, NotImplementedError, AttributeError) as err:
             # e.g. a sliding-window layer already past its window: correct, just slower
             decoder.warn_crop(err)

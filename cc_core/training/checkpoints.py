@@ -72,6 +72,7 @@ def make_fingerprint(params: Params, method: str, data_file: Path, base_dir: Pat
              and p.stat().st_size < 64 << 20}
     weights = base_weights(base_dir) if weights is None else weights
     return {"method": method, "train_params": params.section_hash("train"), "arch_map": str(params.model.arch_map),
+            "anchor": params.model.anchor,
             "data_sha256": file_sha256(data_file), "base_files_sha256": small,
             "base_weights_sha256": {name: entry["sha256"] for name, entry in weights.items()}}
 

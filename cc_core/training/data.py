@@ -3,6 +3,13 @@
     features, stats = encode_records(records, tokenizer, cutoff_len=1024, method="cc")
     collator = make_collator(params.train, pad_token_id(tokenizer))   # packed or padded batches
 
+Truncation (``train.truncation``): ``keep_prompt`` keeps the prompt whole and cuts the response (an
+example whose prompt fills the cutoff is dropped; the English prompt is cut from the left of its user
+text); ``llama_factory`` is LLaMA-Factory's ``infer_seqlen`` as the authors ran it (``infer_seqlen``
+below). An anchor of -1 (the authors' rule found no anchor, e.g. the prompt lost its assistant header)
+is the last column of the padded batch, as in their code; packed, the example's own last token
+(the same losses and gradients: an injection there reaches no label).
+
 ``CCCollator`` right-pads one example per row. ``PackedCollator`` (``train.packing``, the default)
 concatenates a step's examples into rows chosen by ``pack_layout`` (first-fit decreasing, at the
 row width whose rectangle has the fewest cells); positions restart per example and no attention
@@ -19,7 +26,10 @@ from torch.utils.data import Dataset
 
 from cc_core.config import TrainParams
 from cc_core.io import InputError
-from cc_core.prompts import encode_example, encode_prompt, pad_sequences
+from cc_core.prompts import (AnchorRule, EncodedExample, encode_example, encode_pair, encode_prompt, pad_sequences,
+                             pad_token_id)
+
+TRUNCATIONS = ("keep_prompt", "llama_factory")
 
 
 @dataclass
@@ -28,19 +38,80 @@ class EncodeStats:
     kept: int = 0
     dropped_truncated: int = 0  # response cut away entirely by cutoff_len
     response_truncated: int = 0  # response partly cut
-    english_truncated: int = 0  # English prompt cut from the left to fit
+    english_truncated: int = 0  # English prompt cut (keep_prompt: from the left; llama_factory: from the right)
     dropped_over_budget: int = 0  # longer than train.pack_max_tokens: cannot be packed
+    prompt_truncated: int = 0  # llama_factory: the prompt cut from the right
+    anchor_lost: int = 0  # no anchor found in the (cut) prompt: -1, the batch's last column
+    english_anchor_lost: int = 0  # the same for the English prompt (cut, or emptied)
+    english_emptied: int = 0  # llama_factory: the English prompt got no token (x + y fill the cutoff)
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's ``infer_seqlen`` (data/processors/processor_utils.py, the version the authors ran):
+    the (prompt, response) lengths kept under ``cutoff_len``. A short response (under half the cutoff)
+    is kept whole and the prompt cut; else a short prompt is kept and the response cut; else both are
+    cut in proportion to their lengths. Both are cut from the right."""
+    if target_len * 2 < cutoff_len:
+        max_target = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target = cutoff_len - source_len
+    else:
+        max_target = int(cutoff_len * (target_len / (source_len + target_len)))
+    target = min(max_target, target_len)
+    source = min(max(cutoff_len - target, 0), source_len)
+    return source, target
+
+
+@dataclass(frozen=True)
+class LlamaFactoryExample:
+    example: EncodedExample
+    english: list[int] | None  # the English prompt's kept ids (one padding token when none is kept); None: SFT
+    english_kept: int = 0  # English prompt tokens kept
+    english_total: int = 0  # ... of
+
+
+def encode_llama_factory(tokenizer, instruction: str, response: str, instruction_en: str | None, cutoff_len: int,
+                         rule: AnchorRule | None = None) -> LlamaFactoryExample:
+    """The authors' truncation (LLaMA-Factory's data/processors/supervised.py). The prompt and response are
+    cut by ``infer_seqlen``; the English prompt (a prompt with an empty response there) gets
+    ``cutoff_len - len(x + y)`` tokens, cut from the right: none when the example fills the cutoff, which
+    any cut example does. Anchors come from ``rule`` on what is kept (-1: none found). An English prompt
+    cut to nothing is one padding token: their padded batch had a row of padding there."""
+    rule = rule or AnchorRule()
+    prompt_ids, response_ids = encode_pair(tokenizer, instruction, response)
+    source, target = infer_seqlen(len(prompt_ids), len(response_ids), cutoff_len)
+    ids = prompt_ids[:source] + response_ids[:target]
+    example = EncodedExample(ids, [-100] * source + response_ids[:target], rule.locate(ids, source),
+                             target < len(response_ids), source < len(prompt_ids))
+    if instruction_en is None:
+        return LlamaFactoryExample(example, None)
+    en_full = encode_prompt(tokenizer, instruction_en).input_ids
+    kept, _ = infer_seqlen(len(en_full), 0, cutoff_len - len(ids))
+    return LlamaFactoryExample(example, en_full[:kept] or [pad_token_id(tokenizer)], kept, len(en_full))
 
 
 def encode_records(records, tokenizer, cutoff_len: int, method: str, on_truncated: str = "drop",
-                   where: str = "train.jsonl", pack_budget: int | None = None) -> tuple[list[dict[str, Any]], EncodeStats]:
+                   where: str = "train.jsonl", pack_budget: int | None = None, truncation: str = "keep_prompt",
+                   rule: AnchorRule | None = None) -> tuple[list[dict[str, Any]], EncodeStats]:
     """Tokenize records into training features (lists of ids; padding happens in the collator).
     ``pack_budget``: the packed row's token budget; an example (or its English prompt) longer than it
-    cannot be packed and is dropped and counted (``on_truncated: error``: an error)."""
+    cannot be packed and is dropped and counted (``on_truncated: error``: an error). ``truncation``:
+    ``keep_prompt`` | ``llama_factory`` (module docstring). ``rule``: where the anchors are (default:
+    the last prompt token)."""
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"train.truncation={truncation!r}; valid: {', '.join(TRUNCATIONS)}")
+    rule = rule or AnchorRule()
     stats = EncodeStats(records=len(records))
     features = []
     for index, record in enumerate(records):
-        example = encode_example(tokenizer, record.instruction, record.output, cutoff_len)
+        factory = None
+        if truncation == "llama_factory":
+            factory = encode_llama_factory(tokenizer, record.instruction, record.output,
+                                           record.instruction_en if method == "cc" else None, cutoff_len, rule)
+            # no label left (a prompt far longer than the cutoff): LLaMA-Factory keeps it, for no loss at all
+            example = factory.example if any(label != -100 for label in factory.example.labels) else None
+        else:
+            example = encode_example(tokenizer, record.instruction, record.output, cutoff_len, rule)
         if example is not None and pack_budget is not None and len(example.input_ids) > pack_budget:
             if on_truncated == "error":
                 raise InputError(f"{where}: record {record.id!r} (line {index + 1}) has {len(example.input_ids)} "
@@ -54,11 +125,22 @@ def encode_records(records, tokenizer, cutoff_len: int, method: str, on_truncate
             stats.dropped_truncated += 1
             continue
         stats.response_truncated += example.response_truncated
+        stats.prompt_truncated += example.prompt_truncated
+        stats.anchor_lost += example.anchor < 0
         feature: dict[str, Any] = {"input_ids": example.input_ids, "labels": example.labels, "anchor": example.anchor}
         if method == "cc":
-            english = encode_prompt(tokenizer, record.instruction_en, max_len=min(cutoff_len, pack_budget or cutoff_len))
-            stats.english_truncated += english.truncated
-            feature.update(en_input_ids=english.input_ids, en_anchor=english.anchor)
+            if factory is not None:
+                english = factory.english
+                stats.english_truncated += factory.english_kept < factory.english_total
+                stats.english_emptied += factory.english_kept == 0
+            else:
+                encoded = encode_prompt(tokenizer, record.instruction_en,
+                                        max_len=min(cutoff_len, pack_budget or cutoff_len))
+                stats.english_truncated += encoded.truncated
+                english = encoded.input_ids
+            en_anchor = rule.locate(english) if factory is None or factory.english_kept else -1
+            stats.english_anchor_lost += en_anchor < 0
+            feature.update(en_input_ids=english, en_anchor=en_anchor)
         features.append(feature)
     stats.kept = len(features)
     return features, stats
@@ -91,8 +173,10 @@ class CCCollator:
                                  "token_count": sum(len(f["input_ids"]) for f in features)}
         if "en_input_ids" in features[0]:
             en_ids, en_mask = pad_sequences([f["en_input_ids"] for f in features], self.pad_id, "right")
-            batch.update(anchor=torch.tensor([f["anchor"] for f in features]), en_input_ids=en_ids,
-                         en_attention_mask=en_mask, en_anchor=torch.tensor([f["en_anchor"] for f in features]),
+            # -1 (no anchor found): the batch's last column, as the authors' hidden_states[k, -1]
+            batch.update(anchor=torch.tensor([f["anchor"] % ids.shape[1] for f in features]), en_input_ids=en_ids,
+                         en_attention_mask=en_mask,
+                         en_anchor=torch.tensor([f["en_anchor"] % en_ids.shape[1] for f in features]),
                          en_token_count=sum(len(f["en_input_ids"]) for f in features))
         return batch
 
@@ -186,13 +270,14 @@ class PackedCollator:
     budget: int | None = None  # tokens per packed row at most (None: twice the batch's longest example)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        main = pack_batch([f["input_ids"] for f in features], [f["anchor"] for f in features],
-                     [f["labels"] for f in features], self.budget, self.pad_id)
+        # -1 (no anchor found): the example's own last token (module docstring)
+        main = pack_batch([f["input_ids"] for f in features], [f["anchor"] % len(f["input_ids"]) for f in features],
+                          [f["labels"] for f in features], self.budget, self.pad_id)
         batch: dict[str, Any] = {"input_ids": main["input_ids"], "position_ids": main["position_ids"],
                                  "labels": main["labels"], "token_count": sum(len(f["input_ids"]) for f in features)}
         if "en_input_ids" in features[0]:
-            en = pack_batch([f["en_input_ids"] for f in features], [f["en_anchor"] for f in features], None,
-                       self.budget, self.pad_id)
+            en = pack_batch([f["en_input_ids"] for f in features],
+                            [f["en_anchor"] % len(f["en_input_ids"]) for f in features], None, self.budget, self.pad_id)
             batch.update(anchor=main["anchor"], anchor_row=main["anchor_row"], en_input_ids=en["input_ids"],
                          en_position_ids=en["position_ids"], en_anchor=en["anchor"], en_anchor_row=en["anchor_row"],
                          en_token_count=sum(len(f["en_input_ids"]) for f in features))

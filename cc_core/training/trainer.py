@@ -39,6 +39,7 @@ from cc_core.training.distributed import barrier, rank
 from cc_core.training.divergence import NonFiniteGuard
 
 log = logging.getLogger(__name__)
+LOSS_AVERAGES = ("global_tokens", "micro_batch")
 
 
 def training_arguments(tp: TrainParams, work_dir: Path, deepspeed_config: dict | None) -> TrainingArguments:
@@ -76,10 +77,17 @@ class CCTrainer(Trainer):
     """Trainer whose loss is the CC two-pass step (or plain SFT); counts tokens and layer choices."""
 
     def __init__(self, *args, nonfinite_patience: int = 0, save_total_limit: int | None = None,
-                 adapter_base: BaseRef | None = None, decision_maker_lr: float | None = None, **kwargs):
+                 adapter_base: BaseRef | None = None, decision_maker_lr: float | None = None,
+                 loss_average: str = "global_tokens", **kwargs):
+        """``loss_average``: ``global_tokens`` (the Trainer's token count over all micro-batches of the step
+        on every device) | ``micro_batch``: each micro-batch's own token mean, divided by the accumulation
+        steps and averaged over devices by their gradients (the authors' Trainer passed no token count)."""
+        if loss_average not in LOSS_AVERAGES:
+            raise ValueError(f"train.loss_average={loss_average!r}; valid: {', '.join(LOSS_AVERAGES)}")
         super().__init__(*args, **kwargs)
         self.adapter_base = adapter_base  # the base model LoRA adapters are trained on (None: full weights)
         self.decision_maker_lr = decision_maker_lr
+        self.loss_average = loss_average
         self.tokens_seen = 0  # non-English (trained) tokens
         self.english_tokens_seen = 0
         self.tokens_restored = 0  # part of tokens_seen that a resumed run inherited (not trained now)
@@ -90,6 +98,8 @@ class CCTrainer(Trainer):
 
     # --- the step -------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.loss_average == "micro_batch":
+            num_items_in_batch = None  # the model's own mean; the Trainer then divides by the accumulation steps
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.guard.record_loss(loss)
         return loss
