@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "cc_core.evaluate", "cc_core.report", "cc_core.registry", "cc_core.registry_files",
                 "cc_core.champion")),
     ("adapters", ("cc_core.serving", "cc_core.pyfunc_model", "cc_core.lm_eval_backend", "cc_core.lm_eval_tasks",
-                  "cc_core.preflight", "cc_core.registry_artifacts")),
+                  "cc_core.preflight")),
     ("cli", ("cc_core.cli",)),
 ]
 PRIVATE_CHECKED = ("cc_core", "bench", "flows")

@@ -455,7 +455,7 @@ def test_a_version_whose_artifacts_are_gone_is_one_line_naming_version_and_path(
     assert f"{location}/artifacts/model/" in line and "missing (registered with sha256 " in line
     shutil.rmtree(location)  # the version's whole artifact directory
     line = last_line()
-    assert line == (f"cc_core.registry_artifacts.ArtifactsMissingError: registered model cc-test version 1 "
+    assert line == (f"cc_registry_plugin.ArtifactsMissingError: registered model cc-test version 1 "
                     f"(models:/cc-test@champion): its files are missing from the artifact store: {location} does not "
                     "exist; restore them from a backup or register the checkpoint again")
 
@@ -529,3 +529,20 @@ def test_pyfunc_refuses_a_transform_fitted_for_another_checkpoint(tmp_path):
     with pytest.raises(LineageError, match=r"registered model cc-test .*transform\.safetensors: made from checkpoint "
                                            r"cccccccccccc.* but .* is now " + paths["checkpoint"][:12]):
         resolve_checkpoint(config, {})
+
+
+def test_resolving_a_models_uri_never_imports_the_installed_cc_core(tmp_path):
+    """MLflow imports the models:/ plugin before a version's code_paths go on sys.path: a plugin inside
+    cc_core put the installed cc_core in sys.modules first, and a served version ran the checkout's code."""
+    import os
+
+    repo = Path(__file__).resolve().parents[2]
+    script = ("import sys\n"
+              "from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry as r\n"
+              "print(r._registry['models'].__module__, 'cc_core' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{_mlflow_plugins(tmp_path)}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2:] == ["cc_registry_plugin", "False"], out.stdout

@@ -11,7 +11,12 @@ subclass of MLflow's ``ModelsArtifactRepository`` is registered for the ``models
 ``mlflow.artifact_repository`` entry point of the cc-tuning package (pyproject.toml; MLflow loads plugins
 after its built-ins, so it takes the scheme wherever cc-tuning is installed). It changes nothing but the
 error of a download whose files are missing: one line naming the version, the URI asked for and the missing
-location. Imports only MLflow: MLflow imports it while registering its repositories.
+location.
+
+A package of its own, outside ``cc_core``, importing only MLflow: MLflow imports it while resolving any
+``models:/`` URI, before the version's own copy of ``cc_core`` (its ``code_paths``) is put on sys.path. Were
+it a ``cc_core`` module, the installed ``cc_core`` would be imported first and a served version would run
+the checkout's code instead of the code it was registered with.
 """
 
 from __future__ import annotations
