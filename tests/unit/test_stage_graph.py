@@ -233,3 +233,30 @@ def expected_deps(subcommand: str) -> list[str]:
     folders = {p.relative_to(REPO).as_posix() for p in packages
                if all(f.relative_to(REPO).as_posix() in files for f in p.glob("*.py"))}
     return sorted(folders | {f for f in files if not any(_covered(f, [d]) for d in folders)})
+
+
+def test_the_base_models_hash_manifest_is_outside_its_dvc_hash(tmp_path):
+    """models/base carries a manifest of its weights' hashes with their mtimes (cc_core/lineage.py): re-running
+    base-model with the same weights must leave the same DVC output, or every later stage would re-run."""
+    import shutil
+    import subprocess
+    import sys
+
+    from cc_core.lineage import WEIGHTS_MANIFEST
+
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    shutil.copy(REPO / ".dvcignore", tmp_path / ".dvcignore")
+    write = ("import pathlib, time; d = pathlib.Path('base'); d.mkdir(exist_ok=True); "
+             "(d / 'model.safetensors').write_text('weights'); "
+             f"(d / '{WEIGHTS_MANIFEST}').write_text(str(time.time_ns()))")
+    subprocess.run([*dvc, "stage", "add", "-q", "-n", "base_model", "-o", "base", f'python -c "{write}"'],
+                   cwd=tmp_path, check=True)
+
+    def output_hash() -> str:
+        subprocess.run([*dvc, "repro", "-f", "-q"], cwd=tmp_path, check=True, capture_output=True)
+        lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+        return lock["stages"]["base_model"]["outs"][0]["md5"]
+
+    first = output_hash()
+    assert (tmp_path / "base" / WEIGHTS_MANIFEST).read_text() and output_hash() == first
