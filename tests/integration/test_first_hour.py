@@ -29,6 +29,7 @@ import pytest
 
 from browser_helpers import launch, serve_offline
 from prefect_helpers import BIN, copy_project, free_port, stop
+from services import wait_http
 
 pytestmark = pytest.mark.integration
 NOT_RUN = {
@@ -57,20 +58,6 @@ def _env(home: Path, api: str, clone: Path) -> dict[str, str]:
 def _sections(output: str) -> dict[str, str]:
     parts = re.split(r"^### (.*)$", output, flags=re.M)
     return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
-
-
-def _wait(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} not answering after {timeout} s")
 
 
 def _get(url: str):
@@ -148,7 +135,7 @@ def test_readme_commands_as_written_then_the_guides_prefect_setup(clone, tmp_pat
                               cwd=clone, env={**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait(f"http://127.0.0.1:{port}/health", 180, ui)
+        wait_http(f"http://127.0.0.1:{port}/health", "mlflow ui", ui, tmp_path / "mlflow-ui.log")
         experiments = _get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=50")
         assert "cc-tuning-tiny" in {e["name"] for e in experiments["experiments"]}
         models = _get(f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/search")

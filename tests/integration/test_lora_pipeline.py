@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+
+from serving_helpers import served
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -150,41 +149,8 @@ def test_the_adapter_version_is_ten_times_smaller_than_a_full_one_and_shares_its
 def server(project, tmp_path_factory):
     uri = f"sqlite:///{project}/mlflow.db"
     name = json.loads((project / "metrics/register.json").read_text())["model_name"]
-    folder = tmp_path_factory.mktemp("lora-serve")
-    port = _free_port()
-    log_file = folder / "serve.log"
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=folder, env=_env(uri), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None, log_file.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "scoring server not up after 300 s: " + log_file.read_text()[-3000:]
-            time.sleep(1)
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/invocations", log=log_file)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    with served(f"models:/{name}@champion", tmp_path_factory.mktemp("lora-serve"), _env(uri)) as running:
+        yield running
 
 
 def test_mlflow_models_serve_answers_with_the_adapter_checkpoints_outputs(project, server, monkeypatch):

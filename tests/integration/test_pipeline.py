@@ -12,10 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from services import wait_http
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -44,20 +45,6 @@ def _server(cmd: list[str], cwd: Path, log: Path, **env) -> subprocess.Popen:
     request blocks once the 64 KiB pipe buffer is full, and its clients wait forever)."""
     with log.open("w") as out:
         return subprocess.Popen(cmd, cwd=cwd, env=_env(**env), stdout=out, stderr=subprocess.STDOUT)
-
-
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout} s")
 
 
 def _stop(proc: subprocess.Popen, sig=signal.SIGINT) -> None:
@@ -276,7 +263,7 @@ def test_mlflow_server_registry_round_trip(project, tmp_path):
                       "--backend-store-uri", f"sqlite:///{tmp_path}/registry.db",
                       "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"], tmp_path, server_log)
     try:
-        _wait_http(f"{uri}/health", 120, server, server_log)
+        wait_http(f"{uri}/health", "mlflow server", server, server_log, timeout=120)
         cli = [sys.executable, "-m", "cc_core.cli", "register", "--set", f"tracking.uri={uri}",
                "--set", "register.model_name=cc-test"]
         metrics_file = project / "metrics/eval/cc/XNLI.json"

@@ -20,8 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from serving_helpers import served
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -180,12 +180,6 @@ def test_tampered_by_reference_version_is_refused(registry, fresh_process):
     assert version.tags["storage"] == "reference" and version.tags["checkpoint_sha256"] == registry.first
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, body: dict | str | bytes) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -220,37 +214,8 @@ def _words(seed: int, chars: int) -> str:
 
 @pytest.fixture(scope="module")
 def server(registry, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
-    port = _free_port()
-    log_file = folder / "serve.log"
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", "models:/cc-test@champion", "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=folder, env=_env(registry.uri), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None, log_file.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "scoring server not up after 300 s: " + log_file.read_text()[-3000:]
-            time.sleep(1)
-        yield SimpleNamespace(url=f"{base}/invocations", log=log_file)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        assert proc.returncode is not None
+    with served("models:/cc-test@champion", tmp_path_factory.mktemp("serve"), _env(registry.uri)) as running:
+        yield running
 
 
 def test_champion_serves_over_http(registry, server):
